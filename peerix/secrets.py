@@ -1,0 +1,37 @@
+"""Secret files: written 0600 without a window where others could read them, refused when exposed."""
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class SecretFileError(Exception):
+    pass
+
+
+def write_secret(path: Path, text: str, overwrite: bool = False) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise SecretFileError(f"{path} exists; refusing to overwrite a secret") from None
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
+
+
+def read_secret(path: Path) -> str:
+    """Read a secret, refusing a world-readable file (as ssh does) and warning on a group-readable one."""
+    try:
+        with open(path) as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if mode & stat.S_IROTH:
+                raise SecretFileError(f"{path} is readable by everyone; run: chmod 600 {path}")
+            if mode & stat.S_IRGRP:
+                log.warning("secret file is group-readable path=%s mode=%o", path, stat.S_IMODE(mode))
+            return file.read()
+    except OSError as error:
+        raise SecretFileError(f"cannot read {path}: {error.strerror}") from None

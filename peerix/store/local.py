@@ -1,0 +1,115 @@
+"""The host's own Nix store: path info from its SQLite database, NARs from its files.
+
+The store may live under any root (`/` in production, `/tmp/hostA` for a chroot store in tests);
+paths keep their logical store directory, `/nix/store`, whatever the root.
+"""
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiosqlite
+
+from ..nix import nar
+from ..nix.hash import parse_sha256
+from ..nix.narinfo import PathInfo
+from ..nix.storepath import STORE_DIR, StorePath
+
+log = logging.getLogger(__name__)
+
+# One round trip per lookup: the row and its references. The range on `path` uses the unique
+# index, so a hash-part lookup costs a B-tree probe whatever the store's size.
+_QUERY_BY_HASH = """
+SELECT v.path, v.hash, v.registrationTime, v.deriver, v.narSize, v.sigs, v.ca,
+       (SELECT group_concat(r.path, ' ') FROM Refs JOIN ValidPaths r ON r.id = Refs.reference
+        WHERE Refs.referrer = v.id)
+FROM ValidPaths v WHERE v.path > ? AND v.path < ? LIMIT 1
+"""
+
+
+class StoreError(Exception):
+    pass
+
+
+class LocalStore:
+    def __init__(self, root: str | os.PathLike[str] = "/", store_dir: str = STORE_DIR) -> None:
+        self.root = Path(root)
+        self.store_dir = store_dir.rstrip("/")
+        self.real_store_dir = self.root / self.store_dir.lstrip("/")
+        self.db_path = self.root / "nix/var/nix/db/db.sqlite"
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        if not self.db_path.is_file():
+            raise StoreError(f"no Nix database at {self.db_path}: is {self.root} a Nix store root?")
+        uri = f"file:{self.db_path}?mode=ro"
+        self._db = await aiosqlite.connect(uri, uri=True, timeout=2.0)
+        await self._db.execute("PRAGMA query_only = ON")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> "LocalStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("local store is not open")
+        return self._db
+
+    async def query(self, hash_part: str) -> PathInfo | None:
+        """Info for the valid path with this hash part, or None; the caller validates the hash."""
+        prefix = f"{self.store_dir}/{hash_part}"
+        rows = await self.db.execute_fetchall(_QUERY_BY_HASH, (prefix + "-", prefix + "."))
+        if not rows:
+            return None
+        return self._path_info(*next(iter(rows)))
+
+    async def count(self) -> int:
+        rows = await self.db.execute_fetchall("SELECT count(*) FROM ValidPaths")
+        return next(iter(rows))[0]
+
+    def _path_info(
+        self, path: str, hash_: str, registered: int, deriver: str | None,
+        nar_size: int | None, sigs: str | None, ca: str | None, references: str | None,
+    ) -> PathInfo | None:
+        try:
+            if not nar_size:
+                raise ValueError("no NarSize recorded")
+            return PathInfo(
+                store_path=StorePath.parse(path, self.store_dir),
+                nar_hash=parse_sha256(hash_),
+                nar_size=nar_size,
+                references=tuple(sorted(StorePath.parse(ref, self.store_dir) for ref in (references or "").split())),
+                deriver=StorePath.parse(deriver, self.store_dir) if deriver else None,
+                sigs=tuple((sigs or "").split()),
+                ca=ca or None,
+                registration_time=registered,
+                store_dir=self.store_dir,
+            )
+        except ValueError as error:
+            log.warning("skipping unreadable database row path=%s error=%s", path, error)
+            return None
+
+    def real_path(self, path: StorePath) -> bytes:
+        return os.fsencode(self.real_store_dir / path.basename)
+
+    def has_files(self, path: StorePath) -> bool:
+        """Whether the path's files are on disk: the database can outlive them."""
+        try:
+            os.lstat(self.real_path(path))
+        except OSError:
+            return False
+        return True
+
+    def nar(self, path: StorePath, chunk_size: int = nar.CHUNK_SIZE) -> Iterator[bytes]:
+        """The path's NAR as blocking chunks; run it off the event loop."""
+        return nar.dump(self.real_path(path), chunk_size)

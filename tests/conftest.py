@@ -1,0 +1,112 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nixtools import HERE, build, copy_to, why_no_nix
+
+ROOT = HERE.parent
+
+requires_nix = pytest.mark.skipif(why_no_nix() is not None, reason=why_no_nix() or "")
+
+
+@pytest.fixture(autouse=True)
+def _own_nix_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nix caches narinfo lookups (misses for an hour) under XDG_CACHE_HOME: never share them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peerix(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "peerix.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, **kw)
+
+
+class Daemon:
+    """A real `peerix serve` process, its log kept for assertions."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "peerix.cli", *args, "--listen", f"127.0.0.1:{self.port}"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"peerix did not start:\n{self.log}")
+            time.sleep(0.05)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    daemons: list[Daemon] = []
+
+    def start(*args: str) -> Daemon:
+        daemon = Daemon(list(args), tmp_path / f"peerix-{len(daemons)}.log")
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def closure() -> Path:
+    """The top path of a small multi-path closure of derivation outputs, built in the root store."""
+    if why_no_nix():
+        pytest.skip(why_no_nix())
+    return build(HERE / "nix" / "closure.nix", seed=os.environ.get("PEERIX_TEST_SEED", "1"))
+
+
+@pytest.fixture
+def host_a(tmp_path: Path, closure: Path) -> Path:
+    """A chroot store root holding the test closure."""
+    root = tmp_path / "hostA"
+    copy_to(root, closure)
+    return root
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[Path, Path]:
+    secret, public = tmp_path / "key.sec", tmp_path / "key.pub"
+    result = peerix("keygen", "test-host-1", "--secret-file", str(secret), "--public-file", str(public))
+    assert result.returncode == 0, result.stderr
+    return secret, public

@@ -1,0 +1,120 @@
+"""The NAR writer against `nix-store --dump`, byte for byte, on trees that trip up writers."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, requires_nix
+from peerix.nix import nar
+
+pytestmark = requires_nix
+
+
+def nix_dump(path: Path) -> bytes:
+    return subprocess.run(["nix-store", "--dump", str(path)], capture_output=True, check=True).stdout
+
+
+def ours(path: Path, chunk_size: int = nar.CHUNK_SIZE) -> bytes:
+    return b"".join(nar.dump(os.fsencode(path), chunk_size))
+
+
+def make_tricky_tree(root: Path) -> Path:
+    tree = root / "tree"
+    (tree / "nested/deeper/deepest").mkdir(parents=True)
+    (tree / "empty-dir").mkdir()
+    (tree / "empty-file").write_bytes(b"")
+    (tree / "seven").write_bytes(b"1234567")
+    (tree / "eight").write_bytes(b"12345678")
+    (tree / "nested/deeper/deepest/leaf").write_bytes(b"leaf\n")
+    exe = tree / "run me"
+    exe.write_text("#!/bin/sh\necho hi\n")
+    exe.chmod(0o755)
+    group_exec_only = tree / "group-exec-only"  # Nix looks at the owner's x bit only
+    group_exec_only.write_text("x")
+    group_exec_only.chmod(0o654)
+    (tree / "ünïcödé näme").write_text("unicode\n")
+    (tree / "B-upper-sorts-first").write_text("b")
+    (tree / "link-to-file").symlink_to("seven")
+    (tree / "link-to-dir").symlink_to("nested/deeper")
+    (tree / "dangling").symlink_to("/does/not/exist")
+    (tree / "nested/abs-link").symlink_to("/etc/hostname")
+    (tree / "nested/many").mkdir()
+    for i in range(300):
+        (tree / "nested/many" / f"f{i:03d}").write_bytes(os.urandom(i % 97))
+    (tree / "odd-size").write_bytes(os.urandom(1_000_003))
+    return tree
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 4096, nar.CHUNK_SIZE])
+def test_tricky_tree_matches_nix_store_dump(tmp_path: Path, chunk_size: int) -> None:
+    tree = make_tricky_tree(tmp_path)
+    expected = nix_dump(tree)
+    assert ours(tree, chunk_size) == expected
+    assert nar.hash_path(os.fsencode(tree)) == (hashlib.sha256(expected).digest(), len(expected))
+
+
+@pytest.mark.parametrize("kind", ["empty-file", "file", "executable", "symlink", "dangling", "empty-dir"])
+def test_single_node_roots(tmp_path: Path, kind: str) -> None:
+    node = tmp_path / kind
+    if kind == "empty-file":
+        node.write_bytes(b"")
+    elif kind in ("file", "executable"):
+        node.write_bytes(b"contents\n")
+        node.chmod(0o555 if kind == "executable" else 0o444)
+    elif kind == "symlink":
+        (tmp_path / "target").write_text("t")
+        node.symlink_to("target")
+    elif kind == "dangling":
+        node.symlink_to("nowhere")
+    else:
+        node.mkdir()
+    assert ours(node) == nix_dump(node)
+
+
+def test_chunks_are_bounded(tmp_path: Path) -> None:
+    tree = make_tricky_tree(tmp_path)
+    sizes = [len(chunk) for chunk in nar.dump(os.fsencode(tree), 4096)]
+    assert max(sizes) <= 4096 + 8 * 1024  # a chunk may carry one more framing segment
+    assert sum(sizes) == len(nix_dump(tree))
+
+
+def test_fifo_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(nar.NarError, match="not a regular file"):
+        ours(tmp_path)
+
+
+def test_file_that_changed_size_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    for claimed in (50, 150):
+        segments = [nar.FileContents(os.fsencode(path), claimed)]
+        with pytest.raises(nar.NarError, match="changed size"):
+            list(nar.chunks(segments, 64))
+
+
+def test_large_file_streams_in_small_memory(tmp_path: Path) -> None:
+    """A 120 MB file: same bytes as Nix, and the writer's peak RSS grows by far less than the file."""
+    big = tmp_path / "big"
+    with open(big, "wb") as file:
+        for _ in range(120):
+            file.write(os.urandom(1 << 20))
+    nix_digest = hashlib.sha256(nix_dump(big)).hexdigest()
+    probe = (
+        "import hashlib, os, resource, sys\n"
+        "from peerix.nix import nar\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "h = hashlib.sha256()\n"
+        "for chunk in nar.dump(os.fsencode(sys.argv[1])): h.update(chunk)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(h.hexdigest(), after - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(big)], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    digest, grown_kib = out[0], int(out[1])
+    assert digest == nix_digest
+    assert grown_kib < 16 * 1024, f"peak RSS grew by {grown_kib} KiB while streaming 120 MiB"
