@@ -4,25 +4,27 @@ Nix reads 404 as "not here" and most other errors as a broken cache, so every lo
 cannot be answered becomes a fast 404 (or a 400 for input Nix itself would never send).
 """
 
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .metrics import Metrics
+from .nar_response import NarResponse
+from .zerocopy import EXTENSION as ZEROCOPY
 from .nix import nix32
 from .nix.hash import SHA256_SIZE
 from .nix.narinfo import NarInfo, PathInfo
 from .nix.storepath import is_hash_part
-from .store.substituter import Substituter, Unavailable
+from .store.substituter import CACHE_ENTRIES, Substituter, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,22 @@ def nar_url(info: PathInfo) -> str:
     return f"nar/{nix32.encode(info.nar_hash)}.nar?hash={info.store_path.hash_part}"
 
 
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def narinfo_text(info: PathInfo) -> bytes:
+    """Rendered once per path info: the substituter hands out the same info until the store changes."""
+    return NarInfo.uncompressed(info, nar_url(info)).to_text().encode()
+
+
 def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metrics) -> ASGIApp:
+    if substituter.nar_cache:
+        metrics.watch_nar_cache(substituter.nar_cache)
     cache_info = (
         f"StoreDir: {substituter.local.store_dir}\n"
         f"WantMassQuery: {int(settings.want_mass_query)}\n"
         f"Priority: {settings.priority}\n"
     )
+
+    narinfo_hits, narinfo_misses, narinfo_invalid = (metrics.narinfo.labels(r) for r in ("hit", "miss", "invalid"))
 
     async def nix_cache_info(request: Request) -> Response:
         return PlainTextResponse(cache_info, media_type="text/x-nix-cache-info")
@@ -54,14 +66,13 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def narinfo(request: Request) -> Response:
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
-            metrics.narinfo.labels("invalid").inc()
+            narinfo_invalid.inc()
             return _error(400, f"invalid store path hash {hash_part[:64]!r}")
         info = await _lookup(hash_part)
-        metrics.narinfo.labels("miss" if info is None else "hit").inc()
+        (narinfo_misses if info is None else narinfo_hits).inc()
         if info is None:
             return _error(404, "path not found")
-        text = NarInfo.uncompressed(info, nar_url(info)).to_text()
-        return Response(text, media_type=NARINFO_TYPE)
+        return Response(narinfo_text(info), media_type=NARINFO_TYPE)
 
     async def nar(request: Request) -> Response:
         encoded = request.path_params["narhash"]
@@ -77,38 +88,23 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         info = await _lookup(hash_part)
         if info is None or info.nar_hash != nar_hash:
             return _error(404, "no such NAR: the path is gone or has other contents now")
-        headers = {"content-length": str(info.nar_size)}
         if request.method == "HEAD":
-            return Response(headers=headers, media_type=NAR_TYPE)
-        return StreamingResponse(_logged(substituter.nar(info), info), headers=headers, media_type=NAR_TYPE)
+            return Response(headers={"content-length": str(info.nar_size)}, media_type=NAR_TYPE)
+        return NarResponse(substituter.nar(info), info.nar_size, functools.partial(_nar_finished, info))
 
     async def _lookup(hash_part: str) -> PathInfo | None:
         try:
-            info = await substituter.path_info(hash_part)
+            return await substituter.path_info(hash_part)
         except Unavailable as error:
             log.error("lookup failed hash=%s error=%s", hash_part, error)
             metrics.store_errors.inc()
             return None
-        return info
 
-    async def _logged(chunks: AsyncIterator[bytes], info: PathInfo) -> AsyncIterator[bytes]:
-        started, sent, outcome = time.monotonic(), 0, "aborted"
-        try:
-            async for chunk in chunks:
-                yield chunk
-                sent += len(chunk)
-            outcome = "complete"
-        except OSError as error:
-            outcome = "failed"
-            log.error("nar failed path=%s sent=%d error=%s", info.store_path, sent, error)
-            raise
-        finally:
-            metrics.nar_transfers.labels(outcome).inc()
-            seconds = time.monotonic() - started
-            log.info(
-                "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f",
-                outcome, info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6),
-            )
+    def _nar_finished(info: PathInfo, outcome: str, sent: int, seconds: float, error: Exception | None) -> None:
+        metrics.nar_transfers.labels(outcome).inc()
+        level = logging.ERROR if error else logging.INFO
+        log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, info.store_path, sent,
+                seconds, sent / (1 << 20) / max(seconds, 1e-6), f" error={error}" if error else "")
 
     async def health(request: Request) -> Response:
         status, checks = "ok", {}
@@ -122,6 +118,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             "version": __version__,
             "store_root": str(substituter.local.root),
             "signing_key": substituter.key.name if substituter.key else None,
+            "nar_cache": {"entries": cache.entries, "bytes": cache.total_bytes} if (cache := substituter.nar_cache) else None,
             **checks,
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
@@ -156,22 +153,21 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status, sent = 0, 0
+        status, sent = 500, 0
 
         async def counting_send(message: Message) -> None:
             nonlocal status, sent
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body":
+            elif kind == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif kind == ZEROCOPY:
+                sent += message["count"]
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            endpoint = scope.get("endpoint")
-            route = getattr(endpoint, "__name__", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status or 500)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
-            if sent:
-                self.metrics.sent_bytes.labels(route).inc(sent)
+            route = getattr(scope.get("endpoint"), "__name__", "unmatched")
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started, sent)

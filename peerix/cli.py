@@ -1,12 +1,12 @@
 """The `peerix` command."""
 
 import argparse
+import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
-
-import uvloop
 
 from . import __version__, logs
 from .nix.signing import KeyFormatError, SecretKey
@@ -24,6 +24,23 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_size(text: str) -> int:
+    """Bytes, optionally with a K, M, G or T suffix (powers of 1024)."""
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size such as 1073741824, 512M or 1G, got {text!r}")
+    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+
+
+def default_state_dir() -> Path:
+    """systemd's StateDirectory, else /var/lib/peerix for root, else the XDG state directory."""
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/peerix")
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "peerix"
 
 
 def load_secret_key(path: Path) -> SecretKey:
@@ -44,11 +61,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    args.state_dir = args.state_dir or default_state_dir()
     key_file = args.sign_key_file or os.environ.get("NIX_SECRET_KEY_FILE")
     key = load_secret_key(Path(key_file)) if key_file else None
     if key is None:
         log.warning("no signing key (--sign-key-file or NIX_SECRET_KEY_FILE): narinfo carries only existing signatures")
-    uvloop.run(serve(args, key))
+    asyncio.run(serve(args, key))
     return 0
 
 
@@ -88,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="secret key to sign narinfo with (default: $NIX_SECRET_KEY_FILE)")
     serve.add_argument("--priority", type=int, default=30,
                        help="Priority in nix-cache-info; lower wins, cache.nixos.org is 40 (default: 30)")
+    serve.add_argument("--state-dir", type=Path, default=None,
+                       help="where peerix keeps its state and NAR cache (default: $STATE_DIRECTORY, "
+                            "/var/lib/peerix as root, else ~/.local/state/peerix)")
+    serve.add_argument("--nar-cache-size", type=parse_size, default=1 << 30, metavar="SIZE",
+                       help="disk budget for whole NARs of paths made of many small files, served "
+                            "zero-copy once cached; 0 disables (default: 1G)")
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
     serve.set_defaults(func=cmd_serve)
 

@@ -79,7 +79,8 @@ def run_demo(keep: bool = False) -> None:
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "peerix.cli", "--log-level", "warning", "serve", "--store-root", str(host_a),
-             "--listen", f"127.0.0.1:{port}", "--sign-key-file", str(work / "hostA.sec")],
+             "--listen", f"127.0.0.1:{port}", "--sign-key-file", str(work / "hostA.sec"),
+             "--state-dir", str(work / "hostA-state")],
         )
         _wait_healthy(url, server)
         print(f"    {url}  trusted key {key.public.to_text()}")

@@ -1,10 +1,18 @@
 """Prometheus metrics of one daemon, in a registry of its own so several can share a process."""
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .store.narcache import NarCache
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 )
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class Metrics:
@@ -28,3 +36,38 @@ class Metrics:
         self.nar_transfers = Counter(
             "peerix_nar_transfers", "NAR responses by outcome (complete, aborted, failed)", ["outcome"], registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+        """Record one response; label children are looked up once per (route, method, status)."""
+        key = (route, method if method in _METHODS else "OTHER", status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(key[0], key[1], str(status)),
+                self.latency.labels(route),
+                self.sent_bytes.labels(route),
+            )
+        requests, latency, sent_bytes = children
+        requests.inc()
+        latency.observe(seconds)
+        if sent:
+            sent_bytes.inc(sent)
+
+    def watch_nar_cache(self, cache: NarCache) -> None:
+        self.registry.register(_NarCacheCollector(cache))
+
+
+class _NarCacheCollector:
+    """Reads the NAR cache's own counters at scrape time: the store layer knows nothing of Prometheus."""
+
+    def __init__(self, cache: NarCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache
+        yield CounterMetricFamily("peerix_nar_cache_hits", "NARs served whole from the NAR cache", value=cache.hits)
+        yield CounterMetricFamily("peerix_nar_cache_stored", "NARs added to the NAR cache", value=cache.stored)
+        yield CounterMetricFamily("peerix_nar_cache_evicted", "NARs evicted from the NAR cache", value=cache.evicted)
+        yield GaugeMetricFamily("peerix_nar_cache_bytes", "Bytes held by the NAR cache", value=cache.total_bytes)
+        yield GaugeMetricFamily("peerix_nar_cache_entries", "NARs held by the NAR cache", value=cache.entries)

@@ -92,9 +92,20 @@ def test_file_that_changed_size_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)
     for claimed in (50, 150):
-        segments = [nar.FileContents(os.fsencode(path), claimed)]
-        with pytest.raises(nar.NarError, match="changed size"):
-            list(nar.chunks(segments, 64))
+        part = nar.FileContents(os.fsencode(path), claimed)
+        readers = [lambda: list(nar.coalesce([part], 1000)), lambda: list(nar.read_file(part, 64)),
+                   lambda: nar.open_file(part)]
+        for read in readers:
+            with pytest.raises(nar.NarError, match="changed size"):
+                read()
+
+
+def test_coalesce_passes_large_files_through(tmp_path: Path) -> None:
+    tree = make_tricky_tree(tmp_path)
+    parts = list(nar.coalesce(nar.segments(os.fsencode(tree)), 4096))
+    large = [part for part in parts if isinstance(part, nar.FileContents)]
+    assert [part.size for part in large] == [1_000_003]
+    assert all(len(part) <= 4096 + 8 * 1024 for part in parts if isinstance(part, bytes))
 
 
 def test_large_file_streams_in_small_memory(tmp_path: Path) -> None:

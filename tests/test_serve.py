@@ -16,9 +16,10 @@ pytestmark = requires_nix
 
 
 @pytest.fixture
-def served(start_daemon, host_a: Path, keypair: tuple[Path, Path]):
+def served(start_daemon, host_a: Path, keypair: tuple[Path, Path], tmp_path: Path):
     secret, _ = keypair
-    return start_daemon("serve", "--store-root", str(host_a), "--sign-key-file", str(secret), "--priority", "25")
+    return start_daemon("serve", "--store-root", str(host_a), "--sign-key-file", str(secret), "--priority", "25",
+                        "--state-dir", str(tmp_path / "state"))
 
 
 def raw_request(port: int, target: str, method: str = "GET") -> tuple[int, bytes]:

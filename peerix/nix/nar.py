@@ -10,6 +10,7 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 from dataclasses import dataclass
 
 CHUNK_SIZE = 1 << 20
@@ -31,90 +32,129 @@ Segment = bytes | FileContents
 
 def frame(*strings: bytes) -> bytes:
     """NAR strings: each a little-endian u64 length, the bytes, zero padding to 8."""
-    return b"".join(
-        struct.pack("<Q", len(s)) + s + _PAD[: -len(s) % 8] for s in strings
-    )
+    return b"".join(struct.pack("<Q", len(s)) + s + _PAD[: -len(s) % 8] for s in strings)
 
 
 _MAGIC = frame(b"nix-archive-1")
-_REGULAR = frame(b"(", b"type", b"regular")
-_EXECUTABLE = frame(b"executable", b"")
-_CONTENTS = frame(b"contents")
+_REGULAR = frame(b"(", b"type", b"regular", b"contents")
+_EXECUTABLE = frame(b"(", b"type", b"regular", b"executable", b"", b"contents")
 _SYMLINK = frame(b"(", b"type", b"symlink", b"target")
 _DIRECTORY = frame(b"(", b"type", b"directory")
+_ENTRY = frame(b"entry", b"(", b"name")
+_NODE = frame(b"node")
 _CLOSE = frame(b")")
 
 
-def segments(path: bytes) -> Iterator[Segment]:
-    """The segments of the NAR of `path` (a bytes path; nothing is followed through symlinks)."""
-    yield _MAGIC
-    yield from _node(path, os.lstat(path))
+def segments(root: bytes) -> Iterator[Segment]:
+    """The segments of the NAR of `root` (a bytes path; nothing is followed through symlinks).
 
-
-def _node(path: bytes, st: os.stat_result) -> Iterator[Segment]:
-    if stat.S_ISREG(st.st_mode):
-        yield _REGULAR + (_EXECUTABLE if st.st_mode & stat.S_IXUSR else b"") + _CONTENTS
-        yield struct.pack("<Q", st.st_size)
-        if st.st_size:
-            yield FileContents(path, st.st_size)
-        yield _PAD[: -st.st_size % 8] + _CLOSE
-    elif stat.S_ISLNK(st.st_mode):
-        yield _SYMLINK + frame(os.readlink(path)) + _CLOSE
-    elif stat.S_ISDIR(st.st_mode):
-        yield _DIRECTORY
-        with os.scandir(path) as entries:
-            names = sorted(entry.name for entry in entries)
-        for name in names:
-            child = os.path.join(path, name)
-            yield frame(b"entry", b"(", b"name", name, b"node")
-            yield from _node(child, os.lstat(child))
-            yield _CLOSE
-        yield _CLOSE
-    else:
-        raise NarError(f"cannot archive {os.fsdecode(path)!r}: not a regular file, directory or symlink")
-
-
-def chunks(parts: Iterable[Segment], chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """Turn segments into bytes chunks of about `chunk_size`.
-
-    Framing and small files are gathered so a tree of tiny files does not become a flood of tiny
-    writes; large files are read straight into chunks that are passed on without another copy.
+    One flat loop over a stack of open directories rather than recursive generators: NARs of
+    trees with many small files are dominated by per-entry overhead.
     """
-    pending = bytearray()
+    yield _MAGIC
+    stack: list[tuple[bytes, Iterator[bytes]]] = []  # open directories and their remaining names
+    path, closing = root, _CLOSE
+    while True:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            size = st.st_size
+            yield (_EXECUTABLE if st.st_mode & stat.S_IXUSR else _REGULAR) + struct.pack("<Q", size)
+            if size:
+                yield FileContents(path, size)
+            yield _PAD[: -size % 8] + closing
+        elif stat.S_ISLNK(st.st_mode):
+            yield _SYMLINK + frame(os.readlink(path)) + closing
+        elif stat.S_ISDIR(st.st_mode):
+            yield _DIRECTORY
+            with os.scandir(path) as entries:
+                stack.append((path, iter(sorted(entry.name for entry in entries))))
+        else:
+            raise NarError(f"cannot archive {os.fsdecode(path)!r}: not a regular file, directory or symlink")
+        while stack:
+            directory, names = stack[-1]
+            name = next(names, None)
+            if name is not None:
+                break
+            stack.pop()
+            yield _CLOSE + _CLOSE if stack else _CLOSE  # the directory node, and the entry holding it
+        else:
+            return
+        yield _ENTRY + frame(name) + _NODE
+        path, closing = os.path.join(directory, name), _CLOSE + _CLOSE
+
+
+def coalesce(parts: Iterable[Segment], chunk_size: int = CHUNK_SIZE) -> Iterator[Segment]:
+    """Gather framing and small files into bytes chunks of about `chunk_size`.
+
+    Each small file's bytes are copied once (into the joined chunk). Files of `chunk_size` or
+    more are passed through as FileContents, for the caller to send zero-copy or `read_file`.
+    """
+    pending: list[bytes] = []
+    size = 0
     for part in parts:
         if isinstance(part, bytes):
-            pending += part
+            pending.append(part)
+            size += len(part)
+        elif part.size < chunk_size:
+            pending.append(_read_small(part))
+            size += part.size
         else:
-            with open(part.path, "rb", buffering=0, opener=_open_nofollow) as file:
-                remaining = part.size
-                while remaining:
-                    if len(pending) >= chunk_size:
-                        yield bytes(pending)
-                        pending.clear()
-                    if not pending and remaining >= chunk_size:
-                        piece = file.read(chunk_size)
-                        if len(piece) != chunk_size:
-                            raise _changed(part.path)
-                        yield piece
-                        remaining -= chunk_size
-                        continue
-                    piece = file.read(min(remaining, chunk_size - len(pending)))
-                    if not piece:
-                        raise _changed(part.path)
-                    pending += piece
-                    remaining -= len(piece)
-                if file.read(1):
-                    raise _changed(part.path)
-        if len(pending) >= chunk_size:
-            yield bytes(pending)
-            pending.clear()
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            yield part
+            continue
+        if size >= chunk_size:
+            yield b"".join(pending)
+            pending, size = [], 0
     if pending:
-        yield bytes(pending)
+        yield b"".join(pending)
+
+
+def _read_small(part: FileContents) -> bytes:
+    fd = os.open(part.path, _OPEN_FLAGS)
+    try:
+        data = os.read(fd, part.size + 1)  # one read also tells whether the file grew
+    finally:
+        os.close(fd)
+    if len(data) != part.size:
+        raise _changed(part.path)
+    return data
+
+
+def read_file(part: FileContents, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """A file's contents in chunks, checked to be exactly the size the NAR header announced."""
+    fd = os.open(part.path, _OPEN_FLAGS)
+    try:
+        remaining = part.size
+        while remaining:
+            data = os.read(fd, min(remaining, chunk_size))
+            if not data:
+                raise _changed(part.path)
+            remaining -= len(data)
+            yield data
+        if os.read(fd, 1):
+            raise _changed(part.path)
+    finally:
+        os.close(fd)
+
+
+def open_file(part: FileContents) -> BinaryIO:
+    """Open a file for zero-copy sending, refusing one whose size no longer matches its header."""
+    file = open(part.path, "rb", buffering=0, opener=lambda path, flags: os.open(path, flags | _OPEN_FLAGS))
+    if os.fstat(file.fileno()).st_size != part.size:
+        file.close()
+        raise _changed(part.path)
+    return file
 
 
 def dump(path: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """The NAR of `path` as a stream of chunks; peak memory is a few chunks whatever the size."""
-    return chunks(segments(path), chunk_size)
+    """The NAR of `path` as bytes chunks; peak memory is a few chunks whatever the size."""
+    for part in coalesce(segments(path), chunk_size):
+        if isinstance(part, bytes):
+            yield part
+        else:
+            yield from read_file(part, chunk_size)
 
 
 class NarDigest:
@@ -140,8 +180,7 @@ def hash_path(path: bytes) -> tuple[bytes, int]:
     return digest.digest(), digest.size
 
 
-def _open_nofollow(path: bytes, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _changed(path: bytes) -> NarError:

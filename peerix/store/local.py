@@ -6,12 +6,10 @@ paths keep their logical store directory, `/nix/store`, whatever the root.
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiosqlite
 
-from ..nix import nar
 from ..nix.hash import parse_sha256
 from ..nix.narinfo import PathInfo
 from ..nix.storepath import STORE_DIR, StorePath
@@ -38,6 +36,9 @@ class LocalStore:
         self.store_dir = store_dir.rstrip("/")
         self.real_store_dir = self.root / self.store_dir.lstrip("/")
         self.db_path = self.root / "nix/var/nix/db/db.sqlite"
+        # Plain strings and bytes: these are used on every request, pathlib costs microseconds.
+        self._db_files = (str(self.db_path), str(self.db_path) + "-wal")
+        self._real_prefix = os.fsencode(self.real_store_dir) + b"/"
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
@@ -77,6 +78,20 @@ class LocalStore:
         rows = await self.db.execute_fetchall("SELECT count(*) FROM ValidPaths")
         return next(iter(rows))[0]
 
+    def generation(self) -> tuple:
+        """Changes whenever a commit lands in the database (main file or write-ahead log).
+
+        Two stats, cheap enough for every request; used to drop cached path infos.
+        """
+        stamps = []
+        for path in self._db_files:
+            try:
+                st = os.stat(path)
+                stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
     def _path_info(
         self, path: str, hash_: str, registered: int, deriver: str | None,
         nar_size: int | None, sigs: str | None, ca: str | None, references: str | None,
@@ -100,7 +115,7 @@ class LocalStore:
             return None
 
     def real_path(self, path: StorePath) -> bytes:
-        return os.fsencode(self.real_store_dir / path.basename)
+        return self._real_prefix + path.basename.encode()
 
     def has_files(self, path: StorePath) -> bool:
         """Whether the path's files are on disk: the database can outlive them."""
@@ -109,7 +124,3 @@ class LocalStore:
         except OSError:
             return False
         return True
-
-    def nar(self, path: StorePath, chunk_size: int = nar.CHUNK_SIZE) -> Iterator[bytes]:
-        """The path's NAR as blocking chunks; run it off the event loop."""
-        return nar.dump(self.real_path(path), chunk_size)

@@ -1,0 +1,152 @@
+"""Shared pieces of the benchmarks: the synthetic closure, reference servers, timing and memory."""
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Iterator
+
+import httpx
+
+BENCH = Path(__file__).parent
+ROOT = BENCH.parent
+
+
+def run(*args: str, **kw) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, **kw)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(args[:4])} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_closure(seed: str = "bench-1", **args: int) -> tuple[str, dict[str, dict]]:
+    """Build the synthetic closure in the root store; return its top path and {path: info}."""
+    extra = [a for name, value in args.items() for a in ("--arg", name, str(value))]
+    print("building the synthetic closure (cached after the first run)...", flush=True)
+    top = run("nix-build", str(BENCH / "closure.nix"), "--no-out-link", "--argstr", "seed", seed, *extra).strip()
+    data = json.loads(run("nix", "path-info", "--json", "-r", top))
+    infos = {entry["path"]: entry for entry in data} if isinstance(data, list) else data
+    total = sum(info["narSize"] for info in infos.values())
+    print(f"closure: {len(infos)} paths, {total / 2**30:.2f} GiB")
+    return top, infos
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    sys.exit(f"{url} did not come up")
+
+
+@contextmanager
+def process(args: list[str], log: Path, ready_url: str) -> Iterator[subprocess.Popen]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_http(ready_url)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def nginx(root: Path, work: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Debian's nginx serving `root` as flat files: the reference a dedicated server is held to."""
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+""")
+    (work / "tmp").mkdir(exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    with process(["nginx", "-c", str(conf)], work / "nginx.log", url + "/nix-cache-info") as proc:
+        yield url, proc
+
+
+@contextmanager
+def peerix_serve(store_root: str, work: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    from peerix.nix.signing import SecretKey
+    from peerix.secrets import write_secret
+
+    key_file = work / f"bench-{time.monotonic_ns()}.sec"
+    write_secret(key_file, SecretKey.generate("bench-1").to_text())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "peerix.cli", "--log-level", "warning", "serve", "--store-root", store_root,
+            "--listen", f"127.0.0.1:{port}", "--sign-key-file", str(key_file), "--state-dir", str(work / "state"),
+            *extra]
+    with process(args, work / "peerix.log", url + "/health") as proc:
+        yield url, proc
+
+
+def curl(urls: list[str], parallel: int = 1) -> tuple[float, int]:
+    """Fetch `urls` with one curl (keep-alive; `parallel` connections); return seconds and bytes.
+
+    curl is the client so that the client's own cost is small and identical for both servers.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".curl") as config:
+        for url in urls:
+            config.write(f'url = "{url}"\noutput = "/dev/null"\n')
+        config.flush()
+        args = ["curl", "-sS", "--fail", "-K", config.name, "-w", "%{http_code} %{size_download}\\n"]
+        if parallel > 1:
+            args += ["--parallel", "--parallel-max", str(parallel), "--parallel-immediate"]
+        started = time.perf_counter()
+        out = run(*args)
+        seconds = time.perf_counter() - started
+    lines = out.split()
+    codes, sizes = lines[0::2], lines[1::2]
+    if len(codes) != len(urls) or set(codes) != {"200"}:
+        sys.exit(f"curl: unexpected answers {sorted(set(codes))} for {len(urls)} URLs")
+    return seconds, sum(map(int, sizes))
+
+
+def workdir(name: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"peerix-bench-{name}-"))
+    os.chmod(path, 0o755)
+    return path
