@@ -2,12 +2,7 @@
 # that they need signatures. `seed` makes fresh paths on every run.
 { seed }:
 let
-  mk = name: script: derivation {
-    inherit name seed;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
+  mk = import ./mk-derivation.nix seed;
   lib = mk "demo-lib-1.0" ''
     /bin/mkdir -p $out/lib
     /usr/bin/head -c 3000000 /dev/urandom > $out/lib/libdemo.so

@@ -171,3 +171,48 @@ def test_metrics_count_requests(served, closure: Path) -> None:
     assert 'peerix_http_requests_total{method="GET",route="narinfo",status="404"} 1.0' in metrics
     assert 'peerix_nar_transfers_total{outcome="complete"} 1.0' in metrics
     assert 'peerix_http_request_duration_seconds_bucket{le="0.0005",route="narinfo"}' in metrics
+
+
+def test_client_leaving_mid_nar_is_logged_not_fatal(served, closure: Path) -> None:
+    data = next(p for p in closure_of(closure) if "peerix-test-data" in p)
+    with httpx.stream("GET", served.url + nar_target(served, Path(data))) as response:
+        assert response.status_code == 200
+        next(response.iter_raw(4096))
+    deadline = time.monotonic() + 5
+    while 'peerix_nar_transfers_total{outcome="aborted"} 1.0' not in httpx.get(served.url + "/metrics").text:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert httpx.get(served.url + "/health").status_code == 200
+
+
+def test_store_file_changed_behind_nix_cuts_the_nar_short(served, host_a: Path, closure: Path) -> None:
+    """Files that no longer match the database: the response breaks off instead of lying."""
+    lib = next(p for p in closure_of(closure) if "peerix-test-lib" in p)
+    data = next(p for p in closure_of(closure) if "peerix-test-data" in p)
+    for path, grow in ((lib, "lib/libfoo.so.1"), (data, "")):
+        victim = host_a / path.lstrip("/") / grow if grow else host_a / path.lstrip("/")
+        victim.chmod(0o644)
+        with open(victim, "ab") as file:
+            file.write(b"tampered")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(served.url + nar_target(served, Path(path)))
+    assert 'peerix_nar_transfers_total{outcome="failed"} 2.0' in httpx.get(served.url + "/metrics").text
+    assert served.process.poll() is None
+
+
+async def test_nar_under_a_server_without_zero_copy(host_a: Path, closure: Path) -> None:
+    """Other ASGI servers lack the zero-copy extension: the same NAR comes through plain body chunks."""
+    from peerix.app import CacheSettings, create_app
+    from peerix.metrics import Metrics
+    from peerix.store.local import LocalStore
+    from peerix.store.substituter import Substituter
+
+    async with LocalStore(host_a) as local:
+        substituter = Substituter(local, SecretKey.generate("k-1"))
+        app = create_app(substituter, CacheSettings(), Metrics())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://peerix") as client:
+            for path in closure_of(closure):
+                info = NarInfo.parse((await client.get(f"/{hash_part(path)}.narinfo")).text)
+                response = await client.get("/" + info.url)
+                assert response.content == run("nix-store", "--dump", path).stdout
+        substituter.close()

@@ -2,12 +2,7 @@
 # and need no signature) with the file types a NAR can hold. `seed` gives each caller fresh paths.
 { seed ? "0" }:
 let
-  mk = name: script: derivation {
-    inherit name seed;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
+  mk = import ../../peerix/mk-derivation.nix seed;
   lib = mk "peerix-test-lib" ''
     /bin/mkdir -p $out/lib $out/share/empty-dir "$out/share/with space"
     echo "libfoo ${seed}" > $out/lib/libfoo.so.1
@@ -18,7 +13,7 @@ let
     echo "ünïcödé" > "$out/share/with space/ünïcödé name.txt"
   '';
   data = mk "peerix-test-data" ''
-    /usr/bin/head -c 300000 /dev/zero > $out
+    /usr/bin/head -c 3000000 /dev/zero > $out  # over one chunk: sent zero-copy
   '';
   app = mk "peerix-test-app" ''
     /bin/mkdir -p $out/bin
