@@ -18,18 +18,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .metrics import Metrics
-from .nar_response import NarResponse
-from .zerocopy import EXTENSION as ZEROCOPY
+from .nar_response import NAR_TYPE, NarResponse
 from .nix import nix32
 from .nix.hash import SHA256_SIZE
 from .nix.narinfo import NarInfo, PathInfo
 from .nix.storepath import is_hash_part
 from .store.substituter import CACHE_ENTRIES, Substituter, Unavailable
+from .zerocopy import EXTENSION as ZEROCOPY
 
 log = logging.getLogger(__name__)
 
 NARINFO_TYPE = "text/x-nix-narinfo"
-NAR_TYPE = "application/x-nix-nar"
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,8 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 
     async def health(request: Request) -> Response:
         status, checks = "ok", {}
+        if cache := substituter.nar_cache:
+            checks["nar_cache"] = {"entries": cache.entries, "bytes": cache.total_bytes}
         try:
             checks["paths"] = await substituter.local.count()
             checks["database"] = "ok"
@@ -118,7 +119,6 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             "version": __version__,
             "store_root": str(substituter.local.root),
             "signing_key": substituter.key.name if substituter.key else None,
-            "nar_cache": {"entries": cache.entries, "bytes": cache.total_bytes} if (cache := substituter.nar_cache) else None,
             **checks,
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)

@@ -10,7 +10,7 @@ from starlette.types import Receive, Scope, Send
 from .nix import nar
 from .zerocopy import EXTENSION as ZEROCOPY
 
-NAR_TYPE = b"application/x-nix-nar"
+NAR_TYPE = "application/x-nix-nar"
 
 # (outcome, bytes sent, seconds, error or None); outcome is complete, aborted (client left) or failed
 Finished = Callable[[str, int, float, Exception | None], None]
@@ -28,7 +28,7 @@ class NarResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
-        headers = [(b"content-type", NAR_TYPE), (b"content-length", str(self.size).encode())]
+        headers = [(b"content-type", NAR_TYPE.encode()), (b"content-length", str(self.size).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         client_left = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, client_left))

@@ -21,7 +21,8 @@ def why_no_nix() -> str | None:
 def run(*args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(args, capture_output=True, input=input, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr.decode(errors='replace')}")
+        stderr = result.stderr.decode(errors="replace")
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{stderr}")
     return result
 
 

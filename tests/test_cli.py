@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import peerix
 from peerix.nix.signing import PublicKey, SecretKey
+
+from conftest import peerix
 
 
 @pytest.mark.parametrize("command", [[], ["keygen"], ["serve"]])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, requires_nix
 from peerix.nix import nar
+
+from conftest import ROOT, requires_nix
 
 pytestmark = requires_nix
 

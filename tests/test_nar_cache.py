@@ -7,12 +7,13 @@ from pathlib import Path
 
 import httpx
 
-from conftest import requires_nix
-from nixtools import closure_of, hash_part, run
+from peerix.nix import nar
 from peerix.nix.narinfo import NarInfo
 from peerix.store.narcache import NarCache, NarCacheWriter
 from peerix.store.substituter import _teed
-from peerix.nix import nar
+
+from conftest import requires_nix
+from nixtools import closure_of, hash_part, run
 
 
 def put(cache: NarCache, data: bytes) -> bytes:

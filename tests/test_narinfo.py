@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_nix
-from nixtools import closure_of, nix, path_info
 from peerix.app import nar_url
 from peerix.nix.hash import parse_sha256
 from peerix.nix.narinfo import NarInfo, NarInfoError
 from peerix.nix.storepath import StorePath
 from peerix.store.local import LocalStore
+
+from conftest import requires_nix
+from nixtools import closure_of, nix, path_info
 
 HASH = "0jhgxrl38wfj801ik5d7xhris8ri658m"
 NARHASH = "sha256:0jhgxrl38wfj801ik5d7xhris8ri658mzvbgp2pykza7dd67snjb"

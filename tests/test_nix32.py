@@ -2,9 +2,10 @@ import os
 
 import pytest
 
-from nixtools import nix, why_no_nix
 from peerix.nix import nix32
 from peerix.nix.hash import format_sha256, parse_sha256
+
+from nixtools import nix, why_no_nix
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 7, 20, 32, 64])

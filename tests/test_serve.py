@@ -7,10 +7,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import requires_nix
-from nixtools import closure_of, hash_part, nix, path_info, run
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import PublicKey, SecretKey, trusted_sigs
+
+from conftest import requires_nix
+from nixtools import closure_of, hash_part, nix, path_info, run
 
 pytestmark = requires_nix
 
@@ -58,7 +59,8 @@ def test_nix_store_verify_over_http(served, closure: Path, keypair) -> None:
     public = keypair[1].read_text()
     paths = closure_of(closure)
     assert len(paths) == 3
-    nix("store", "verify", "--store", served.url, "--trusted-public-keys", public, "--sigs-needed", "1", "-r", str(closure))
+    nix("store", "verify", "--store", served.url, "--trusted-public-keys", public, "--sigs-needed", "1",
+        "-r", str(closure))
     wrong = SecretKey.generate("test-host-1").public.to_text()
     result = nix("store", "verify", "--store", served.url, "--trusted-public-keys", wrong, "--sigs-needed", "1",
                  "-r", str(closure), check=False)
@@ -71,7 +73,8 @@ def test_nix_copy_from_peerix(served, closure: Path, keypair, tmp_path: Path) ->
     nix("copy", "--from", served.url, "--to", str(client), "--option", "trusted-public-keys", public, str(closure))
     copied = path_info(closure, store=str(client), recursive=True)
     assert sorted(copied) == closure_of(closure)
-    nix("store", "verify", "--store", str(client), "-r", str(closure), "--trusted-public-keys", public, "--sigs-needed", "1")
+    nix("store", "verify", "--store", str(client), "-r", str(closure), "--trusted-public-keys", public,
+        "--sigs-needed", "1")
     assert "nar complete" in served.log
 
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from peerix.nix.narinfo import NarInfo
+from peerix.nix.signing import KeyFormatError, PublicKey, SecretKey, add_signature, sign_info, trusted_sigs
+from peerix.store.local import LocalStore
+
 from conftest import requires_nix
 from nixtools import closure_of, hash_part, nix, path_info, run
-from peerix.nix.signing import KeyFormatError, PublicKey, SecretKey, add_signature, sign_info, trusted_sigs
-from peerix.nix.narinfo import NarInfo
-from peerix.store.local import LocalStore
 from test_narinfo import sample_text
 
 

@@ -10,8 +10,8 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 from dataclasses import dataclass
+from typing import BinaryIO
 
 CHUNK_SIZE = 1 << 20
 _PAD = bytes(8)

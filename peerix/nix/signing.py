@@ -4,11 +4,10 @@ import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nacl.exceptions
 import nacl.signing
-
-from typing import TypeVar
 
 from .narinfo import PathInfo
 

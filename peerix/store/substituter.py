@@ -20,7 +20,7 @@ CACHE_ENTRIES = 16384
 
 
 class Unavailable(Exception):
-    """The path exists but cannot be served right now (database busy, files unreadable)."""
+    """The store cannot answer right now (its database is locked, missing or corrupt)."""
 
 
 class Substituter:
