@@ -7,7 +7,9 @@ cannot be answered becomes a fast 404 (or a 400 for input Nix itself would never
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -21,9 +23,10 @@ from .metrics import Metrics
 from .nar_response import NAR_TYPE, NarResponse
 from .nix import nix32
 from .nix.hash import SHA256_SIZE
-from .nix.narinfo import NarInfo, PathInfo
+from .nix.narinfo import PathInfo
 from .nix.storepath import is_hash_part
-from .store.substituter import CACHE_ENTRIES, Substituter, Unavailable
+from .store.remote import NarFetchError
+from .store.substituter import Substituter, Unavailable, narinfo_text
 from .zerocopy import EXTENSION as ZEROCOPY
 
 log = logging.getLogger(__name__)
@@ -37,18 +40,9 @@ class CacheSettings:
     want_mass_query: bool = True
 
 
-def nar_url(info: PathInfo) -> str:
-    """The NarHash names the NAR so a rebuilt path never aliases an old one; the hash part finds it."""
-    return f"nar/{nix32.encode(info.nar_hash)}.nar?hash={info.store_path.hash_part}"
-
-
-@functools.lru_cache(maxsize=CACHE_ENTRIES)
-def narinfo_text(info: PathInfo) -> bytes:
-    """Rendered once per path info: the substituter hands out the same info until the store changes."""
-    return NarInfo.uncompressed(info, nar_url(info)).to_text().encode()
-
-
-def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metrics) -> ASGIApp:
+def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metrics,
+               network: Callable[[], dict[str, Any]] | None = None) -> ASGIApp:
+    """The HTTP app; `network` reports the peer network's state for /health."""
     if substituter.nar_cache:
         metrics.watch_nar_cache(substituter.nar_cache)
     cache_info = (
@@ -89,11 +83,16 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             return _error(404, "no such NAR: the path is gone or has other contents now")
         if request.method == "HEAD":
             return Response(headers={"content-length": str(info.nar_size)}, media_type=NAR_TYPE)
-        return NarResponse(substituter.nar(info), info.nar_size, functools.partial(_nar_finished, info))
+        try:
+            parts = await substituter.open_nar(info)
+        except NarFetchError as error:
+            log.warning("nar unavailable path=%s error=%s", info.store_path, error)
+            return _error(404, "no peer could send this NAR")
+        return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info))
 
     async def _lookup(hash_part: str) -> PathInfo | None:
         try:
-            return await substituter.path_info(hash_part)
+            return await substituter.lookup(hash_part)
         except Unavailable as error:
             log.error("lookup failed hash=%s error=%s", hash_part, error)
             metrics.store_errors.inc()
@@ -109,6 +108,8 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         status, checks = "ok", {}
         if cache := substituter.nar_cache:
             checks["nar_cache"] = {"entries": cache.entries, "bytes": cache.total_bytes}
+        if network is not None:
+            checks["network"] = network()
         try:
             checks["paths"] = await substituter.local.count()
             checks["database"] = "ok"

@@ -1,11 +1,15 @@
 """Prometheus metrics of one daemon, in a registry of its own so several can share a process."""
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .store.narcache import NarCache
+
+if TYPE_CHECKING:
+    from .net.reputation import Reputation
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
@@ -36,6 +40,28 @@ class Metrics:
         self.nar_transfers = Counter(
             "peerix_nar_transfers", "NAR responses by outcome (complete, aborted, failed)", ["outcome"], registry=r
         )
+        self.peer_requests = Counter(
+            "peerix_peer_requests", "Requests from peers by kind (narinfo, nar) and result "
+            "(ok, not-found, refused, bad-request)", ["kind", "result"], registry=r,
+        )
+        self.peer_sent_bytes = Counter("peerix_peer_sent_bytes", "NAR bytes sent to peers", registry=r)
+        self.peer_fetches = Counter(
+            "peerix_peer_fetches", "Fetches from peers by kind (narinfo, nar) and result (ok, not-found, "
+            "rejected, unreachable, failed, mismatch)", ["kind", "result"], registry=r,
+        )
+        self.peer_received_bytes = Counter("peerix_peer_received_bytes", "NAR bytes received from peers",
+                                           registry=r)
+        self.verification_failures = Counter(
+            "peerix_verification_failures", "Peer answers refused by verification (narinfo: policy, "
+            "nar: size or hash)", ["kind"], registry=r,
+        )
+        self.remote_lookups = Counter(
+            "peerix_remote_lookups", "Narinfo lookups in the peer network by result (hit, miss, cached-miss)",
+            ["result"], registry=r,
+        )
+        self.source_errors = Counter(
+            "peerix_source_errors", "Failed candidate lookups by source (tracker, lan)", ["source"], registry=r,
+        )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
@@ -56,6 +82,20 @@ class Metrics:
 
     def watch_nar_cache(self, cache: NarCache) -> None:
         self.registry.register(_NarCacheCollector(cache))
+
+    def watch_peers(self, reputation: "Reputation") -> None:
+        self.registry.register(_PeersCollector(reputation))
+
+
+class _PeersCollector:
+    def __init__(self, reputation: "Reputation") -> None:
+        self.reputation = reputation
+
+    def collect(self) -> Iterator[Metric]:
+        peers = self.reputation.peers
+        yield GaugeMetricFamily("peerix_peers_known", "Peers this host has talked to", value=len(peers))
+        yield GaugeMetricFamily("peerix_peers_backing_off", "Peers left alone after failures",
+                                value=sum(not self.reputation.available(p) for p in peers))
 
 
 class _NarCacheCollector:

@@ -29,6 +29,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def offline(state_dir: Path) -> list[str]:
+    """Flags for a daemon under test: its own state, iroh on loopback, no relays, discovery or upstream."""
+    return ["--state-dir", str(state_dir), "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery",
+            "--upstream", "none"]
+
+
 def peerix(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "peerix.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=60, **kw)

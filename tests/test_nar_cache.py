@@ -12,7 +12,7 @@ from peerix.nix.narinfo import NarInfo
 from peerix.store.narcache import NarCache, NarCacheWriter
 from peerix.store.substituter import _teed
 
-from conftest import requires_nix
+from conftest import offline, requires_nix
 from nixtools import closure_of, hash_part, run
 
 
@@ -80,8 +80,7 @@ def test_nars_with_large_files_or_cut_short_are_not_kept(tmp_path: Path) -> None
 @requires_nix
 def test_served_twice_then_from_the_cache(start_daemon, host_a: Path, closure: Path, keypair, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    served = start_daemon("serve", "--store-root", str(host_a), "--sign-key-file", str(keypair[0]),
-                          "--state-dir", str(state))
+    served = start_daemon("serve", "--store-root", str(host_a), "--sign-key-file", str(keypair[0]), *offline(state))
     lib = next(p for p in closure_of(closure) if "peerix-test-lib" in p)
     info = NarInfo.parse(httpx.get(f"{served.url}/{hash_part(lib)}.narinfo").text)
     expected = run("nix-store", "--dump", lib).stdout

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from peerix.app import nar_url
 from peerix.nix.hash import parse_sha256
 from peerix.nix.narinfo import NarInfo, NarInfoError
 from peerix.nix.storepath import StorePath
 from peerix.store.local import LocalStore
+from peerix.store.substituter import nar_url
 
 from conftest import requires_nix
 from nixtools import closure_of, nix, path_info

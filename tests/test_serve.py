@@ -10,7 +10,7 @@ import pytest
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import PublicKey, SecretKey, trusted_sigs
 
-from conftest import requires_nix
+from conftest import offline, requires_nix
 from nixtools import closure_of, hash_part, nix, path_info, run
 
 pytestmark = requires_nix
@@ -20,7 +20,7 @@ pytestmark = requires_nix
 def served(start_daemon, host_a: Path, keypair: tuple[Path, Path], tmp_path: Path):
     secret, _ = keypair
     return start_daemon("serve", "--store-root", str(host_a), "--sign-key-file", str(secret), "--priority", "25",
-                        "--state-dir", str(tmp_path / "state"))
+                        *offline(tmp_path / "state"))
 
 
 def raw_request(port: int, target: str, method: str = "GET") -> tuple[int, bytes]:

@@ -74,6 +74,12 @@ class LocalStore:
             return None
         return self._path_info(*next(iter(rows)))
 
+    async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(hash part, signatures) of every valid path: what announcing needs, in one query."""
+        start = len(self.store_dir) + 1
+        rows = await self.db.execute_fetchall("SELECT substr(path, ?, 32), sigs FROM ValidPaths", (start,))
+        return [(hash_part, tuple((sigs or "").split())) for hash_part, sigs in rows]
+
     async def count(self) -> int:
         rows = await self.db.execute_fetchall("SELECT count(*) FROM ValidPaths")
         return next(iter(rows))[0]

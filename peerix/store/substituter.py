@@ -1,22 +1,37 @@
 """What the host offers as a substituter: paths it can hand to Nix, signed with its key."""
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
-from ..nix import nar
-from ..nix.narinfo import PathInfo
-from ..nix.signing import SecretKey, add_signature
+from ..nix import nar, nix32
+from ..nix.narinfo import NarInfo, PathInfo
+from ..nix.signing import Info, SecretKey, add_signature
 from .local import LocalStore
 from .narcache import NarCache, NarCacheWriter
+from .remote import NarFetchError, RemoteStore
 
 log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 16384
+T = TypeVar("T")
+
+
+def nar_url(info: PathInfo) -> str:
+    """The NarHash names the NAR so a rebuilt path never aliases an old one; the hash part finds it."""
+    return f"nar/{nix32.encode(info.nar_hash)}.nar?hash={info.store_path.hash_part}"
+
+
+@functools.lru_cache(maxsize=CACHE_ENTRIES)
+def narinfo_text(info: PathInfo) -> bytes:
+    """Rendered once per path info: the substituter hands out the same info until the store changes."""
+    return NarInfo.uncompressed(info, nar_url(info)).to_text().encode()
 
 
 class Unavailable(Exception):
@@ -24,10 +39,12 @@ class Unavailable(Exception):
 
 
 class Substituter:
-    def __init__(self, local: LocalStore, key: SecretKey | None, nar_cache: NarCache | None = None) -> None:
+    def __init__(self, local: LocalStore, key: SecretKey | None, nar_cache: NarCache | None = None,
+                 remote: RemoteStore | None = None) -> None:
         self.local = local
         self.key = key
         self.nar_cache = nar_cache
+        self.remote = remote
         # Nix asks twice (HEAD, then GET) and a fleet asks for the same paths over and over.
         # Signed infos are kept until the database changes: a database read costs a thread hop.
         self._sign = functools.lru_cache(maxsize=CACHE_ENTRIES)(key.sign) if key else None
@@ -36,8 +53,33 @@ class Substituter:
         self._walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-walker")
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
+    async def lookup(self, hash_part: str) -> PathInfo | None:
+        """Signed info for a path Nix can have: from the local store, else from the peer network."""
+        info = await self.path_info(hash_part)
+        if info is None and self.remote is not None:
+            found = await self.remote.path_info(hash_part)
+            if found is not None:
+                info = self._signed(found.info)
+        return info
+
+    async def open_nar(self, info: PathInfo) -> AsyncIterator[nar.Segment]:
+        """The NAR of a path `lookup` returned: local if the store has it, else from a peer.
+
+        Raises NarFetchError (an OSError) when no peer starts sending it.
+        """
+        hash_part = info.store_path.hash_part
+        if await self.path_info(hash_part) is not None:
+            return self.nar(info)
+        found = self.remote.known(hash_part) if self.remote else None
+        if found is None or found.info.nar_hash != info.nar_hash:
+            raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
+        return await self.remote.open_nar(found)
+
+    def _signed(self, info: Info) -> Info:
+        return add_signature(info, self._sign(info.fingerprint())) if self._sign else info
+
     async def path_info(self, hash_part: str) -> PathInfo | None:
-        """Signed info for a path this host can serve, or None; `hash_part` must be validated."""
+        """Signed info for a path in the local store, or None; `hash_part` must be validated."""
         info = self._cached(hash_part)
         if info is None:
             try:
@@ -46,8 +88,7 @@ class Substituter:
                 raise Unavailable(f"store database: {error}") from error
             if info is None:
                 return None
-            if self._sign:
-                info = add_signature(info, self._sign(info.fingerprint()))
+            info = self._signed(info)
             self._remember(hash_part, info)
         # The database can outlive the files (or vice versa for a moment during garbage collection).
         return info if self.local.has_files(info.store_path) else None
@@ -71,9 +112,9 @@ class Substituter:
     async def nar(self, info: PathInfo) -> AsyncIterator[nar.Segment]:
         """The NAR of a path returned by `path_info`: bytes chunks and large files to send whole.
 
-        The tree walk and small-file reads run on one dedicated thread: the event loop never
-        waits on the file system, and walking overlaps with sending. One thread because the walk
-        is syscall-bound; more threads only fight over the GIL and the two cores of a small host.
+        The tree walk and file reads run on one dedicated thread: the event loop never waits on
+        the file system, and walking overlaps with sending. One thread because the walk is
+        syscall-bound; more threads only fight over the GIL and the two cores of a small host.
         A NAR made only of small files is also written to the NAR cache on the way.
         """
         cache = self.nar_cache
@@ -82,15 +123,31 @@ class Substituter:
             yield nar.FileContents(cached, info.nar_size)
             return
         writer = cache.writer(info.nar_hash, info.nar_size) if cache else None
-        parts = _teed(nar.coalesce(nar.segments(self.local.real_path(info.store_path))), writer)
+        walk = nar.coalesce(nar.segments(self.local.real_path(info.store_path)))
+        async with contextlib.aclosing(self._on_walker(_teed(walk, writer))) as parts:
+            async for part in parts:
+                yield part
+        if writer and await asyncio.get_running_loop().run_in_executor(self._cache_writer, writer.finish):
+            cache.publish(writer)  # finish() syncs to disk: on its own thread, not the walker's
+
+    async def nar_chunks(self, info: PathInfo) -> AsyncIterator[bytes]:
+        """The NAR as bytes only, for transports without zero-copy (peers over iroh)."""
+        async with contextlib.aclosing(self.nar(info)) as parts:
+            async for part in parts:
+                if isinstance(part, bytes):
+                    yield part
+                    continue
+                async with contextlib.aclosing(self._on_walker(nar.read_file(part))) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+
+    async def _on_walker(self, parts: Iterator[T]) -> AsyncIterator[T]:
         loop = asyncio.get_running_loop()
         try:
             while (part := await loop.run_in_executor(self._walker, next, parts, None)) is not None:
                 yield part
         finally:
             self._walker.submit(parts.close)  # after any next() still running: same thread, in order
-        if writer and await loop.run_in_executor(self._cache_writer, writer.finish):  # fdatasync: not on the walker
-            cache.publish(writer)
 
     def close(self) -> None:
         self._walker.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,180 @@
+"""The daemon's configuration: one declaration per setting, read from a TOML file and from flags.
+
+Each field of `Config` is a setting: its TOML key is the field name, its flag the same name with
+dashes (`nar_cache_size` -> `--nar-cache-size`), its help text and parser live in the field's
+metadata. Precedence: built-in default < TOML file (`--config`) < flag.
+"""
+
+import argparse
+import dataclasses
+import enum
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .store.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
+
+DEFAULT_PORT = 12304
+
+
+class ConfigError(Exception):
+    pass
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, with IPv6 hosts in brackets ([::1]:12304)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes, optionally with a K, M, G or T suffix (powers of 1024)."""
+    if isinstance(text, int) and text >= 0:
+        return text
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", str(text).strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"expected a size such as 1073741824, 512M or 1G, got {text!r}")
+    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def default_state_dir() -> Path:
+    """systemd's StateDirectory, else /var/lib/peerix for root, else the XDG state directory."""
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/peerix")
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "peerix"
+
+
+def setting(default: Any, help: str, parse: Callable[[Any], Any] = str, metavar: str | None = None,
+            many: bool = False, factory: Callable[[], Any] | None = None) -> Any:
+    meta = {"help": help, "parse": parse, "metavar": metavar, "many": many}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _optional_url(text: str) -> str | None:
+    text = str(text).strip()
+    if not text or text.lower() == "none":
+        return None
+    if not re.match(r"https?://", text):
+        raise ValueError(f"expected an http(s) URL or 'none', got {text!r}")
+    return text.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Config:
+    store_root: Path = setting(Path("/"), "root of the Nix store: / or a chroot store such as /tmp/hostA", Path,
+                               "DIR")
+    listen: tuple[str, int] = setting(("127.0.0.1", DEFAULT_PORT), "HTTP address for the local Nix "
+                                      "([::1]:12304 for IPv6)", parse_listen, "HOST:PORT")
+    sign_key_file: Path | None = setting(None, "secret key to sign narinfo with (default: $NIX_SECRET_KEY_FILE)",
+                                         Path, "FILE")
+    priority: int = setting(30, "Priority in nix-cache-info; lower wins, cache.nixos.org is 40", int, "N")
+    state_dir: Path = setting(None, "state: peer identity, tracker sync state, NAR cache (default: "
+                              "$STATE_DIRECTORY, /var/lib/peerix as root, else ~/.local/state/peerix)", Path, "DIR",
+                              factory=default_state_dir)
+    nar_cache_size: int = setting(1 << 30, "disk budget for whole NARs of small-file paths, served zero-copy "
+                                  "once cached; 0 disables (default: 1G)", parse_size, "SIZE")
+    name: str = setting(None, "name shown to other peers (default: the host name)", str, "NAME",
+                        factory=socket.gethostname)
+    tracker: str | None = setting(None, "tracker URL; none: no tracker", _optional_url, "URL")
+    trusted_public_keys: tuple[str, ...] = setting((CACHE_NIXOS_ORG_KEY,), "keys whose signatures make a "
+                                                   "peer's path acceptable and our own path shareable "
+                                                   "(repeatable)", str, "KEY", many=True)
+    upstream: str | None = setting("https://cache.nixos.org", "binary cache that vouches for unsigned paths "
+                                   "by their NarHash; none: no upstream checks", _optional_url, "URL")
+    accept: Accept = setting(Accept.EITHER, "what makes a peer's path acceptable: "
+                             + ", ".join(a.value for a in Accept), Accept, "POLICY")
+    serve: Serve = setting(Serve.SIGNED_OR_UPSTREAM, "what peers may fetch from us: "
+                           + ", ".join(s.value for s in Serve), Serve, "POLICY")
+    iroh_listen: str = setting("0.0.0.0:12305", "UDP address of the iroh endpoint peers connect to", str,
+                               "HOST:PORT")
+    relays: bool = setting(True, "use iroh's public relays (NAT traversal, fallback path)", parse_bool)
+    discovery: bool = setting(True, "publish and resolve endpoint addresses with iroh's DNS discovery",
+                              parse_bool)
+    connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next", float, "SECONDS")
+    access_log: bool = setting(False, "log every HTTP request", parse_bool)
+
+    def __post_init__(self) -> None:
+        if self.accept in (Accept.UPSTREAM, Accept.BOTH) and self.upstream is None:
+            raise ConfigError(f"accept = {self.accept.value!r} needs an upstream cache")
+
+    @property
+    def secret_key_file(self) -> Path | None:
+        env = os.environ.get("NIX_SECRET_KEY_FILE")
+        return self.sign_key_file or (Path(env) if env else None)
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags stay None so the file and defaults can apply."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings (keys as below, "
+                        "with underscores); flags override it")
+    for name, f in SETTINGS.items():
+        help = f.metadata["help"]
+        if "default:" not in help and f.default is not None:
+            help += f" (default: {_shown(f.default)})"
+        flag = "--" + name.replace("_", "-")
+        if f.metadata["parse"] is parse_bool:
+            parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=f.metadata["metavar"], help=help,
+                                action="append" if f.metadata["many"] else "store")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    return str(value.value if isinstance(value, enum.Enum) else value)
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Defaults, then the TOML file, then flags; every value goes through its setting's parser."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, "rb") as file:
+                values.update(tomllib.load(file))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"{args.config}: {error}") from None
+        unknown = sorted(set(values) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown setting(s): {', '.join(unknown)}")
+    values.update({name: getattr(args, name) for name in SETTINGS if getattr(args, name, None) is not None})
+    parsed = {}
+    for name, value in values.items():
+        f = SETTINGS[name]
+        try:
+            if f.metadata["many"]:
+                items = value if isinstance(value, list) else [value]
+                parsed[name] = tuple(f.metadata["parse"](item) for item in items)
+            else:
+                parsed[name] = f.metadata["parse"](value)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{name.replace('_', '-')}: {error}") from None
+    return Config(**parsed)

@@ -1,0 +1,121 @@
+"""The daemon: wires the local store, the peer network and the HTTP face together, runs them,
+and takes them down in order (deregister, close the endpoint, close the store)."""
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from .app import CacheSettings, create_app
+from .config import Config
+from .metrics import Metrics
+from .net.endpoint import EndpointSettings, PeerEndpoint
+from .net.peer_service import PeerService
+from .net.reputation import Reputation
+from .nix.signing import PublicKey, SecretKey
+from .secrets import read_secret, write_secret
+from .store.local import LocalStore
+from .store.narcache import NarCache
+from .store.policy import Policy, Upstream
+from .store.remote import RemoteSettings, RemoteStore
+from .store.substituter import Substituter
+from .zerocopy import ZeroCopyHttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+def load_identity(path: Path) -> bytes:
+    """The 32-byte ed25519 seed behind the iroh endpoint id (and tracker identity), made on first start."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_secret(path, os.urandom(32).hex() + "\n")
+        log.info("created peer identity path=%s", path)
+    seed = bytes.fromhex(read_secret(path).strip())
+    if len(seed) != 32:
+        raise ValueError(f"{path} must hold 32 bytes as hex")
+    return seed
+
+
+async def run(config: Config, key: SecretKey | None) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        local = await stack.enter_async_context(LocalStore(config.store_root))
+        metrics = Metrics()
+        nar_cache = NarCache(config.state_dir / "nar-cache", config.nar_cache_size) if config.nar_cache_size else None
+        upstream = Upstream(config.upstream) if config.upstream else None
+        if upstream is not None:
+            stack.push_async_callback(upstream.aclose)
+        policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream)
+        substituter = Substituter(local, key, nar_cache)
+        stack.callback(substituter.close)
+
+        seed = load_identity(config.state_dir / "identity.key")
+        endpoint = await PeerEndpoint.start(
+            seed,
+            EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
+                             connect_timeout=config.connect_timeout),
+            PeerService(substituter, policy, metrics).handlers,
+        )
+        stack.push_async_callback(endpoint.close)
+        reputation = Reputation()
+        metrics.watch_peers(reputation)
+        sources, background = [], []
+
+        def tracker_status() -> dict[str, Any] | None:
+            return None
+
+        if config.tracker:
+            from .net.tracker_client import TrackerClient
+            from .net.tracker_sync import Announcer, TrackerSource
+
+            tracker = TrackerClient(config.tracker, seed, config.state_dir / "tracker")
+            stack.push_async_callback(tracker.aclose)
+            sources.append(TrackerSource(tracker, metrics))
+            announcer = Announcer(tracker, local, policy, endpoint.address, config.name, metrics)
+            background.append(announcer.run())
+            stack.push_async_callback(_deregister, tracker)
+
+            def tracker_status() -> dict[str, Any] | None:
+                return {"url": config.tracker, "announced_paths": announcer.announced,
+                        "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
+        substituter.remote = RemoteStore(endpoint, sources, policy, reputation, metrics,
+                                         RemoteSettings(query_timeout=config.connect_timeout + 2))
+
+        def network() -> dict[str, Any]:
+            address = endpoint.address()
+            return {
+                "peer_id": endpoint.peer_id, "name": config.name, "direct_addresses": list(address.direct),
+                "relay_url": address.relay_url, "peers_known": len(reputation.peers),
+                "tracker": tracker_status(),
+            }
+
+        app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network)
+        host, port = config.listen
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",
+            server_header=False, proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol,
+        ))
+        tasks = [asyncio.create_task(job) for job in background]
+        log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
+                 key and key.name, endpoint.peer_id, config.tracker)
+        try:
+            await server.serve()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _deregister(tracker: Any) -> None:
+    from .net.tracker_client import TrackerError
+
+    try:
+        async with asyncio.timeout(3):
+            await tracker.deregister()
+        log.info("deregistered from tracker")
+    except (TrackerError, TimeoutError) as error:
+        log.warning("could not deregister error=%s", error)

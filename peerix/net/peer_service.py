@@ -1,0 +1,123 @@
+"""Answering peers: narinfo and NAR requests on the peerix ALPNs, from the local store only.
+
+A path outside the serving policy is answered "not-found", exactly like a path we do not have:
+a stranger learns nothing about private builds. Every request and every write is bounded by a
+timeout, so a peer that stops reading cannot pin a stream forever.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import iroh
+
+from ..metrics import Metrics
+from ..nix import nix32
+from ..nix.narinfo import PathInfo
+from ..nix.storepath import is_hash_part
+from ..store.policy import Policy
+from ..store.substituter import Substituter, Unavailable, narinfo_text
+from . import wire
+from .endpoint import StreamHandler
+
+log = logging.getLogger(__name__)
+
+
+class PeerService:
+    def __init__(self, substituter: Substituter, policy: Policy, metrics: Metrics, timeout: float = 30.0) -> None:
+        self.substituter = substituter
+        self.policy = policy
+        self.metrics = metrics
+        self.timeout = timeout  # for the request, and for each write of the answer
+
+    @property
+    def handlers(self) -> dict[bytes, StreamHandler]:
+        return {wire.NARINFO_ALPN: self.serve_narinfo, wire.NAR_ALPN: self.serve_nar}
+
+    async def serve_narinfo(self, peer_id: str, stream: iroh.BiStream) -> None:
+        request = await self._request(stream)
+        info = await self._servable(peer_id, "narinfo", request.get("hash"))
+        reply = {"status": "ok", "narinfo": narinfo_text(info).decode()} if info else {"status": "not-found"}
+        await self._send(stream.send(), wire.encode_frame(reply))
+        await self._finish(stream.send())
+
+    async def serve_nar(self, peer_id: str, stream: iroh.BiStream) -> None:
+        started = time.monotonic()
+        try:
+            request = wire.NarRequest.from_message(await self._request(stream))
+        except wire.WireError as error:
+            return await self._refuse(stream, peer_id, "bad-request", str(error))
+        info = await self._servable(peer_id, "nar", request.hash_part)
+        if info is None or nix32.encode(info.nar_hash) != request.nar_hash:
+            await self._send(stream.send(), wire.encode_frame({"status": "not-found"}))
+            return await self._finish(stream.send())
+        if request.offset > info.nar_size:
+            return await self._refuse(stream, peer_id, "bad-request", "offset beyond the end of the NAR")
+        end = info.nar_size if request.length is None else min(info.nar_size, request.offset + request.length)
+        send = stream.send()
+        await self._send(send, wire.encode_frame({"status": "ok", "size": end - request.offset}))
+        sent = 0
+        async with contextlib.aclosing(_byte_range(self.substituter.nar_chunks(info), request.offset, end)) as chunks:
+            async for chunk in chunks:
+                await self._send(send, chunk)
+                sent += len(chunk)
+        await self._finish(send)
+        self.metrics.peer_sent_bytes.inc(sent)
+        seconds = time.monotonic() - started
+        log.info("served nar peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f", peer_id[:10], info.store_path,
+                 sent, seconds, sent / (1 << 20) / max(seconds, 1e-6))
+
+    async def _request(self, stream: iroh.BiStream) -> dict[str, Any]:
+        async with asyncio.timeout(self.timeout):
+            return await wire.read_frame(stream.recv())
+
+    async def _servable(self, peer_id: str, kind: str, hash_part: object) -> PathInfo | None:
+        """The local path if the policy lets this peer have it; the result is counted either way."""
+        if not isinstance(hash_part, str) or not is_hash_part(hash_part):
+            self.metrics.peer_requests.labels(kind, "bad-request").inc()
+            return None
+        try:
+            info = await self.substituter.path_info(hash_part)
+        except Unavailable as error:
+            log.error("lookup for a peer failed hash=%s error=%s", hash_part, error)
+            info = None
+        if info is None:
+            self.metrics.peer_requests.labels(kind, "not-found").inc()
+            return None
+        verdict = await self.policy.may_serve(info)
+        if not verdict.ok:
+            log.info("refused peer=%s path=%s reason=%s", peer_id[:10], info.store_path, verdict.reason)
+            self.metrics.peer_requests.labels(kind, "refused").inc()
+            return None
+        self.metrics.peer_requests.labels(kind, "ok").inc()
+        return info
+
+    async def _refuse(self, stream: iroh.BiStream, peer_id: str, status: str, message: str) -> None:
+        log.info("bad request peer=%s status=%s message=%s", peer_id[:10], status, message)
+        await self._send(stream.send(), wire.encode_frame({"status": status, "message": message}))
+        await self._finish(stream.send())
+
+    async def _send(self, send: iroh.SendStream, data: bytes) -> None:
+        async with asyncio.timeout(self.timeout):
+            await send.write_all(data)
+
+    async def _finish(self, send: iroh.SendStream) -> None:
+        """Finish, then wait until the peer has everything: returning early would cut it off."""
+        await send.finish()
+        async with asyncio.timeout(self.timeout):
+            await send.stopped()
+
+
+async def _byte_range(chunks: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
+    """The bytes [start, end) of a stream of chunks."""
+    position = 0
+    async for chunk in chunks:
+        chunk_end = position + len(chunk)
+        if chunk_end > start:
+            yield chunk[max(0, start - position): end - position] if position < start or chunk_end > end else chunk
+        position = chunk_end
+        if position >= end:
+            return

@@ -1,0 +1,68 @@
+"""Peer reputation: who to ask first, and who not to ask for a while.
+
+Success rate (smoothed, so a new peer starts in the middle), latency and recency order the
+candidates; each failure in a row doubles how long a peer is left alone, so a dead peer costs
+one connect timeout and then nothing until its backoff expires.
+"""
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass
+class PeerStats:
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    latency: float | None = None  # smoothed seconds to the first answer
+    last_success: float = 0.0
+    last_failure: float = 0.0
+    last_error: str = ""
+    backoff_until: float = 0.0
+
+    @property
+    def success_rate(self) -> float:
+        return (self.successes + 1) / (self.successes + self.failures + 2)
+
+
+class Reputation:
+    def __init__(self, base_backoff: float = 2.0, max_backoff: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self.peers: dict[str, PeerStats] = {}
+
+    def _stats(self, peer_id: str) -> PeerStats:
+        return self.peers.setdefault(peer_id, PeerStats())
+
+    def succeeded(self, peer_id: str, latency: float) -> None:
+        stats = self._stats(peer_id)
+        stats.successes += 1
+        stats.consecutive_failures = 0
+        stats.backoff_until = 0.0
+        stats.last_success = self.clock()
+        stats.latency = latency if stats.latency is None else 0.7 * stats.latency + 0.3 * latency
+
+    def failed(self, peer_id: str, error: str) -> None:
+        stats = self._stats(peer_id)
+        stats.failures += 1
+        stats.consecutive_failures += 1
+        stats.last_failure = now = self.clock()
+        stats.last_error = error
+        delay = min(self.max_backoff, self.base_backoff * 2 ** (stats.consecutive_failures - 1))
+        stats.backoff_until = now + delay
+
+    def available(self, peer_id: str) -> bool:
+        stats = self.peers.get(peer_id)
+        return stats is None or stats.backoff_until <= self.clock()
+
+    def order(self, peer_ids: Iterable[str]) -> list[str]:
+        """Peers not in backoff, best first: success rate, then latency, then most recent success."""
+        def key(peer_id: str) -> tuple[float, float, float]:
+            stats = self.peers.get(peer_id) or PeerStats()
+            latency = stats.latency if stats.latency is not None else 0.05  # unknown: assume a LAN peer
+            return (-round(stats.success_rate, 1), latency, -stats.last_success)
+
+        return sorted((p for p in dict.fromkeys(peer_ids) if self.available(p)), key=key)

@@ -1,0 +1,84 @@
+"""The daemon and its tracker: announcing what the local store can share, asking who has a path.
+
+The announcer watches the Nix database cheaply (two stats a second) and announces when it
+changed, or sends a heartbeat; the tracker client turns a changed set into a delta. Lookups are
+cached briefly and never slow a narinfo answer down: a down tracker is one fast failure, then
+the client's backoff makes every lookup an immediate "nobody".
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ..metrics import Metrics
+from ..store.local import LocalStore
+from ..store.policy import Policy
+from ..store.remote import Candidate
+from .endpoint import EndpointAddress
+from .tracker_client import PeerAddresses, TrackerClient, TrackerError
+
+log = logging.getLogger(__name__)
+
+
+class TrackerSource:
+    name = "tracker"
+
+    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 5.0, entries: int = 4096) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.ttl = ttl
+        self.entries = entries
+        self._answers: dict[str, tuple[float, list[Candidate]]] = {}
+
+    async def candidates(self, hash_part: str) -> list[Candidate]:
+        hit = self._answers.get(hash_part)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        try:
+            records = await self.client.lookup(hash_part)
+        except TrackerError as error:
+            self.metrics.source_errors.labels(self.name).inc()
+            log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
+            return []
+        found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
+                           self.name) for r in records]
+        if len(self._answers) >= self.entries:
+            self._answers.clear()
+        self._answers[hash_part] = (time.monotonic() + self.ttl, found)
+        return found
+
+
+class Announcer:
+    def __init__(self, client: TrackerClient, local: LocalStore, policy: Policy, address: Callable[[], EndpointAddress],
+                 name: str, metrics: Metrics, poll: float = 1.0, heartbeat: float = 60.0) -> None:
+        self.client = client
+        self.local = local
+        self.policy = policy
+        self.address = address
+        self.name = name
+        self.metrics = metrics
+        self.poll = poll
+        self.heartbeat = heartbeat
+        self.announced: int | None = None  # paths in the last acknowledged announce
+        self.last_success = 0.0
+
+    async def run(self) -> None:
+        generation, last = None, 0.0
+        while True:
+            current = self.local.generation()
+            if current != generation or time.monotonic() - last >= self.heartbeat:
+                try:
+                    await self.announce()
+                    generation, last = current, time.monotonic()
+                except TrackerError as error:
+                    self.metrics.source_errors.labels("tracker").inc()
+                    log.warning("announce failed error=%s", error)
+            await asyncio.sleep(self.poll)
+
+    async def announce(self) -> None:
+        hashes = [h for h, sigs in await self.local.signatures() if self.policy.announceable(sigs)]
+        address = self.address()
+        await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url),
+                                   self.name)
+        self.announced, self.last_success = len(hashes), time.time()

@@ -1,0 +1,80 @@
+"""The peer-to-peer wire format spoken over iroh QUIC streams.
+
+Every request and every response header is one frame: a 4-byte big-endian length, then a JSON
+object. A request opens a bidirectional stream; the answer comes back on it.
+
+`/peerix/narinfo/1`  request `{"hash": <store path hash part>}`
+                     answer  `{"status": "ok", "narinfo": <text>}` or `{"status": "not-found"}`
+`/peerix/nar/1`      request `{"hash": <hash part>, "nar_hash": <nix32>, "offset": n, "length": n|null}`
+                     answer  `{"status": "ok", "size": n}` followed by exactly n raw NAR bytes (the
+                     requested range), or `{"status": "not-found"}`; the stream then finishes.
+
+A range is asked for so that a transfer can resume, or be split between peers, later; a peer
+that answers with fewer bytes than it announced has failed. Status values other than "ok" carry
+an optional "message". Unknown fields are ignored, so fields can be added within version 1.
+"""
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+NARINFO_ALPN = b"/peerix/narinfo/1"
+NAR_ALPN = b"/peerix/nar/1"
+
+MAX_FRAME = 1 << 20  # a narinfo with thousands of references still fits
+_LENGTH = struct.Struct(">I")
+
+
+class WireError(Exception):
+    """The other side broke the protocol: a bad frame, a bad field, or a stream cut short."""
+
+
+class Readable(Protocol):
+    async def read_exact(self, size: int) -> bytes: ...
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME:
+        raise WireError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_frame(stream: Readable) -> dict[str, Any]:
+    (size,) = _LENGTH.unpack(await stream.read_exact(_LENGTH.size))
+    if size > MAX_FRAME:
+        raise WireError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+    try:
+        message = json.loads(await stream.read_exact(size))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WireError(f"frame is not JSON: {error}") from None
+    if not isinstance(message, dict):
+        raise WireError("frame is not a JSON object")
+    return message
+
+
+@dataclass(frozen=True)
+class NarRequest:
+    hash_part: str
+    nar_hash: str  # nix32
+    offset: int = 0
+    length: int | None = None  # None: to the end
+
+    def to_frame(self) -> bytes:
+        return encode_frame({"hash": self.hash_part, "nar_hash": self.nar_hash, "offset": self.offset,
+                             "length": self.length})
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> "NarRequest":
+        hash_part, nar_hash = message.get("hash"), message.get("nar_hash")
+        offset, length = message.get("offset", 0), message.get("length")
+        if not isinstance(hash_part, str) or not isinstance(nar_hash, str):
+            raise WireError("nar request needs string fields hash and nar_hash")
+        if not _is_count(offset) or not (length is None or _is_count(length)):
+            raise WireError("nar request offset and length must be non-negative integers")
+        return cls(hash_part, nar_hash, offset, length)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

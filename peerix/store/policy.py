@@ -1,0 +1,149 @@
+"""Trust policy: which paths a host accepts from peers, and which it serves to them.
+
+Peers are untrusted. A path from a peer is accepted when it carries a valid signature by a key
+the host trusts, and/or when its NarHash, NarSize and references match the upstream cache's
+narinfo for the same store path (as Nix's own `VerifiedStore` idea). The same tests decide what
+a host serves, so builds of its own that nobody signed do not leak to strangers.
+"""
+
+import enum
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import httpx
+
+from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
+from ..nix.signing import PublicKey, trusted_sigs
+
+log = logging.getLogger(__name__)
+
+CACHE_NIXOS_ORG_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+
+
+class Accept(enum.StrEnum):
+    """What makes a peer's narinfo acceptable."""
+
+    SIGNATURE = "signature"
+    UPSTREAM = "upstream"
+    EITHER = "signature-or-upstream"
+    BOTH = "signature-and-upstream"
+
+
+class Serve(enum.StrEnum):
+    """What a host serves to peers."""
+
+    SIGNED = "signed"
+    SIGNED_OR_UPSTREAM = "signed-or-upstream"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+
+class Upstream:
+    """Narinfo lookups in the upstream binary cache, remembered for a while (hits and misses)."""
+
+    def __init__(self, url: str, timeout: float = 5.0, ttl: float = 3600.0, entries: int = 65536) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        self._ttl = ttl
+        self._entries = entries
+        self._known: OrderedDict[str, tuple[float, NarInfo | None]] = OrderedDict()
+
+    async def narinfo(self, hash_part: str) -> NarInfo | None:
+        """The upstream narinfo, None if upstream does not have the path; raises httpx.HTTPError."""
+        hit = self._known.get(hash_part)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        response = await self._http.get(f"{self.url}/{hash_part}.narinfo")
+        if response.status_code in (404, 403):
+            info = None
+        else:
+            response.raise_for_status()
+            try:
+                info = NarInfo.parse(response.text)
+            except NarInfoError as error:
+                raise httpx.DecodingError(f"upstream narinfo for {hash_part}: {error}") from None
+        self._known[hash_part] = (time.monotonic() + self._ttl, info)
+        self._known.move_to_end(hash_part)
+        if len(self._known) > self._entries:
+            self._known.popitem(last=False)
+        return info
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def same_contents(a: PathInfo, b: PathInfo) -> bool:
+    return (a.store_path, a.nar_hash, a.nar_size, sorted(a.references)) == (
+        b.store_path, b.nar_hash, b.nar_size, sorted(b.references))
+
+
+class Policy:
+    def __init__(
+        self, trusted_keys: list[PublicKey], accept: Accept = Accept.EITHER, serve: Serve = Serve.SIGNED_OR_UPSTREAM,
+        upstream: Upstream | None = None,
+    ) -> None:
+        if accept in (Accept.UPSTREAM, Accept.BOTH) and upstream is None:
+            raise ValueError(f"accepting paths by '{accept}' needs an upstream cache")
+        self.trusted_keys = trusted_keys
+        self.trusted_names = frozenset(key.name for key in trusted_keys)
+        self.accept = accept
+        self.serve = serve
+        self.upstream = upstream
+
+    def trusted_sigs(self, info: PathInfo) -> tuple[str, ...]:
+        return trusted_sigs(info, self.trusted_keys)
+
+    async def check_upstream(self, info: PathInfo) -> Verdict:
+        if self.upstream is None:
+            return Verdict(False, "no upstream cache configured")
+        try:
+            upstream = await self.upstream.narinfo(info.store_path.hash_part)
+        except httpx.HTTPError as error:
+            return Verdict(False, f"upstream unreachable: {error}")
+        if upstream is None:
+            return Verdict(False, f"not in {self.upstream.url}")
+        if not same_contents(info, upstream):
+            return Verdict(False, f"differs from {self.upstream.url}")
+        return Verdict(True, f"matches {self.upstream.url}")
+
+    async def accept_from_peer(self, info: PathInfo) -> tuple[Verdict, PathInfo]:
+        """Judge a peer's path info; the info returned keeps only the signatures we trust."""
+        kept = info.with_sigs(self.trusted_sigs(info))
+        names = ", ".join(sig.partition(":")[0] for sig in kept.sigs)
+        signed = Verdict(True, f"signed by {names}") if kept.sigs else Verdict(False, "no signature by a trusted key")
+        if self.accept is Accept.SIGNATURE or (self.accept is Accept.EITHER and signed.ok):
+            return signed, kept
+        if self.accept is Accept.BOTH and not signed.ok:
+            return signed, kept
+        upstream = await self.check_upstream(info)
+        if self.accept is Accept.UPSTREAM or not upstream.ok and self.accept is Accept.BOTH:
+            return upstream, kept
+        if self.accept is Accept.BOTH:
+            return Verdict(True, f"{signed.reason}; {upstream.reason}"), kept
+        return (upstream if upstream.ok else Verdict(False, f"{signed.reason}; {upstream.reason}")), kept
+
+    async def may_serve(self, info: PathInfo) -> Verdict:
+        """Whether a peer may have this local path."""
+        if self.serve is Serve.ALL:
+            return Verdict(True, "serving policy is 'all'")
+        if sigs := self.trusted_sigs(info):
+            return Verdict(True, f"signed by {', '.join(s.partition(':')[0] for s in sigs)}")
+        if self.serve is Serve.SIGNED:
+            return Verdict(False, "private: no signature by a trusted key")
+        upstream = await self.check_upstream(info)
+        return upstream if upstream.ok else Verdict(False, f"private: unsigned and {upstream.reason}")
+
+    def announceable(self, sigs: tuple[str, ...]) -> bool:
+        """A cheap guess at `may_serve` for announcing: a trusted key's name, no crypto, no upstream.
+
+        What is announced but refused costs a peer one query; what is served is always fully checked.
+        Unsigned paths that upstream would vouch for are served when asked but not announced.
+        """
+        return self.serve is Serve.ALL or any(sig.partition(":")[0] in self.trusted_names for sig in sigs)

@@ -1,0 +1,260 @@
+"""Paths from the peer network: find who has a path, take the first narinfo that passes policy,
+stream its NAR from the best peer while hashing it.
+
+The NAR reaches the caller one chunk late: the last chunk is only released once the whole NAR
+hashed to its NarHash, so a lying peer can never complete a transfer. A peer that fails before
+the first byte is replaced by the next one; later failures abort the transfer.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import iroh
+
+from ..metrics import Metrics
+from ..net import wire
+from ..net.endpoint import EndpointAddress, PeerEndpoint, PeerUnreachable
+from ..net.reputation import Reputation
+from ..nix import nix32
+from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
+from .policy import Policy, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    address: EndpointAddress
+    source: str  # "lan", "static" or "tracker"
+
+    @property
+    def peer_id(self) -> str:
+        return self.address.endpoint_id
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    async def candidates(self, hash_part: str) -> list[Candidate]:
+        """Peers that may have the path; fast, and [] rather than an error when unsure."""
+        ...
+
+
+@dataclass(frozen=True)
+class RemotePath:
+    info: PathInfo  # as accepted: only the signatures we trust
+    verdict: Verdict
+    peers: tuple[Candidate, ...]  # who to ask for the NAR, the one that answered first
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    query_timeout: float = 5.0  # one peer's narinfo answer, connecting included
+    parallel_queries: int = 4
+    read_timeout: float = 30.0  # silence from a peer in the middle of a NAR
+    hit_ttl: float = 600.0
+    miss_ttl: float = 10.0
+
+
+class NarFetchError(OSError):
+    """No peer could start the NAR, or the one sending it failed or lied."""
+
+
+class _Expiring(OrderedDict):
+    """An LRU of values that expire."""
+
+    def __init__(self, entries: int) -> None:
+        super().__init__()
+        self.entries = entries
+
+    def get_fresh(self, key: str) -> object | None:
+        hit = self.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, value: object, ttl: float) -> None:
+        self[key] = (time.monotonic() + ttl, value)
+        self.move_to_end(key)
+        if len(self) > self.entries:
+            self.popitem(last=False)
+
+
+class RemoteStore:
+    def __init__(self, endpoint: PeerEndpoint, sources: Sequence[CandidateSource], policy: Policy,
+                 reputation: Reputation, metrics: Metrics, settings: RemoteSettings = RemoteSettings()) -> None:
+        self.endpoint = endpoint
+        self.sources = sources
+        self.policy = policy
+        self.reputation = reputation
+        self.metrics = metrics
+        self.settings = settings
+        self._paths = _Expiring(16384)
+
+    def known(self, hash_part: str) -> RemotePath | None:
+        """A path found in the network recently (the NAR request follows the narinfo request)."""
+        found = self._paths.get_fresh(hash_part)
+        return found if isinstance(found, RemotePath) else None
+
+    async def path_info(self, hash_part: str) -> RemotePath | None:
+        cached = self._paths.get_fresh(hash_part)
+        if cached is not None:
+            self.metrics.remote_lookups.labels("hit" if isinstance(cached, RemotePath) else "cached-miss").inc()
+            return cached if isinstance(cached, RemotePath) else None
+        candidates = await self.candidates(hash_part)
+        found = await self._first_accepted(hash_part, candidates) if candidates else None
+        self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
+        self.metrics.remote_lookups.labels("hit" if found else "miss").inc()
+        return found
+
+    async def candidates(self, hash_part: str) -> list[Candidate]:
+        """Every source's candidates, the first source's entry winning per peer, best peers first."""
+        answers = await asyncio.gather(*(source.candidates(hash_part) for source in self.sources))
+        by_peer: dict[str, Candidate] = {}
+        for candidate in (c for answer in answers for c in answer):
+            if candidate.peer_id != self.endpoint.peer_id:
+                by_peer.setdefault(candidate.peer_id, candidate)
+        return [by_peer[peer_id] for peer_id in self.reputation.order(by_peer)]
+
+    async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> RemotePath | None:
+        limit = asyncio.Semaphore(self.settings.parallel_queries)
+
+        async def ask(candidate: Candidate) -> RemotePath | None:
+            async with limit:
+                return await self._query(hash_part, candidate)
+
+        tasks = [asyncio.create_task(ask(candidate)) for candidate in candidates]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                found = await next_done
+                if found is not None:
+                    peers = (found.peers[0], *(c for c in candidates if c != found.peers[0]))
+                    return RemotePath(found.info, found.verdict, peers)
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _query(self, hash_part: str, candidate: Candidate) -> RemotePath | None:
+        peer = candidate.peer_id
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.query_timeout):
+                stream = await self.endpoint.open_stream(candidate.address, wire.NARINFO_ALPN)
+                await stream.send().write_all(wire.encode_frame({"hash": hash_part}))
+                await stream.send().finish()
+                reply = await wire.read_frame(stream.recv())
+        except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+            return self._peer_failed(peer, "narinfo", "unreachable", _describe(error))
+        latency = time.monotonic() - started
+        if reply.get("status") != "ok":
+            self.reputation.succeeded(peer, latency)  # it answered; the tracker's list was stale
+            self.metrics.peer_fetches.labels("narinfo", "not-found").inc()
+            return None
+        try:
+            info = NarInfo.parse(str(reply.get("narinfo")))
+        except NarInfoError as error:
+            return self._peer_failed(peer, "narinfo", "failed", f"bad narinfo: {error}")
+        if info.store_path.hash_part != hash_part:
+            return self._peer_failed(peer, "narinfo", "rejected", f"answered with {info.store_path}")
+        verdict, accepted = await self.policy.accept_from_peer(info)
+        if not verdict.ok:
+            self.metrics.verification_failures.labels("narinfo").inc()
+            log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], info.store_path, verdict.reason)
+            return self._peer_failed(peer, "narinfo", "rejected", verdict.reason)
+        self.reputation.succeeded(peer, latency)
+        self.metrics.peer_fetches.labels("narinfo", "ok").inc()
+        log.info("found path=%s peer=%s source=%s seconds=%.3f verdict=%r", info.store_path, peer[:10],
+                 candidate.source, latency, verdict.reason)
+        return RemotePath(accepted, verdict, (candidate,))
+
+    def _peer_failed(self, peer: str, kind: str, result: str, error: str) -> None:
+        self.reputation.failed(peer, error)
+        self.metrics.peer_fetches.labels(kind, result).inc()
+        log.info("peer failed peer=%s kind=%s result=%s error=%s", peer[:10], kind, result, error)
+        return None
+
+    async def open_nar(self, path: RemotePath) -> AsyncIterator[bytes]:
+        """The NAR from the first peer that starts sending it, verified on the way.
+
+        Raises NarFetchError when no peer does, before a single byte has been promised to anyone.
+        """
+        info = path.info
+        for candidate in [c for c in path.peers if self.reputation.available(c.peer_id)] or path.peers[:1]:
+            with contextlib.suppress(NarFetchError):
+                if (recv := await self._open_nar(info, candidate)) is not None:
+                    return self._verified(recv, info, candidate)
+        raise NarFetchError(f"no peer could send {info.store_path}")
+
+    async def _open_nar(self, info: PathInfo, candidate: Candidate) -> iroh.RecvStream | None:
+        peer = candidate.peer_id
+        request = wire.NarRequest(info.store_path.hash_part, nix32.encode(info.nar_hash))
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.query_timeout):
+                stream = await self.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
+                await stream.send().write_all(request.to_frame())
+                await stream.send().finish()
+                header = await wire.read_frame(stream.recv())
+        except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+            self._peer_failed(peer, "nar", "unreachable", _describe(error))
+            raise NarFetchError(str(error)) from None
+        if header.get("status") != "ok":
+            self.metrics.peer_fetches.labels("nar", "not-found").inc()
+            return None
+        if header.get("size") != info.nar_size:
+            self._peer_failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {info.nar_size}")
+            raise NarFetchError("wrong size")
+        self.reputation.succeeded(peer, time.monotonic() - started)
+        return stream.recv()
+
+    async def _verified(self, recv: iroh.RecvStream, info: PathInfo, candidate: Candidate) -> AsyncIterator[bytes]:
+        """Hash while streaming and hold the last chunk back until the whole NAR checks out."""
+        peer = candidate.peer_id
+        sha256, received, held = hashlib.sha256(), 0, b""
+        started = time.monotonic()
+        try:
+            while received < info.nar_size:
+                async with asyncio.timeout(self.settings.read_timeout):
+                    chunk = await recv.read(min(4 << 20, info.nar_size - received))
+                if not chunk:
+                    raise NarFetchError(f"stream ended after {received} of {info.nar_size} bytes")
+                sha256.update(chunk)
+                received += len(chunk)
+                self.metrics.peer_received_bytes.inc(len(chunk))
+                if held:
+                    yield held
+                held = chunk
+        except (TimeoutError, iroh.IrohError) as error:
+            self._peer_failed(peer, "nar", "failed", f"after {received} bytes: {_describe(error)}")
+            raise NarFetchError(f"{peer[:10]} failed after {received} bytes") from None
+        except NarFetchError as error:
+            self._peer_failed(peer, "nar", "failed", str(error))
+            raise
+        if sha256.digest() != info.nar_hash:
+            self.metrics.verification_failures.labels("nar").inc()
+            self._peer_failed(peer, "nar", "mismatch", "NAR does not match its NarHash")
+            self.endpoint.forget(peer)
+            log.warning("NAR hash mismatch peer=%s path=%s: transfer aborted", peer[:10], info.store_path)
+            raise NarFetchError(f"{peer[:10]} sent a NAR that does not match its NarHash")
+        with contextlib.suppress(iroh.IrohError):
+            await recv.stop(0)  # anything more would be a protocol error; we are done
+        seconds = time.monotonic() - started
+        self.metrics.peer_fetches.labels("nar", "ok").inc()
+        log.info("fetched nar path=%s peer=%s bytes=%d seconds=%.3f mib_per_s=%.1f", info.store_path, peer[:10],
+                 received, seconds, received / (1 << 20) / max(seconds, 1e-6))
+        yield held
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, iroh.IrohError):
+        return error.message().splitlines()[0]
+    return str(error) or type(error).__name__
+
