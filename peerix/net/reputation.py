@@ -59,10 +59,11 @@ class Reputation:
         return stats is None or stats.backoff_until <= self.clock()
 
     def order(self, peer_ids: Iterable[str]) -> list[str]:
-        """Peers not in backoff, best first: success rate, then latency, then most recent success."""
-        def key(peer_id: str) -> tuple[float, float, float]:
+        """Peers not in backoff, best first: those whose last attempt did not fail, then by success
+        rate, then latency, then the most recent success."""
+        def key(peer_id: str) -> tuple[bool, float, float, float]:
             stats = self.peers.get(peer_id) or PeerStats()
             latency = stats.latency if stats.latency is not None else 0.05  # unknown: assume a LAN peer
-            return (-round(stats.success_rate, 1), latency, -stats.last_success)
+            return (stats.consecutive_failures > 0, -round(stats.success_rate, 1), latency, -stats.last_success)
 
         return sorted((p for p in dict.fromkeys(peer_ids) if self.available(p)), key=key)

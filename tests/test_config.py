@@ -1,0 +1,69 @@
+"""Settings: defaults, then the TOML file, then flags."""
+
+from pathlib import Path
+
+import pytest
+
+from peerix import config
+from peerix.cli import build_parser
+from peerix.store.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
+
+
+def load(*argv: str) -> config.Config:
+    return config.load(build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults() -> None:
+    settings = load()
+    assert settings.listen == ("127.0.0.1", 12304) and settings.priority == 30
+    assert settings.trusted_public_keys == (CACHE_NIXOS_ORG_KEY,)
+    assert settings.relays and settings.discovery and settings.tracker is None
+    assert settings.accept is Accept.EITHER and settings.serve is Serve.SIGNED_OR_UPSTREAM
+    assert settings.nar_cache_size == 1 << 30
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    file = tmp_path / "peerix.toml"
+    file.write_text('''
+listen = "[::1]:4000"
+priority = 10
+tracker = "http://tracker.example:8080/"
+trusted_public_keys = ["a-1:AAAA", "b-1:BBBB"]
+relays = false
+nar_cache_size = "512M"
+serve = "signed"
+''')
+    from_file = load("--config", str(file))
+    assert from_file.listen == ("::1", 4000) and from_file.priority == 10
+    assert from_file.tracker == "http://tracker.example:8080" and not from_file.relays
+    assert from_file.trusted_public_keys == ("a-1:AAAA", "b-1:BBBB")
+    assert from_file.nar_cache_size == 512 << 20 and from_file.serve is Serve.SIGNED
+    flags = load("--config", str(file), "--priority", "20", "--relays", "--trusted-public-keys", "c-1:CCCC",
+                 "--tracker", "none")
+    assert flags.priority == 20 and flags.relays and flags.tracker is None
+    assert flags.trusted_public_keys == ("c-1:CCCC",)
+    assert flags.listen == ("::1", 4000)  # untouched by flags: still the file's
+
+
+@pytest.mark.parametrize("content, message", [
+    ("bogus = 1", r"unknown setting\(s\): bogus"),
+    ("priority = 'high'", "priority"),
+    ("listen = 'nowhere'", "HOST:PORT"),
+    ("accept = 'anything'", "accept"),
+    ("accept = 'upstream'\nupstream = 'none'", "needs an upstream"),
+    ("tracker = 'ftp://x'", r"http\(s\) URL"),
+    ("relays = 'maybe'", "true or false"),
+    ("[[broken", "peerix.toml"),
+])
+def test_bad_settings_are_explained(tmp_path: Path, content: str, message: str) -> None:
+    file = tmp_path / "peerix.toml"
+    file.write_text(content)
+    with pytest.raises(config.ConfigError, match=message):
+        load("--config", str(file))
+
+
+def test_sizes() -> None:
+    assert [config.parse_size(t) for t in ("0", "1024", "1K", "2GiB", "3 MB")] == [0, 1024, 1024, 2 << 30, 3 << 20]
+    for bad in ("x", "1X", "-1"):
+        with pytest.raises(ValueError):
+            config.parse_size(bad)
