@@ -41,8 +41,9 @@ class CacheSettings:
 
 
 def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metrics,
-               network: Callable[[], dict[str, Any]] | None = None) -> ASGIApp:
-    """The HTTP app; `network` reports the peer network's state for /health."""
+               network: Callable[[], dict[str, Any]] | None = None,
+               peers: Callable[[], list[dict[str, Any]]] | None = None) -> ASGIApp:
+    """The HTTP app; `network` reports the peer network's state for /health, `peers` who we know."""
     if substituter.nar_cache:
         metrics.watch_nar_cache(substituter.nar_cache)
     cache_info = (
@@ -124,6 +125,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
+    async def known_peers(request: Request) -> Response:
+        return JSONResponse({"peers": peers() if peers else []})
+
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -134,6 +138,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             Route("/nar/{narhash}.nar", nar),
             Route("/health", health),
             Route("/metrics", prometheus),
+            Route("/api/v1/peers", known_peers),
         ]
     )
     return MetricsMiddleware(app, metrics)

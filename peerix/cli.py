@@ -40,6 +40,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import httpx
+
+    try:
+        peers = httpx.get(f"{args.url.rstrip('/')}/api/v1/peers", timeout=5).raise_for_status().json()["peers"]
+    except (httpx.HTTPError, ValueError, KeyError) as error:
+        print(f"peerix peers: cannot ask the daemon at {args.url}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return 0
+    rows = [("NAME", "SOURCE", "PEER", "ADDRESSES", "LAST SEEN", "REPUTATION")]
+    for peer in peers:
+        seen = f"{time.time() - peer['last_seen']:.0f}s ago" if peer.get("last_seen") else "-"
+        rep = peer.get("reputation")
+        reputation = "-" if rep is None else (
+            f"{rep['successes']} ok/{rep['failures']} failed"
+            + (f", {rep['latency_ms']} ms" if rep["latency_ms"] is not None else "")
+            + (", backing off" if rep["backing_off"] else ""))
+        addresses = ",".join(peer["direct_addresses"]) or peer.get("relay_url") or "-"
+        rows.append((peer.get("name") or "?", peer["source"], peer["peer_id"][:12], addresses, seen, reputation))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, run_demo
 
@@ -72,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "with peers over iroh, and fetch from peers what the local store lacks.")
     config.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    peers = commands.add_parser("peers", help="list the peers the local daemon knows",
+                                description="List the peers the running daemon knows: source (lan, static, "
+                                            "tracker), addresses, last seen and reputation.")
+    peers.add_argument("--url", default=f"http://127.0.0.1:{config.DEFAULT_PORT}",
+                       help="the daemon's HTTP address (default: %(default)s)")
+    peers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    peers.set_defaults(func=cmd_peers)
 
     demo = commands.add_parser("demo", help="serve a fresh closure from one chroot store to another with real Nix",
                                description="Build a small closure, serve it from host A with peerix and substitute "

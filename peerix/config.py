@@ -1,8 +1,8 @@
 """The daemon's configuration: one declaration per setting, read from a TOML file and from flags.
 
 Each field of `Config` is a setting: its TOML key is the field name, its flag the same name with
-dashes (`nar_cache_size` -> `--nar-cache-size`), its help text and parser live in the field's
-metadata. Precedence: built-in default < TOML file (`--config`) < flag.
+dashes (`nar_cache_size` -> `--nar-cache-size`) unless the metadata names another, its help text
+and parser live in the field's metadata. Precedence: built-in default < TOML file (`--config`) < flag.
 """
 
 import argparse
@@ -64,8 +64,8 @@ def default_state_dir() -> Path:
 
 
 def setting(default: Any, help: str, parse: Callable[[Any], Any] = str, metavar: str | None = None,
-            many: bool = False, factory: Callable[[], Any] | None = None) -> Any:
-    meta = {"help": help, "parse": parse, "metavar": metavar, "many": many}
+            many: bool = False, factory: Callable[[], Any] | None = None, flag: str | None = None) -> Any:
+    meta = {"help": help, "parse": parse, "metavar": metavar, "many": many, "flag": flag}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -111,6 +111,15 @@ class Config:
     relays: bool = setting(True, "use iroh's public relays (NAT traversal, fallback path)", parse_bool)
     discovery: bool = setting(True, "publish and resolve endpoint addresses with iroh's DNS discovery",
                               parse_bool)
+    lan: bool = setting(True, "find peers on the local network by multicast and broadcast", parse_bool)
+    lan_port: int = setting(12304, "UDP port of LAN discovery", int, "PORT")
+    lan_interface: str | None = setting(None, "interface to announce on (default: the default route's)", str,
+                                        "IFNAME")
+    static_peers: tuple[str, ...] = setting((), "peer reached by unicast discovery, for VPNs without "
+                                            "broadcast (HOST or HOST:PORT; repeatable)", str, "HOST:PORT",
+                                            many=True, flag="peer")
+    lan_interval: float = setting(10.0, "seconds between LAN announcements", float, "SECONDS")
+    lan_expiry: float = setting(35.0, "seconds of silence after which a LAN peer is forgotten", float, "SECONDS")
     connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next", float, "SECONDS")
     access_log: bool = setting(False, "log every HTTP request", parse_bool)
 
@@ -131,11 +140,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; unset flags stay None so the file and defaults can apply."""
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings (keys as below, "
                         "with underscores); flags override it")
+    parser.add_argument("--no-tracker", dest="tracker", action="store_const", const="none",
+                        help="no tracker, even if the config file names one: LAN discovery only")
     for name, f in SETTINGS.items():
         help = f.metadata["help"]
         if "default:" not in help and f.default is not None:
             help += f" (default: {_shown(f.default)})"
-        flag = "--" + name.replace("_", "-")
+        flag = "--" + (f.metadata["flag"] or name.replace("_", "-"))
         if f.metadata["parse"] is parse_bool:
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help)
         else:

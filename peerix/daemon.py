@@ -14,6 +14,7 @@ from .app import CacheSettings, create_app
 from .config import Config
 from .metrics import Metrics
 from .net.endpoint import EndpointSettings, PeerEndpoint
+from .net.lan import LanDiscovery, LanSettings
 from .net.peer_service import PeerService
 from .net.reputation import Reputation
 from .nix.signing import PublicKey, SecretKey
@@ -21,7 +22,7 @@ from .secrets import read_secret, write_secret
 from .store.local import LocalStore
 from .store.narcache import NarCache
 from .store.policy import Policy, Upstream
-from .store.remote import RemoteSettings, RemoteStore
+from .store.remote import CandidateSource, RemoteSettings, RemoteStore
 from .store.substituter import Substituter
 from .zerocopy import ZeroCopyHttpToolsProtocol
 
@@ -63,7 +64,17 @@ async def run(config: Config, key: SecretKey | None) -> None:
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
         metrics.watch_peers(reputation)
-        sources, background = [], []
+        sources: list[CandidateSource] = []
+        background = []
+        lan = None
+        if config.lan or config.static_peers:
+            lan = LanDiscovery(seed, LanSettings(
+                port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
+                interval=config.lan_interval, expiry=config.lan_expiry,
+            ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc())
+            await lan.start()
+            stack.push_async_callback(lan.close)
+            sources.append(lan)
 
         def tracker_status() -> dict[str, Any] | None:
             return None
@@ -90,10 +101,30 @@ async def run(config: Config, key: SecretKey | None) -> None:
             return {
                 "peer_id": endpoint.peer_id, "name": config.name, "direct_addresses": list(address.direct),
                 "relay_url": address.relay_url, "peers_known": len(reputation.peers),
+                "lan_peers": len(lan.peers) if lan else None,
                 "tracker": tracker_status(),
             }
 
-        app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network)
+        def known_peers() -> list[dict[str, Any]]:
+            listed: dict[str, dict[str, Any]] = {}
+            for peer_id, peer in (lan.peers.items() if lan else ()):
+                address = peer.announcement.address
+                listed[peer_id] = {"peer_id": peer_id, "name": peer.announcement.name, "source": peer.source,
+                                   "direct_addresses": list(address.direct), "relay_url": address.relay_url,
+                                   "last_seen": peer.seen_wall}
+            for peer_id in reputation.peers:
+                listed.setdefault(peer_id, {"peer_id": peer_id, "name": None, "source": "tracker",
+                                            "direct_addresses": [], "relay_url": None, "last_seen": None})
+            for peer_id, entry in listed.items():
+                stats = reputation.peers.get(peer_id)
+                entry["reputation"] = None if stats is None else {
+                    "successes": stats.successes, "failures": stats.failures,
+                    "latency_ms": None if stats.latency is None else round(stats.latency * 1000, 1),
+                    "backing_off": not reputation.available(peer_id), "last_error": stats.last_error or None,
+                }
+            return sorted(listed.values(), key=lambda e: (e["source"], e["name"] or "", e["peer_id"]))
+
+        app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers)
         host, port = config.listen
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",

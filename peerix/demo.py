@@ -81,7 +81,7 @@ def run_demo(keep: bool = False) -> None:
             [sys.executable, "-m", "peerix.cli", "--log-level", "warning", "serve", "--store-root", str(host_a),
              "--listen", f"127.0.0.1:{port}", "--sign-key-file", str(work / "hostA.sec"),
              "--state-dir", str(work / "hostA-state"), "--iroh-listen", "127.0.0.1:0", "--no-relays",
-             "--no-discovery", "--upstream", "none"],
+             "--no-discovery", "--no-lan", "--upstream", "none"],
         )
         _wait_healthy(url, server)
         print(f"    {url}  trusted key {key.public.to_text()}")

@@ -62,6 +62,10 @@ class Metrics:
         self.source_errors = Counter(
             "peerix_source_errors", "Failed candidate lookups by source (tracker, lan)", ["source"], registry=r,
         )
+        self.lan_dropped = Counter(
+            "peerix_lan_packets_dropped", "LAN discovery packets dropped by reason (oversized, malformed, "
+            "unsigned, stale, replayed)", ["reason"], registry=r,
+        )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:

@@ -30,9 +30,9 @@ def free_port() -> int:
 
 
 def offline(state_dir: Path) -> list[str]:
-    """Flags for a daemon under test: its own state, iroh on loopback, no relays, discovery or upstream."""
+    """Flags for a daemon under test: its own state, iroh on loopback, no relays, discovery, LAN or upstream."""
     return ["--state-dir", str(state_dir), "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery",
-            "--upstream", "none"]
+            "--no-lan", "--upstream", "none"]
 
 
 def peerix(*args: str, **kw) -> subprocess.CompletedProcess:

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import offline, requires_nix
-from nixtools import closure_of, hash_part
 from peerix.nix.signing import SecretKey, sign_info
 from peerix.store.local import LocalStore
 from peerix.store.policy import Accept, Policy, Serve, Upstream
+
+from conftest import offline, requires_nix
+from nixtools import closure_of, hash_part
 
 pytestmark = requires_nix
 

@@ -63,6 +63,9 @@ class RemoteSettings:
     miss_ttl: float = 10.0
 
 
+_SOURCE_RANK = {"lan": 0, "static": 0, "tracker": 1}
+
+
 class NarFetchError(OSError):
     """No peer could start the NAR, or the one sending it failed or lied."""
 
@@ -115,13 +118,15 @@ class RemoteStore:
         return found
 
     async def candidates(self, hash_part: str) -> list[Candidate]:
-        """Every source's candidates, the first source's entry winning per peer, best peers first."""
+        """Every source's candidates: LAN peers before tracker peers (and a peer both know keeps its LAN
+        addresses if the LAN source comes first); best reputation first within each; no peer in backoff."""
         answers = await asyncio.gather(*(source.candidates(hash_part) for source in self.sources))
         by_peer: dict[str, Candidate] = {}
         for candidate in (c for answer in answers for c in answer):
             if candidate.peer_id != self.endpoint.peer_id:
                 by_peer.setdefault(candidate.peer_id, candidate)
-        return [by_peer[peer_id] for peer_id in self.reputation.order(by_peer)]
+        ordered = [by_peer[peer_id] for peer_id in self.reputation.order(by_peer)]
+        return sorted(ordered, key=lambda c: _SOURCE_RANK.get(c.source, len(_SOURCE_RANK)))
 
     async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> RemotePath | None:
         limit = asyncio.Semaphore(self.settings.parallel_queries)

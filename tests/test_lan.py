@@ -1,0 +1,175 @@
+"""LAN mode on real separate hosts: network namespaces on a bridge, no tracker, real Nix."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nacl.signing
+import pytest
+from netns import Host, Network, wait_for, why_no_netns
+
+from peerix.net.endpoint import EndpointAddress
+from peerix.net.lan import Announcement, encode
+from peerix.nix.signing import SecretKey
+
+from conftest import ROOT, requires_nix
+from nixtools import closure_of, nix, path_info, run
+
+pytestmark = [requires_nix, pytest.mark.skipif(why_no_netns() is not None, reason=why_no_netns() or "")]
+
+CLUSTER = SecretKey.generate("lan-cluster-1")
+PORT = 12304
+
+
+class Site:
+    """Hosts a, b and c on one switch; host d cabled to a only. A peerix daemon on each, no tracker;
+    a holds the closure, signed by the cluster key every daemon trusts."""
+
+    def __init__(self, root: Path, closure: Path) -> None:
+        self.root = root
+        self.net = Network()
+        self.hosts = {name: self.net.add_host(name) for name in "abc"}
+        self.hosts["d"] = self.net.add_host("d", on_switch=False)
+        self.net.link(self.hosts["a"], self.hosts["d"], "10.232.0")
+        (root / "cluster.sec").write_text(CLUSTER.to_text())
+        for name in self.hosts:
+            run("nix-store", "--store", str(self.store(name)), "--init")
+        nix("copy", "--no-check-sigs", "--to", str(self.store("a")), str(closure))
+        nix("store", "sign", "--store", str(self.store("a")), "--key-file", str(root / "cluster.sec"), "-r",
+            str(closure))
+        for name in self.hosts:
+            self.start(name, *(["--peer", "10.232.0.1"] if name == "d" else []))
+
+    def store(self, name: str) -> Path:
+        return self.root / name / "store"
+
+    def start(self, name: str, *extra: str) -> None:
+        host, home = self.hosts[name], self.root / name
+        key = home / "host.sec"
+        if not key.exists():
+            key.write_text(SecretKey.generate(f"host-{name}-1").to_text())
+            key.chmod(0o600)
+        host.peerix(
+            "serve", "--store-root", str(self.store(name)), "--state-dir", str(home / "state"),
+            "--sign-key-file", str(key), "--name", f"host-{name}", "--trusted-public-keys", CLUSTER.public.to_text(),
+            "--upstream", "none", "--no-relays", "--no-discovery", "--iroh-listen", "0.0.0.0:12305",
+            "--lan-interval", "0.5", "--lan-expiry", "3", *extra, log=home / "peerix.log",
+        )
+        wait_for(lambda: host.run("curl", "-sf", f"http://127.0.0.1:{PORT}/health", check=False).returncode == 0)
+
+    def public_key(self, name: str) -> str:
+        return SecretKey.parse((self.root / name / "host.sec").read_text()).public.to_text()
+
+    def peers(self, name: str) -> dict[str, dict]:
+        listed = json.loads(self.hosts[name].get(f"http://127.0.0.1:{PORT}/api/v1/peers"))["peers"]
+        return {peer["name"]: peer for peer in listed}
+
+    def metrics(self, name: str) -> str:
+        return self.hosts[name].get(f"http://127.0.0.1:{PORT}/metrics")
+
+    def log(self, name: str) -> str:
+        return (self.root / name / "peerix.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, closure: Path):
+    site = Site(tmp_path_factory.mktemp("lan"), closure)
+    yield site
+    site.net.close()
+
+
+def substitute(site: Site, name: str, closure: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Real Nix on host `name`, substituting from that host's own peerix and trusting only its key."""
+    client = tmp_path / f"client-{name}"
+    return site.hosts[name].run(
+        "env", f"XDG_CACHE_HOME={tmp_path / 'xdg'}", "nix", "copy", "--from", f"http://127.0.0.1:{PORT}",
+        "--to", str(client), "--option", "trusted-public-keys", site.public_key(name), str(closure), check=False,
+    )
+
+
+def test_hosts_on_a_switch_find_each_other_within_a_second(site: Site) -> None:
+    started = time.monotonic()
+    wait_for(lambda: {"host-a", "host-b"} <= set(site.peers("c")), timeout=10)
+    peers = site.peers("c")
+    assert {peers["host-a"]["source"], peers["host-b"]["source"]} == {"lan"}
+    assert any(address.startswith("10.231.0.") for address in peers["host-a"]["direct_addresses"])
+    assert "host-d" not in peers  # d is not on the switch and c is not on d's list
+    assert time.monotonic() - started < 10
+
+
+def test_closure_on_one_host_is_substituted_by_nix_on_another(site: Site, closure: Path, tmp_path: Path) -> None:
+    result = substitute(site, "c", closure, tmp_path)
+    assert result.returncode == 0, result.stderr
+    copied = path_info(closure, store=str(tmp_path / "client-c"), recursive=True)
+    assert sorted(copied) == closure_of(closure)
+    assert all(site.public_key("c").split(":")[0] + ":" in " ".join(i["signatures"]) for i in copied.values())
+    assert "served nar" in site.log("a") and "fetched nar" in site.log("c")
+    table = site.hosts["c"].run(*_cli("peers")).stdout
+    assert "host-a" in table and "lan" in table and "ok/" in table
+
+
+def test_host_outside_the_switch_is_reached_through_peer(site: Site, closure: Path, tmp_path: Path) -> None:
+    wait_for(lambda: "host-a" in site.peers("d"), timeout=10)
+    assert site.peers("d")["host-a"]["source"] == "static"
+    assert set(site.peers("d")) == {"host-a"}
+    result = substitute(site, "d", closure, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path_info(closure, store=str(tmp_path / "client-d"), recursive=True)) == closure_of(closure)
+
+
+def test_forged_stale_replayed_and_garbage_packets_are_dropped(site: Site) -> None:
+    a_id = next(p["peer_id"] for p in site.peers("c").values() if p["name"] == "host-a")
+    c_address = "10.231.0.4"
+    impostor = nacl.signing.SigningKey.generate()
+    forged = encode(Announcement(EndpointAddress(a_id, ("10.231.0.3:1",)), "evil", time.time()), impostor)
+    stranger = nacl.signing.SigningKey.generate()
+    stranger_id = bytes(stranger.verify_key).hex()
+    older, newer = (encode(Announcement(EndpointAddress(stranger_id, ("10.231.0.3:9",)), "stranger", time.time() + i),
+                           stranger) for i in (0, 1))
+    stale = encode(Announcement(EndpointAddress(stranger_id, ()), "stranger", time.time() - 3600), stranger)
+    packets = [forged, newer, newer, older, stale, b"PXL1garbage" + bytes(64), b"x" * 2000]
+    before = _drops(site.metrics("c"))
+    _send_from(site.hosts["b"], c_address, packets)
+
+    def dropped() -> bool:
+        after = _drops(site.metrics("c"))
+        return all(after.get(reason, 0) - before.get(reason, 0) == 1
+                   for reason in ("unsigned", "replayed", "stale", "malformed", "oversized"))
+
+    wait_for(dropped, timeout=5)
+    peers = site.peers("c")
+    assert "stranger" in peers and "evil" not in peers
+    assert "10.231.0.3:1" not in peers["host-a"]["direct_addresses"]
+
+
+def test_a_host_that_goes_away_expires(site: Site) -> None:
+    wait_for(lambda: "host-b" in site.peers("a"), timeout=10)
+    site.hosts["b"].stop()
+    started = time.monotonic()
+    wait_for(lambda: "host-b" not in site.peers("a"), timeout=10)
+    assert 2 <= time.monotonic() - started <= 8  # expiry is 3 s of silence, checked every 0.5 s interval
+    assert "lan peer expired" in site.log("a")
+
+
+def _drops(metrics: str) -> dict[str, float]:
+    prefix = 'peerix_lan_packets_dropped_total{reason="'
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1])
+            for line in metrics.splitlines() if line.startswith(prefix)}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peerix.cli", *args]
+
+
+def _send_from(host: Host, address: str, packets: list[bytes]) -> None:
+    """Send raw datagrams from inside another host's namespace."""
+    script = (
+        "import json, socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for packet in json.load(sys.stdin):\n"
+        f"    s.sendto(bytes.fromhex(packet), ({address!r}, {PORT}))\n"
+    )
+    subprocess.run(host.command(sys.executable, "-c", script), input=json.dumps([p.hex() for p in packets]).encode(),
+                   check=True, cwd=ROOT, timeout=30)
