@@ -66,7 +66,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
         rows.append((peer.get("name") or "?", peer["source"], peer["peer_id"][:12], addresses, seen, reputation))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
