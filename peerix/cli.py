@@ -7,18 +7,11 @@ import sys
 from pathlib import Path
 
 from . import __version__, config, logs
-from .nix.signing import KeyFormatError, SecretKey
-from .secrets import SecretFileError, read_secret, write_secret
+from .nix.signing import SecretKey
+from .secrets import SecretFileError, load_secret_key, write_secret
 from .store.local import StoreError
 
 log = logging.getLogger("peerix")
-
-
-def load_secret_key(path: Path) -> SecretKey:
-    try:
-        return SecretKey.parse(read_secret(path))
-    except KeyFormatError as error:
-        raise SecretFileError(f"{path}: {error}") from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -30,13 +23,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import run
+    from .daemon import host_key, run
 
     settings = config.load(args)
-    key = load_secret_key(settings.secret_key_file) if settings.secret_key_file else None
-    if key is None:
-        log.warning("no signing key (--sign-key-file or NIX_SECRET_KEY_FILE): narinfo carries only existing signatures")
-    asyncio.run(run(settings, key))
+    asyncio.run(run(settings, host_key(settings)))
+    return 0
+
+
+def cmd_public_key(args: argparse.Namespace) -> int:
+    print(load_secret_key(args.secret_file).public.to_text())
     return 0
 
 
@@ -95,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--public-file", type=Path, required=True, help="where to write the public key")
     keygen.add_argument("--force", action="store_true", help="overwrite an existing secret file")
     keygen.set_defaults(func=cmd_keygen)
+
+    public_key = commands.add_parser("public-key", help="print the public key of a secret key file",
+                                     description="Print the Nix public key (name:base64) of a secret key file.")
+    public_key.add_argument("secret_file", type=Path, metavar="SECRET_FILE")
+    public_key.set_defaults(func=cmd_public_key)
 
     serve = commands.add_parser(
         "serve", help="run the daemon: a signed binary cache of the local store and the peer network",

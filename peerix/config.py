@@ -86,10 +86,11 @@ class Config:
                                "DIR")
     listen: tuple[str, int] = setting(("127.0.0.1", DEFAULT_PORT), "HTTP address for the local Nix "
                                       "([::1]:12304 for IPv6)", parse_listen, "HOST:PORT")
-    sign_key_file: Path | None = setting(None, "secret key to sign narinfo with (default: $NIX_SECRET_KEY_FILE)",
-                                         Path, "FILE")
+    sign_key_file: Path | None = setting(None, "the host's key (Nix secret key format): signs narinfo, is the "
+                                         "peer id (default: $NIX_SECRET_KEY_FILE, else host.key in the state "
+                                         "directory, made on first start)", Path, "FILE")
     priority: int = setting(30, "Priority in nix-cache-info; lower wins, cache.nixos.org is 40", int, "N")
-    state_dir: Path = setting(None, "state: peer identity, tracker sync state, NAR cache (default: "
+    state_dir: Path = setting(None, "state: host key if none is given, tracker sync state, NAR cache (default: "
                               "$STATE_DIRECTORY, /var/lib/peerix as root, else ~/.local/state/peerix)", Path, "DIR",
                               factory=default_state_dir)
     nar_cache_size: int = setting(1 << 30, "disk budget for whole NARs of small-file paths, served zero-copy "

@@ -4,8 +4,6 @@ and takes them down in order (deregister, close the endpoint, close the store)."
 import asyncio
 import contextlib
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -18,7 +16,7 @@ from .net.lan import LanDiscovery, LanSettings
 from .net.peer_service import PeerService
 from .net.reputation import Reputation
 from .nix.signing import PublicKey, SecretKey
-from .secrets import read_secret, write_secret
+from .secrets import load_secret_key, write_secret
 from .store.local import LocalStore
 from .store.narcache import NarCache
 from .store.policy import Policy, Upstream
@@ -29,19 +27,22 @@ from .zerocopy import ZeroCopyHttpToolsProtocol
 log = logging.getLogger(__name__)
 
 
-def load_identity(path: Path) -> bytes:
-    """The 32-byte ed25519 seed behind the iroh endpoint id (and tracker identity), made on first start."""
+def host_key(config: Config) -> SecretKey:
+    """The host's one ed25519 key: it signs narinfo (Nix key format), is the iroh endpoint id and
+    signs tracker requests. Made in the state directory on first start when none is configured."""
+    if config.secret_key_file is not None:
+        return load_secret_key(config.secret_key_file)
+    path = config.state_dir / "host.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_secret(path, os.urandom(32).hex() + "\n")
-        log.info("created peer identity path=%s", path)
-    seed = bytes.fromhex(read_secret(path).strip())
-    if len(seed) != 32:
-        raise ValueError(f"{path} must hold 32 bytes as hex")
-    return seed
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        key = SecretKey.generate(f"{config.name}-peerix-1")
+        write_secret(path, key.to_text())
+        log.warning("created host key path=%s: for Nix to accept what peerix signs, add to nix.conf: "
+                    "extra-trusted-public-keys = %s", path, key.public.to_text())
+    return load_secret_key(path)
 
 
-async def run(config: Config, key: SecretKey | None) -> None:
+async def run(config: Config, key: SecretKey) -> None:
     async with contextlib.AsyncExitStack() as stack:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         local = await stack.enter_async_context(LocalStore(config.store_root))
@@ -54,7 +55,7 @@ async def run(config: Config, key: SecretKey | None) -> None:
         substituter = Substituter(local, key, nar_cache)
         stack.callback(substituter.close)
 
-        seed = load_identity(config.state_dir / "identity.key")
+        seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
         endpoint = await PeerEndpoint.start(
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
@@ -132,7 +133,7 @@ async def run(config: Config, key: SecretKey | None) -> None:
         ))
         tasks = [asyncio.create_task(job) for job in background]
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
-                 key and key.name, endpoint.peer_id, config.tracker)
+                 key.public.to_text(), endpoint.peer_id, config.tracker)
         try:
             await server.serve()
         finally:

@@ -5,6 +5,8 @@ import os
 import stat
 from pathlib import Path
 
+from .nix.signing import KeyFormatError, SecretKey
+
 log = logging.getLogger(__name__)
 
 
@@ -35,3 +37,11 @@ def read_secret(path: Path) -> str:
             return file.read()
     except OSError as error:
         raise SecretFileError(f"cannot read {path}: {error.strerror}") from None
+
+
+def load_secret_key(path: Path) -> SecretKey:
+    """A Nix secret key file, with the file named in any error."""
+    try:
+        return SecretKey.parse(read_secret(path))
+    except KeyFormatError as error:
+        raise SecretFileError(f"{path}: {error}") from None
