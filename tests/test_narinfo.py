@@ -1,5 +1,11 @@
 """Narinfo and path info against what real Nix records and writes for the same paths."""
 
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +17,7 @@ from peerix.nix.storepath import StorePath
 from peerix.store.local import LocalStore
 from peerix.store.substituter import nar_url
 
-from conftest import requires_nix
+from conftest import ROOT, requires_nix
 from nixtools import closure_of, nix, path_info
 
 HASH = "0jhgxrl38wfj801ik5d7xhris8ri658m"
@@ -108,3 +114,43 @@ async def test_narinfo_equals_what_nix_copy_writes(tmp_path: Path, host_a: Path,
             assert replace(ours, url=theirs.url) == theirs  # every other field, signatures included
             assert ours.to_text().replace(ours.url, theirs.url) == written
             assert (cache / theirs.url).stat().st_size == ours.nar_size
+
+
+@requires_nix
+def test_unprivileged_reader_without_a_writer(tmp_path: Path, host_a: Path, closure: Path) -> None:
+    """As the NixOS service: no write access to the database directory, and at first no writer
+    holding the WAL open (nix-daemon is socket-activated). Reads must work, and see new paths once
+    a writer shows up."""
+    outside = Path(tempfile.mkdtemp(prefix="peerix-ro-"))  # pytest's own directories are private to root
+    root = outside / "root"
+    shutil.copytree(host_a, root, symlinks=True)
+    db = root / "nix/var/nix/db/db.sqlite"
+    for leftover in db.parent.glob("db.sqlite-*"):
+        leftover.unlink()
+    for path in (outside, root, root / "nix", root / "nix/var", root / "nix/var/nix", db.parent):
+        path.chmod(0o755)
+    probe = (
+        "import asyncio, sys\n"
+        "from peerix.store.local import LocalStore\n"
+        "async def main():\n"
+        "    async with LocalStore(sys.argv[1]) as store:\n"
+        "        print(await store.count(), flush=True)\n"
+        "        sys.stdin.readline()\n"
+        "        print(await store.count(), flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    reader = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               sys.executable, "-c", probe, str(root)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert reader.stdout.readline().strip() == "3"
+    writer = sqlite3.connect(db)  # a writer arrives: WAL files appear, a path is (pretend-)added
+    writer.execute("PRAGMA journal_mode=WAL")
+    row = writer.execute("SELECT path, hash, registrationTime, narSize FROM ValidPaths LIMIT 1").fetchone()
+    writer.execute("INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, ?, ?)",
+                   (row[0][:-1] + "Z", *row[1:]))
+    writer.commit()
+    out, _ = reader.communicate("\n", timeout=30)
+    writer.close()
+    shutil.rmtree(outside)
+    assert out.strip() == "4"

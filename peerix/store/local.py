@@ -6,6 +6,7 @@ paths keep their logical store directory, `/nix/store`, whatever the root.
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
@@ -40,13 +41,39 @@ class LocalStore:
         self._db_files = (str(self.db_path), str(self.db_path) + "-wal")
         self._real_prefix = os.fsencode(self.real_store_dir) + b"/"
         self._db: aiosqlite.Connection | None = None
+        self._immutable = False
 
     async def open(self) -> None:
         if not self.db_path.is_file():
             raise StoreError(f"no Nix database at {self.db_path}: is {self.root} a Nix store root?")
-        uri = f"file:{self.db_path}?mode=ro"
-        self._db = await aiosqlite.connect(uri, uri=True, timeout=2.0)
-        await self._db.execute("PRAGMA query_only = ON")
+        self._db = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        """A read-only connection.
+
+        Nix keeps its database in WAL mode. A reader that may not write to the database directory
+        (peerix as an unprivileged service) cannot create the WAL index when no writer has the
+        database open; the file is then quiescent, so it is read as immutable until a writer shows
+        up (see `_current`). Once connected normally, this connection keeps the WAL alive itself.
+        """
+        db = await aiosqlite.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=2.0)
+        try:
+            await db.execute_fetchall("SELECT 1 FROM ValidPaths LIMIT 1")
+            self._immutable = False
+        except sqlite3.OperationalError as error:
+            await db.close()
+            log.info("database has no writer and its WAL cannot be created here; reading it as immutable "
+                     "until one appears db=%s error=%s", self.db_path, error)
+            db = await aiosqlite.connect(f"file:{self.db_path}?mode=ro&immutable=1", uri=True)
+            self._immutable = True
+        await db.execute("PRAGMA query_only = ON")
+        return db
+
+    async def _current(self) -> aiosqlite.Connection:
+        if self._immutable and os.path.exists(self._db_files[1]):
+            await self.db.close()
+            self._db = await self._connect()
+        return self.db
 
     async def close(self) -> None:
         if self._db is not None:
@@ -69,7 +96,7 @@ class LocalStore:
     async def query(self, hash_part: str) -> PathInfo | None:
         """Info for the valid path with this hash part, or None; the caller validates the hash."""
         prefix = f"{self.store_dir}/{hash_part}"
-        rows = await self.db.execute_fetchall(_QUERY_BY_HASH, (prefix + "-", prefix + "."))
+        rows = await (await self._current()).execute_fetchall(_QUERY_BY_HASH, (prefix + "-", prefix + "."))
         if not rows:
             return None
         return self._path_info(*next(iter(rows)))
@@ -77,11 +104,12 @@ class LocalStore:
     async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
         """(hash part, signatures) of every valid path: what announcing needs, in one query."""
         start = len(self.store_dir) + 1
-        rows = await self.db.execute_fetchall("SELECT substr(path, ?, 32), sigs FROM ValidPaths", (start,))
+        rows = await (await self._current()).execute_fetchall("SELECT substr(path, ?, 32), sigs FROM ValidPaths",
+                                                              (start,))
         return [(hash_part, tuple((sigs or "").split())) for hash_part, sigs in rows]
 
     async def count(self) -> int:
-        rows = await self.db.execute_fetchall("SELECT count(*) FROM ValidPaths")
+        rows = await (await self._current()).execute_fetchall("SELECT count(*) FROM ValidPaths")
         return next(iter(rows))[0]
 
     def generation(self) -> tuple:
