@@ -18,8 +18,9 @@ def why_no_nix() -> str | None:
     return None
 
 
-def run(*args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, input=input, timeout=600)
+def run(*args: str, check: bool = True, input: bytes | None = None, cwd: Path | None = None
+        ) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, input=input, timeout=600, cwd=cwd)
     if check and result.returncode != 0:
         stderr = result.stderr.decode(errors="replace")
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{stderr}")

@@ -1,0 +1,386 @@
+# NixOS module: `services.peerix.enable = true` runs the daemon and makes the local Nix use it;
+# `services.peerix-tracker.enable = true` runs a tracker.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    types
+    ;
+  cfg = config.services.peerix;
+  tcfg = config.services.peerix-tracker;
+  toml = pkgs.formats.toml { };
+
+  # Settings the dedicated options own; the free-form `settings` must not fight them.
+  owned = {
+    listen = "listen/port";
+    tracker = "trackerUrl";
+    lan = "lan.enable";
+    lan_interface = "lan.interface";
+    static_peers = "staticPeers";
+    trusted_public_keys = "trustedPublicKeys";
+    upstream = "upstreamCache";
+    priority = "priority";
+    iroh_listen = "irohPort";
+    sign_key_file = "privateKeyFile";
+    state_dir = "(fixed: /var/lib/peerix)";
+  };
+  trackerOwned = {
+    listen = "services.peerix-tracker.listen/port";
+    db = "services.peerix-tracker.dataDir";
+  };
+
+  keyDir = "/var/lib/peerix-key";
+  generatedKey = "${keyDir}/host.key";
+  keyFile = if cfg.privateKeyFile != null then cfg.privateKeyFile else generatedKey;
+  bracket = host: if lib.hasInfix ":" host then "[${host}]" else host;
+
+  daemonSettings = cfg.settings // {
+    listen = "${bracket cfg.listen}:${toString cfg.port}";
+    tracker = if cfg.trackerUrl == null then "none" else cfg.trackerUrl;
+    lan = cfg.lan.enable;
+    static_peers = cfg.staticPeers;
+    trusted_public_keys = cfg.trustedPublicKeys;
+    upstream = if cfg.upstreamCache == null then "none" else cfg.upstreamCache;
+    priority = cfg.priority;
+    iroh_listen = "0.0.0.0:${toString cfg.irohPort}";
+  } // lib.optionalAttrs (cfg.lan.interface != null) { lan_interface = cfg.lan.interface; };
+
+  hardening = {
+    DynamicUser = true;
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    RemoveIPC = true;
+    # AF_NETLINK: iroh lists interfaces to learn its direct addresses.
+    RestrictAddressFamilies = [
+      "AF_INET"
+      "AF_INET6"
+      "AF_UNIX"
+      "AF_NETLINK"
+    ];
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+      "~@resources"
+    ];
+    UMask = "0077";
+    # No MemoryDenyWriteExecute: ctypes callbacks (iroh's protocol handlers) need libffi closures.
+  };
+in
+{
+  options.services.peerix = {
+    enable = mkEnableOption "the peerix daemon, a peer-to-peer binary cache that the local Nix substitutes from";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.peerix;
+      defaultText = literalExpression "pkgs.peerix";
+      description = "The peerix package (the flake's module sets it to the flake's build).";
+    };
+
+    listen = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address of the HTTP substituter the local Nix talks to. Keep it on loopback: the daemon fetches from the peer network on behalf of whoever asks.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 12304;
+      description = "TCP port of the HTTP substituter.";
+    };
+
+    irohPort = mkOption {
+      type = types.port;
+      default = 12305;
+      description = "UDP port of the iroh endpoint that peers connect to.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the iroh port (UDP `irohPort`) and, with LAN discovery, its UDP port 12304.";
+    };
+
+    trackerUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "http://tracker.example.org:12305";
+      description = "URL of the tracker; null: no tracker, peers are found on the LAN and by `staticPeers` only.";
+    };
+
+    lan = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Find peers on the local network (UDP multicast and broadcast on port 12304).";
+      };
+      interface = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Interface to announce on; null: the interface of the default route.";
+      };
+    };
+
+    staticPeers = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "10.100.0.2" "builder.vpn:12304" ];
+      description = "Peers reached by unicast LAN discovery, for VPNs (Tailscale, WireGuard) that carry no broadcast.";
+    };
+
+    privateKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/peerix-host.key";
+      description = ''
+        The host's ed25519 key in Nix's secret key format (`peerix keygen`): it signs what peerix
+        hands to the local Nix, is the host's peer id and signs its tracker requests. Null: one is
+        generated at activation in ${keyDir} (root-owned; the service reads it as a credential).
+        Never a path literal: that would copy the secret into the world-readable store.
+      '';
+    };
+
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+      description = "Keys whose signatures make a path from a peer acceptable, and a local path shareable with peers.";
+    };
+
+    upstreamCache = mkOption {
+      type = types.nullOr types.str;
+      default = "https://cache.nixos.org";
+      description = "Binary cache that vouches for unsigned paths by their NarHash; null: no upstream checks.";
+    };
+
+    priority = mkOption {
+      type = types.int;
+      default = 30;
+      description = "Priority of the peerix substituter (lower wins; cache.nixos.org uses 40).";
+    };
+
+    settings = mkOption {
+      type = toml.type;
+      default = { };
+      example = {
+        nar_cache_size = "4G";
+        serve = "signed";
+        connect_timeout = 2;
+      };
+      description = "Further daemon settings, rendered to its TOML configuration (keys as `peerix serve --help` lists them, with underscores).";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Extra command line arguments for `peerix serve`; they win over the configuration file.";
+    };
+  };
+
+  options.services.peerix-tracker = {
+    enable = mkEnableOption "the peerix tracker, the registry of which peers hold which store paths";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.peerix;
+      defaultText = literalExpression "pkgs.peerix";
+      description = "The package providing `peerix-tracker`.";
+    };
+
+    listen = mkOption {
+      type = types.str;
+      default = "0.0.0.0";
+      description = "Address the tracker listens on.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 12305;
+      description = "TCP port of the tracker.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the tracker's TCP port.";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = "/var/lib/peerix-tracker";
+      description = "Directory of the tracker's SQLite database; under /var/lib (a systemd StateDirectory of the service's dynamic user).";
+    };
+
+    settings = mkOption {
+      type = toml.type;
+      default = { };
+      example = {
+        membership = "token";
+        token_file = "/run/credentials/peerix-tracker.service/tokens";
+        offline_after = "5m";
+      };
+      description = "Tracker settings, rendered to its TOML configuration (keys as `peerix-tracker serve --help` lists them).";
+    };
+  };
+
+  config = mkMerge [
+    (mkIf cfg.enable {
+      assertions =
+        [
+          {
+            assertion = cfg.trackerUrl != null || cfg.lan.enable || cfg.staticPeers != [ ];
+            message = "services.peerix: with no trackerUrl, lan.enable = false and no staticPeers, peerix cannot find any peer.";
+          }
+          {
+            assertion = cfg.privateKeyFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.privateKeyFile);
+            message = "services.peerix.privateKeyFile must not be in the Nix store: anyone could read the key there.";
+          }
+          {
+            assertion = !(cfg.settings ? accept && lib.elem cfg.settings.accept [ "upstream" "signature-and-upstream" ]) || cfg.upstreamCache != null;
+            message = "services.peerix: settings.accept = \"${cfg.settings.accept or ""}\" needs upstreamCache.";
+          }
+        ]
+        ++ lib.mapAttrsToList (key: option: {
+          assertion = !(cfg.settings ? ${key});
+          message = "services.peerix.settings.${key} is set by services.peerix.${option}; set that instead.";
+        }) owned;
+
+      # The key is made by root at activation, before nix-daemon reads nix.conf: the daemon's
+      # public key is trusted through an include that only root can write.
+      system.activationScripts.peerix-key = {
+        text = ''
+          install -d -m 0700 -o root -g root ${keyDir}
+          ${lib.optionalString (cfg.privateKeyFile == null) ''
+            if [ ! -e ${generatedKey} ]; then
+              ${cfg.package}/bin/peerix keygen ${config.networking.hostName}-peerix-1 \
+                --secret-file ${generatedKey} --public-file ${keyDir}/host.pub >/dev/null
+            fi
+          ''}
+          if [ -r ${keyFile} ]; then
+            printf 'extra-trusted-public-keys = %s\n' "$(${cfg.package}/bin/peerix public-key ${keyFile})" \
+              > ${keyDir}/nix.conf.tmp && mv ${keyDir}/nix.conf.tmp ${keyDir}/nix.conf
+            chmod 0644 ${keyDir}/nix.conf
+          fi
+        '';
+        deps = [ "users" ];
+      };
+
+      nix.settings = {
+        extra-substituters = [ "http://${bracket cfg.listen}:${toString cfg.port}" ];
+        # An absent or slow peerix must never break a build: fail fast, then fall back.
+        connect-timeout = lib.mkDefault 5;
+        fallback = lib.mkDefault true;
+      };
+      nix.extraOptions = "!include ${keyDir}/nix.conf";
+
+      networking.firewall = mkIf cfg.openFirewall {
+        allowedUDPPorts = [ cfg.irohPort ] ++ lib.optional cfg.lan.enable 12304;
+      };
+
+      systemd.services.peerix = {
+        description = "peerix, a peer-to-peer binary cache for Nix";
+        documentation = [ "https://github.com/peerix/peerix" ];
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        serviceConfig = hardening // {
+          ExecStart = lib.escapeShellArgs (
+            [
+              "${cfg.package}/bin/peerix"
+              "serve"
+              "--config"
+              (toml.generate "peerix.toml" daemonSettings)
+              "--state-dir"
+              "/var/lib/peerix"
+              "--sign-key-file"
+              "%d/host-key"
+            ]
+            ++ cfg.extraArgs
+          );
+          LoadCredential = [ "host-key:${keyFile}" ];
+          StateDirectory = "peerix";
+          StateDirectoryMode = "0700";
+          # Read-only access to the store and its database; the rest of the file system is hidden.
+          ReadOnlyPaths = [
+            "/nix/store"
+            "/nix/var/nix/db"
+          ];
+          Restart = "on-failure";
+          RestartSec = 5;
+        };
+      };
+    })
+
+    (mkIf tcfg.enable {
+      assertions =
+        [
+          {
+            assertion = lib.hasPrefix "/var/lib/" tcfg.dataDir;
+            message = "services.peerix-tracker.dataDir must be under /var/lib: it is the service's StateDirectory.";
+          }
+        ]
+        ++ lib.mapAttrsToList (key: option: {
+          assertion = !(tcfg.settings ? ${key});
+          message = "services.peerix-tracker.settings.${key} is set by ${option}; set that instead.";
+        }) trackerOwned;
+
+      networking.firewall = mkIf tcfg.openFirewall { allowedTCPPorts = [ tcfg.port ]; };
+
+      systemd.services.peerix-tracker = {
+        description = "peerix tracker";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ];
+        serviceConfig = hardening // {
+          ExecStart = lib.escapeShellArgs [
+            "${tcfg.package}/bin/peerix-tracker"
+            "serve"
+            "--config"
+            (toml.generate "peerix-tracker.toml" (
+              tcfg.settings
+              // {
+                listen = "${bracket tcfg.listen}:${toString tcfg.port}";
+                db = "${tcfg.dataDir}/tracker.sqlite";
+              }
+            ))
+          ];
+          StateDirectory = lib.removePrefix "/var/lib/" tcfg.dataDir;
+          StateDirectoryMode = "0700";
+          RestrictAddressFamilies = [
+            "AF_INET"
+            "AF_INET6"
+            "AF_UNIX"
+          ];
+          Restart = "on-failure";
+          RestartSec = 5;
+        };
+      };
+    })
+  ];
+}
