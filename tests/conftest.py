@@ -102,6 +102,14 @@ def closure() -> Path:
     return build(HERE / "nix" / "closure.nix", seed=os.environ.get("PEERIX_TEST_SEED", "1"))
 
 
+@pytest.fixture(scope="session")
+def big_path() -> Path:
+    """A 64 MiB random file as a store path (built once; Nix keeps it for later sessions)."""
+    if why_no_nix():
+        pytest.skip(why_no_nix())
+    return build(HERE / "nix" / "big.nix")
+
+
 @pytest.fixture
 def host_a(tmp_path: Path, closure: Path) -> Path:
     """A chroot store root holding the test closure."""

@@ -11,7 +11,7 @@ from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import PublicKey, SecretKey, trusted_sigs
 
 from conftest import offline, requires_nix
-from nixtools import closure_of, hash_part, nix, path_info, run
+from nixtools import closure_of, copy_to, hash_part, nix, path_info, run
 
 pytestmark = requires_nix
 
@@ -176,9 +176,9 @@ def test_metrics_count_requests(served, closure: Path) -> None:
     assert 'peerix_http_request_duration_seconds_bucket{le="0.0005",route="narinfo"}' in metrics
 
 
-def test_client_leaving_mid_nar_is_logged_not_fatal(served, closure: Path) -> None:
-    data = next(p for p in closure_of(closure) if "peerix-test-data" in p)
-    with httpx.stream("GET", served.url + nar_target(served, Path(data))) as response:
+def test_client_leaving_mid_nar_is_logged_not_fatal(served, host_a: Path, big_path: Path) -> None:
+    copy_to(host_a, big_path)
+    with httpx.stream("GET", served.url + nar_target(served, big_path)) as response:
         assert response.status_code == 200
         next(response.iter_raw(4096))
     deadline = time.monotonic() + 5
