@@ -124,3 +124,21 @@ def keypair(tmp_path: Path) -> tuple[Path, Path]:
     result = peerix("keygen", "test-host-1", "--secret-file", str(secret), "--public-file", str(public))
     assert result.returncode == 0, result.stderr
     return secret, public
+
+
+@pytest.fixture
+def start_tracker(tmp_path: Path) -> Iterator:
+    """Start real `peerix-tracker serve` processes (see trackertools); all are stopped after the test."""
+    from trackertools import UNLIMITED, TrackerProcess
+
+    trackers: list[TrackerProcess] = []
+
+    def start(*args: str, db: Path | None = None, limits: tuple[str, ...] = UNLIMITED) -> TrackerProcess:
+        name = f"tracker-{len(trackers)}"
+        tracker = TrackerProcess(db or tmp_path / f"{name}.db", tmp_path / f"{name}.log", (*limits, *args))
+        trackers.append(tracker)
+        return tracker
+
+    yield start
+    for tracker in trackers:
+        tracker.stop()

@@ -1,0 +1,392 @@
+"""The daemon's client of the tracker: signed announces with delta sync, lookups, fast failure.
+
+    client = TrackerClient("https://tracker.example.org", seed, state_dir)   # token="..." for a token network
+    await client.announce(hash_parts, PeerAddresses(client.peer_id, ("192.0.2.4:4433",)), "host-a")
+    await client.heartbeat()                        # every HEARTBEAT_INTERVAL; or announce an unchanged set
+    peers = await client.lookup(hash_part)          # online peers holding it, most recently seen first
+    found = await client.lookup_many(hash_parts)    # {hash_part: [PeerRecord, ...]} for every hash asked
+    await client.deregister()
+    await client.aclose()
+
+Delta sync: the set the tracker acknowledged last and its sequence number are kept in
+`state_dir/tracker-<digest of the URL>.state` (a JSON line, then the packed 20-byte hashes; replaced
+atomically), so a restarted daemon sends what changed, not everything. The first announce, and any
+after the tracker answers 409, send the full set; a set larger than `max_hashes_per_request` goes as
+a full announce of its first part and deltas for the rest. If the tracker's count of the peer's set
+disagrees with the client's after a delta, the client sends the full set at once.
+
+Failing fast: the daemon must answer Nix within 100 ms when the tracker is down. The connect
+timeout is short, lookups have a deadline of their own (`lookup_timeout`), nothing is retried inside
+a call, and after a failure (unreachable, timeout, 5xx) the client backs off, 1 s doubling to 60 s
+with jitter, or for the tracker's Retry-After on a 429. During a backoff every call raises
+TrackerError at once, without touching the network; `in_backoff` and `backoff_remaining` tell the
+announce loop when to try again. The one retry the client makes by itself is for a request refused
+as stale: it corrects its clock by the tracker's Date header and signs again.
+
+Lookups leave this peer itself out. Invalid hash parts raise ValueError: they are the caller's bug.
+"""
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import nacl.signing
+
+from .tracker_protocol import (
+    ANNOUNCE_PATH,
+    HASH_BYTES,
+    LOOKUP_PATH,
+    PEERS_PATH,
+    TOKEN_SCHEME,
+    pack_hash,
+    peer_id,
+    sign,
+    unpack_hash,
+)
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 60.0  # the tracker's default offline TTL is three of these
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+LOOKUP_BATCH = 1000
+_STATE_FORMAT = "peerix-tracker-state/1"
+
+
+@dataclass(frozen=True)
+class PeerAddresses:
+    endpoint_id: str
+    direct: tuple[str, ...] = ()
+    relay_url: str | None = None
+    http_url: str | None = None
+
+    def to_json(self) -> dict:
+        return {"endpoint_id": self.endpoint_id, "direct": list(self.direct), "relay_url": self.relay_url,
+                "http_url": self.http_url}
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    peer_id: str
+    name: str
+    addresses: PeerAddresses
+    last_seen: float
+    paths: int = 0
+    online: bool = True
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PeerRecord":
+        addresses = data["addresses"]
+        return cls(
+            peer_id=str(data["peer_id"]), name=str(data["name"]),
+            addresses=PeerAddresses(str(addresses["endpoint_id"]), tuple(map(str, addresses["direct"])),
+                                    addresses.get("relay_url"), addresses.get("http_url")),
+            last_seen=float(data["last_seen"]), paths=int(data.get("paths", 0)), online=bool(data.get("online", True)),
+        )
+
+
+class TrackerError(Exception):
+    """The tracker refused (status and code say how) or is unreachable (status is None)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class TrackerClient:
+    def __init__(self, url: str, seed: bytes, state_dir: Path, *, timeout: float = 5.0, connect_timeout: float = 0.5,
+                 lookup_timeout: float = 0.5, token: str | None = None,
+                 max_hashes_per_request: int = 100_000) -> None:
+        self.url = url.rstrip("/")
+        self._key = nacl.signing.SigningKey(seed)
+        self.peer_id = peer_id(self._key)
+        self.max_hashes_per_request = max_hashes_per_request
+        self._lookup_timeout = httpx.Timeout(lookup_timeout, connect=min(connect_timeout, lookup_timeout))
+        headers = {"authorization": f"{TOKEN_SCHEME} {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers,
+                                       timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        self._state_path = Path(state_dir) / f"tracker-{digest}.state"
+        self._acked: set[bytes] = set()  # the set the tracker acknowledged last...
+        self._seq: int | None = None     # ...under this sequence number (None: nothing acknowledged)
+        self._paths: int | None = None   # the tracker's count of that set
+        self._loaded = False
+        self._saved_seq: int | None = None
+        self._last: tuple[PeerAddresses, str] | None = None
+        self._write_lock = asyncio.Lock()
+        self._failures = 0
+        self._backoff_until = 0.0
+        self._clock_offset = 0.0
+
+    # Backoff
+
+    @property
+    def backoff_remaining(self) -> float:
+        return max(0.0, self._backoff_until - time.monotonic())
+
+    @property
+    def in_backoff(self) -> bool:
+        return self.backoff_remaining > 0
+
+    def _back_off(self, message: str, retry_after: float | None = None, status: int | None = None) -> TrackerError:
+        if retry_after is None:
+            self._failures += 1
+            delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
+        else:
+            delay = retry_after
+        self._backoff_until = time.monotonic() + delay
+        return TrackerError(f"{message}; backing off for {delay:.1f} s", status=status, retry_after=delay)
+
+    # Announces
+
+    async def announce(self, hashes: Iterable[str], addresses: PeerAddresses, name: str) -> None:
+        """Make the tracker hold exactly `hashes` for this peer, by a delta when it can."""
+        wanted = {pack_hash(text): text for text in hashes}
+        async with self._write_lock:
+            self._last = (addresses, name)
+            await self._load_state()
+            try:
+                if self._seq is not None:
+                    added = [text for packed, text in wanted.items() if packed not in self._acked]
+                    removed = [packed for packed in self._acked if packed not in wanted]
+                    if await self._send_delta(added, removed):
+                        return
+                await self._send_full(wanted)
+            finally:
+                await self._save_state()
+
+    async def heartbeat(self) -> None:
+        """Tell the tracker this peer is alive: an empty delta, or the full set again if the tracker lost it."""
+        async with self._write_lock:
+            await self._load_state()
+            if self._last is None or self._seq is None:
+                raise TrackerError("nothing announced yet: call announce() first")
+            try:
+                if not await self._send_delta([], []):
+                    await self._send_full({packed: unpack_hash(packed) for packed in self._acked})
+            finally:
+                await self._save_state()
+
+    async def _send_delta(self, added: list[str], removed: list[bytes]) -> bool:
+        """Send the changes in deltas; False when the tracker wants the full set instead."""
+        step = self.max_hashes_per_request
+        changes = [(text, True) for text in added] + [(unpack_hash(packed), False) for packed in removed]
+        for start in range(0, max(len(changes), 1), step):
+            part = changes[start:start + step]
+            try:
+                answer = await self._announce_request({
+                    "since": self._seq,
+                    "added": [text for text, add in part if add],
+                    "removed": [text for text, add in part if not add],
+                })
+            except TrackerError as error:
+                if error.status == 409:
+                    log.info("tracker wants the full set tracker=%s reason=%s", self.url, error)
+                    return False
+                raise
+            for text, add in part:
+                (self._acked.add if add else self._acked.discard)(pack_hash(text))
+            self._acknowledge(answer)
+        if self._paths != len(self._acked):
+            log.warning("tracker disagrees about this peer's set, sending it whole tracker=%s tracker_paths=%s "
+                        "local_paths=%d", self.url, self._paths, len(self._acked))
+            return False
+        return True
+
+    async def _send_full(self, wanted: dict[bytes, str]) -> None:
+        step = self.max_hashes_per_request
+        texts = list(wanted.values())
+        self._seq = None
+        answer = await self._announce_request({"hashes": texts[:step]})
+        self._acked = set(list(wanted)[:step])
+        self._acknowledge(answer)
+        for start in range(step, len(texts), step):
+            answer = await self._announce_request({"since": self._seq, "added": texts[start:start + step]})
+            self._acked.update(pack_hash(text) for text in texts[start:start + step])
+            self._acknowledge(answer)
+
+    async def _announce_request(self, change: dict) -> dict:
+        assert self._last is not None
+        addresses, name = self._last
+        return await self._request("POST", ANNOUNCE_PATH, {"name": name, "addresses": addresses.to_json(), **change})
+
+    def _acknowledge(self, answer: dict) -> None:
+        try:
+            self._seq, self._paths = int(answer["seq"]), int(answer["paths"])
+        except (KeyError, TypeError, ValueError):
+            self._seq = None
+            raise TrackerError(f"tracker {self.url} answered an announce without seq and paths") from None
+
+    async def deregister(self) -> None:
+        """Remove this peer and everything it announced from the tracker, and forget the sync state."""
+        async with self._write_lock:
+            await self._load_state()
+            try:
+                await self._request("DELETE", f"{PEERS_PATH}/{self.peer_id}")
+            except TrackerError as error:
+                if error.status != 404:
+                    raise
+            self._acked, self._seq, self._paths = set(), None, None
+            await self._save_state()
+
+    # Lookups
+
+    async def lookup(self, hash_part: str) -> list[PeerRecord]:
+        pack_hash(hash_part)
+        answer = await self._request("GET", f"{LOOKUP_PATH}/{hash_part}", timeout=self._lookup_timeout)
+        return self._records(answer.get("peers"), skip_self=True)
+
+    async def lookup_many(self, hash_parts: Sequence[str]) -> dict[str, list[PeerRecord]]:
+        for hash_part in hash_parts:
+            pack_hash(hash_part)
+        found: dict[str, list[PeerRecord]] = {hash_part: [] for hash_part in hash_parts}
+        for start in range(0, len(hash_parts), LOOKUP_BATCH):
+            answer = await self._request("POST", LOOKUP_PATH, {"hashes": list(hash_parts[start:start + LOOKUP_BATCH])},
+                                         timeout=self._lookup_timeout)
+            peers = self._records(answer.get("peers"))
+            try:
+                for hash_part, indexes in answer["results"].items():
+                    found[hash_part] = [peers[i] for i in indexes if peers[i].peer_id != self.peer_id]
+            except (AttributeError, KeyError, IndexError, TypeError):
+                raise TrackerError(f"tracker {self.url} answered a malformed batch lookup") from None
+        return found
+
+    async def peers(self) -> list[PeerRecord]:
+        return self._records((await self._request("GET", PEERS_PATH)).get("peers"))
+
+    def _records(self, items: object, skip_self: bool = False) -> list[PeerRecord]:
+        try:
+            records = [PeerRecord.from_json(item) for item in items]  # type: ignore[union-attr]
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise TrackerError(f"tracker {self.url} answered malformed peer records") from None
+        return [record for record in records if not (skip_self and record.peer_id == self.peer_id)]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # HTTP
+
+    async def _request(self, method: str, path: str, payload: dict | None = None,
+                       timeout: httpx.Timeout | None = None) -> dict:
+        if self.in_backoff:
+            raise TrackerError(f"tracker {self.url} is backed off for {self.backoff_remaining:.1f} s",
+                               retry_after=self.backoff_remaining)
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        extra = {"timeout": timeout} if timeout is not None else {}
+        for attempt in range(2):
+            headers = sign(self._key, method, path, body, timestamp=int(time.time() + self._clock_offset))
+            if payload is not None:
+                headers["content-type"] = "application/json"
+            try:
+                response = await self._http.request(method, path, content=body, headers=headers, **extra)
+            except httpx.TransportError as error:
+                raise self._back_off(f"tracker {self.url} unreachable ({type(error).__name__}: {error})") from None
+            if attempt == 0 and response.status_code == 401 and _code(response) == "stale_timestamp":
+                self._correct_clock(response)
+                continue
+            break
+        return self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> dict:
+        status = response.status_code
+        if status >= 500:
+            raise self._back_off(f"tracker {self.url} failed with {status}", status=status)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if status == 429:
+            header = response.headers.get("retry-after", "")
+            retry_after = float(header) if header.isdigit() else BACKOFF_START
+            raise self._back_off(f"tracker {self.url} is rate limiting this peer", retry_after, status)
+        self._failures = 0
+        if status >= 400:
+            error = data.get("error", {}) if isinstance(data, dict) else {}
+            raise TrackerError(f"tracker {self.url} refused: {status} {error.get('code')}: {error.get('message')}",
+                               status=status, code=error.get("code"))
+        if not isinstance(data, dict):
+            raise TrackerError(f"tracker {self.url} answered {status} without a JSON object")
+        return data
+
+    def _correct_clock(self, response: httpx.Response) -> None:
+        try:
+            tracker_time = email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            return
+        self._clock_offset = tracker_time + 0.5 - time.time()  # Date has whole seconds
+        log.warning("clock differs from the tracker's, correcting tracker=%s offset=%.1f", self.url, self._clock_offset)
+
+    # Sync state on disk
+
+    async def _load_state(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            data = await asyncio.to_thread(self._state_path.read_bytes)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            log.warning("cannot read tracker state, announcing in full path=%s error=%s", self._state_path, error)
+            return
+        header, _, packed = data.partition(b"\n")
+        try:
+            meta = json.loads(header)
+            valid = (meta["format"] == _STATE_FORMAT and meta["tracker"] == self.url and meta["peer"] == self.peer_id
+                     and len(packed) == meta["count"] * HASH_BYTES and isinstance(meta["seq"], int))
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            log.warning("ignoring unusable tracker state, announcing in full path=%s", self._state_path)
+            return
+        self._acked = {packed[i:i + HASH_BYTES] for i in range(0, len(packed), HASH_BYTES)}
+        self._seq = self._saved_seq = meta["seq"]
+        self._paths = len(self._acked)
+
+    async def _save_state(self) -> None:
+        """Write the acknowledged set when it changed (every change takes a new sequence number)."""
+        if self._seq == self._saved_seq:
+            return
+        self._saved_seq = self._seq
+        if self._seq is None:
+            await asyncio.to_thread(self._state_path.unlink, missing_ok=True)
+            return
+        meta = {"format": _STATE_FORMAT, "tracker": self.url, "peer": self.peer_id, "seq": self._seq,
+                "count": len(self._acked)}
+        data = json.dumps(meta).encode() + b"\n" + b"".join(self._acked)
+        await asyncio.to_thread(_write_atomically, self._state_path, data)
+
+
+def _code(response: httpx.Response) -> str | None:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: a crash leaves the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,0 +1,136 @@
+"""A real `peerix-tracker serve` process on loopback for tests, and ways to talk to it."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import nacl.signing
+
+from peerix.net.tracker_protocol import ANNOUNCE_PATH, sign
+from peerix.nix import nix32
+
+from conftest import ROOT, free_port
+
+# Generous limits, so that only the tests about limits meet them.
+UNLIMITED = ("--address-rate", "100000", "--address-burst", "100000", "--peer-rate", "100000",
+             "--peer-burst", "100000")
+
+
+class TrackerProcess:
+    """`peerix-tracker serve` on a database file; its log is kept for assertions."""
+
+    def __init__(self, db: Path, log_path: Path, args: tuple[str, ...] = UNLIMITED) -> None:
+        self.db = db
+        self.args = args
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tracker.cli", "serve", "--db", str(self.db),
+                 "--listen", f"127.0.0.1:{self.port}", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(self.url + "/health", timeout=1)
+                return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"peerix-tracker did not start:\n{self.log}")
+            time.sleep(0.05)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.process = None
+        return process.returncode
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kw)
+
+    def metric(self, name: str) -> float:
+        """The value of one sample of /metrics, e.g. 'peerix_tracker_announces_total{kind="delta"}' (0 if absent)."""
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+@contextmanager
+def running_tracker(directory: Path, *args: str, limits: tuple[str, ...] = UNLIMITED) -> Iterator[TrackerProcess]:
+    """A tracker for a whole test module (from tmp_path_factory), where tests cannot disturb each other."""
+    tracker = TrackerProcess(directory / "tracker.db", directory / "tracker.log", (*limits, *args))
+    try:
+        yield tracker
+    finally:
+        tracker.stop()
+
+
+def new_key() -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey.generate()
+
+
+def random_hashes(count: int, rng: random.Random | None = None) -> list[str]:
+    """Random hash parts: any 32 nix32 characters are one (32 x 5 bits make exactly 20 bytes)."""
+    text = "".join((rng or random.Random()).choices(nix32.ALPHABET, k=32 * count))
+    return [text[i:i + 32] for i in range(0, len(text), 32)]
+
+
+def signed(tracker: TrackerProcess, key: nacl.signing.SigningKey, method: str, path: str, payload: object = None,
+           *, body: bytes | None = None, headers: dict[str, str] | None = None, **sign_args) -> httpx.Response:
+    """A request signed as `key` would sign it; `headers` override or add to the signature headers."""
+    if body is None:
+        body = b"" if payload is None else json.dumps(payload).encode()
+    all_headers = {**sign(key, method, path, body, **sign_args), "content-type": "application/json", **(headers or {})}
+    return httpx.request(method, tracker.url + path, content=body, headers=all_headers, timeout=30)
+
+
+def announcement(name: str = "host", **change: object) -> dict:
+    """An announce body: `hashes=[...]` for a full announce, `since=..., added=[...], removed=[...]` for a delta."""
+    return {"name": name, "addresses": {"direct": ["127.0.0.1:4433"], "relay_url": None}, **change}
+
+
+def announce(tracker: TrackerProcess, key: nacl.signing.SigningKey, *, headers: dict[str, str] | None = None,
+             timestamp: int | None = None, **change: object) -> httpx.Response:
+    """A signed announce; `change` as for `announcement`."""
+    return signed(tracker, key, "POST", ANNOUNCE_PATH, announcement(**change), headers=headers, timestamp=timestamp)
+
+
+def error_of(response: httpx.Response) -> str:
+    """The stable error code of a refusal, after checking the shape every 4xx must have."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"code", "message"} and error["message"], error
+    return error["code"]

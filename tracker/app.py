@@ -1,0 +1,298 @@
+"""The tracker's HTTP face: the API (announce, lookup, peers), the dashboard, health and metrics.
+
+Every refusal is `{"error": {"code": ..., "message": ...}}` with a 4xx status, counted by code and
+logged in one line; a database failure is a 503 of the same shape. Client addresses are limited
+before anything else is read, peers after their signature is verified, so forged requests cannot
+spend a real peer's budget.
+"""
+
+import asyncio
+import functools
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from peerix import __version__
+from peerix.app import MetricsMiddleware
+from peerix.net.tracker_protocol import ANNOUNCE_PATH, API, LOOKUP_PATH, PEERS_PATH, is_peer_id, pack_hash
+
+from . import dashboard
+from .auth import Authenticator
+from .config import Config
+from .db import DatabaseError, SequenceMismatch
+from .metrics import Metrics
+from .model import (
+    ApiError,
+    Peer,
+    error_json,
+    parse_announce,
+    parse_limit,
+    parse_lookup,
+    render_batch,
+    render_lookup,
+    render_peer,
+)
+from .ratelimit import RateLimiter
+from .registry import Registry
+from .sweep import Sweeper
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("tracker.audit")
+
+JSON = "application/json"
+BODY_TIMEOUT = 30.0
+_DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read and dropped, so the client sees the 413
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Everything the routes use, assembled once by the server."""
+
+    config: Config
+    registry: Registry
+    auth: Authenticator
+    address_limits: RateLimiter
+    peer_limits: RateLimiter
+    metrics: Metrics
+    sweeper: Sweeper
+    started_at: float
+
+
+def create_app(t: Tracker) -> ASGIApp:
+    config, registry, metrics = t.config, t.registry, t.metrics
+
+    def refuse(scope: Scope, error: ApiError) -> Response:
+        metrics.refusals.labels(error.code).inc()
+        level = {429: logging.DEBUG, 401: logging.WARNING, 403: logging.WARNING}.get(error.status, logging.INFO)
+        state = scope.get("state") or {}
+        log.log(level, "refused status=%d code=%s method=%s path=%s client=%s peer=%s message=%r", error.status,
+                error.code, scope.get("method"), scope.get("path", "")[:200], _client(scope), state.get("peer"),
+                error.message)
+        return Response(error_json(error), status_code=error.status, headers=error.headers, media_type=JSON)
+
+    def api_route(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(endpoint)
+        async def answer(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except ApiError as error:
+                return refuse(request.scope, error)
+            except (sqlite3.Error, DatabaseError) as error:
+                log.error("database failed route=%s error=%s", endpoint.__name__, error)
+                return refuse(request.scope, ApiError(503, "unavailable", "the tracker's database failed; "
+                                                      "retry later"))
+        return answer
+
+    def authenticate(request: Request, body: bytes, now: float, write: bool) -> str | None:
+        scope = request.scope
+        path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
+        peer_id = t.auth.authenticate(request.method, path, request.headers, body, now, write)
+        request.state.peer = peer_id
+        if write and peer_id and (wait := t.peer_limits.take(peer_id, now)):
+            raise _rate_limited(wait, "this peer")
+        return peer_id
+
+    @api_route
+    async def announce(request: Request) -> Response:
+        now = time.time()
+        body = await _read_body(request, config.max_body)
+        peer_id = authenticate(request, body, now, write=True)
+        assert peer_id is not None
+        update = parse_announce(body, peer_id, config.max_announce_hashes)
+        try:
+            peer, added, removed = await registry.announce(bytes.fromhex(peer_id), update, now)
+        except SequenceMismatch as error:
+            raise ApiError(409, "sequence_mismatch", f"since {update.since} does not match: {error}; "
+                           "announce the full set") from None
+        metrics.announces.labels(update.kind).inc()
+        metrics.announced_hashes.labels("added").inc(added)
+        metrics.announced_hashes.labels("removed").inc(removed)
+        metrics.announce_rate.add(now)
+        audit.info("announce peer=%s name=%r kind=%s seq=%d added=%d removed=%d paths=%d client=%s", peer_id,
+                   peer.name, update.kind, peer.seq, added, removed, peer.paths, _client(request.scope))
+        return JSONResponse({"seq": peer.seq, "paths": peer.paths})
+
+    @api_route
+    async def lookup(request: Request) -> Response:
+        now = time.time()
+        authenticate(request, b"", now, write=False)
+        hash_part = request.path_params["hash"]
+        try:
+            packed = pack_hash(hash_part)
+        except ValueError:
+            raise ApiError(400, "invalid_hash", f"not a store path hash part (32 nix32 characters): "
+                           f"{hash_part[:64]!r}") from None
+        peers = registry.lookup(packed, now, parse_limit(request.query_params.get("limit"), config.lookup_limit))
+        count_lookups("single", [peers], now)
+        return Response(render_lookup(hash_part, peers), media_type=JSON)
+
+    @api_route
+    async def lookup_batch(request: Request) -> Response:
+        now = time.time()
+        body = await _read_body(request, config.max_body)
+        authenticate(request, body, now, write=False)
+        asked, limit = parse_lookup(body, config.max_lookup_hashes, config.lookup_limit)
+        found = await registry.lookup_many(asked, now, limit)
+        count_lookups("batch", found.values(), now)
+        return Response(render_batch(found), media_type=JSON)
+
+    def count_lookups(kind: str, results: Collection[list[Peer]], now: float) -> None:
+        hits = sum(1 for peers in results if peers)
+        total = len(results)
+        metrics.lookups.labels(kind).inc()
+        metrics.lookup_hashes.labels("hit").inc(hits)
+        metrics.lookup_hashes.labels("miss").inc(total - hits)
+        metrics.lookup_rate.add(now)
+
+    @api_route
+    async def peers(request: Request) -> Response:
+        now = time.time()
+        authenticate(request, b"", now, write=False)
+        records = ",".join(render_peer(peer, registry.is_online(peer, now)) for peer in registry.peers())
+        return Response(f'{{"peers":[{records}]}}', media_type=JSON)
+
+    @api_route
+    async def deregister(request: Request) -> Response:
+        now = time.time()
+        body = await _read_body(request, config.max_body)
+        peer_id = authenticate(request, body, now, write=True)
+        target = request.path_params["peer_id"]
+        if not is_peer_id(target):
+            raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")
+        if target != peer_id:
+            raise ApiError(403, "forbidden", "a peer can only deregister itself")
+        peer = await registry.remove(bytes.fromhex(target))
+        if peer is None:
+            raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
+        audit.info("deregister peer=%s name=%r paths=%d client=%s", peer_id, peer.name, peer.paths,
+                   _client(request.scope))
+        return JSONResponse({"removed": peer_id, "paths": peer.paths})
+
+    async def home(request: Request) -> Response:
+        now = time.time()
+        snapshot = dashboard.Snapshot(
+            now=now, version=__version__, membership=t.auth.membership, offline_after=config.offline_after,
+            remove_after=config.remove_after,
+            peers=[(peer, registry.is_online(peer, now)) for peer in registry.peers()],
+            paths=registry.db.path_count, holdings=registry.holdings,
+            announces_per_second=metrics.announce_rate.per_second(now),
+            lookups_per_second=metrics.lookup_rate.per_second(now), sweep=t.sweeper.status(now),
+        )
+        return HTMLResponse(dashboard.render(snapshot), headers={
+            "content-security-policy": dashboard.CSP, "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer", "cache-control": "no-store"})
+
+    async def health(request: Request) -> Response:
+        now = time.time()
+        status = "ok"
+        try:
+            async with asyncio.timeout(2):
+                database = {"status": "ok", "schema_version": await registry.db.check(), "bytes": registry.db.size()}
+        except Exception as error:  # health reports any failure rather than raising it
+            status, database = "error", {"status": "error", "error": f"{type(error).__name__}: {error}"}
+        sweep = t.sweeper.status(now)
+        if status == "ok" and sweep["status"] != "ok":
+            status = "degraded"
+        online = registry.count_online(now)
+        body = {
+            "status": status, "version": __version__, "uptime": round(now - t.started_at, 1),
+            "membership": t.auth.membership, "database": database, "sweep": sweep,
+            "peers": {"online": online, "offline": len(registry.peers()) - online},
+            "paths": registry.db.path_count, "holdings": registry.holdings,
+        }
+        return JSONResponse(body, status_code=503 if status == "error" else 200)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def gauges() -> dict[str, float]:
+        online = registry.count_online(time.time())
+        return {"peers_online": online, "peers_offline": len(registry.peers()) - online,
+                "paths": registry.db.path_count, "holdings": registry.holdings, "database_bytes": registry.db.size()}
+
+    metrics.watch(gauges)
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+        return refuse(request.scope, ApiError(error.status_code, code, str(error.detail), dict(error.headers or {})))
+
+    async def internal_error(request: Request, error: Exception) -> Response:
+        return Response(error_json(ApiError(500, "internal", "the tracker failed; this is a bug")), 500,
+                        media_type=JSON)
+
+    routes = [
+        Route(ANNOUNCE_PATH, announce, methods=["POST"]),
+        Route(LOOKUP_PATH + "/{hash}", lookup, methods=["GET"]),
+        Route(LOOKUP_PATH, lookup_batch, methods=["POST"]),
+        Route(PEERS_PATH, peers, methods=["GET"]),
+        Route(PEERS_PATH + "/{peer_id}", deregister, methods=["DELETE"]),
+        Route("/health", health),
+        Route("/metrics", prometheus),
+    ]
+    if config.dashboard:
+        routes.append(Route("/", home))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
+    return MetricsMiddleware(AddressLimit(app, t.address_limits, refuse), metrics)
+
+
+class AddressLimit:
+    """The per-address token bucket, in front of every API route: it runs before a body is read."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, refuse: Callable[[Scope, ApiError], Response]) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(API + "/"):
+            if wait := self.limiter.take(_client(scope), time.time()):
+                return await self.refuse(scope, _rate_limited(wait, "this address"))(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _rate_limited(wait: float, who: str) -> ApiError:
+    seconds = max(1, math.ceil(wait))
+    return ApiError(429, "rate_limited", f"too many requests from {who}; retry in {seconds} s",
+                    {"retry-after": str(seconds)})
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "-"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, at most `limit` bytes, within BODY_TIMEOUT; 413 or 408 otherwise."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise ApiError(400, "invalid_request", "Content-Length must be a number")
+    too_large = ApiError(413, "body_too_large", f"the body exceeds the tracker's limit of {limit} bytes")
+    if declared and int(declared) > limit * _DRAIN_FACTOR:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= limit:
+                    chunks.append(chunk)
+                elif size > limit * _DRAIN_FACTOR:
+                    break
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)

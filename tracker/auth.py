@@ -1,0 +1,83 @@
+"""Who may do what: request signatures, the replay cache and membership (open, allowlist, token).
+
+Every write is signed by the peer it changes (see peerix.net.tracker_protocol): its timestamp must
+lie within `max_clock_skew` of the tracker's clock and its nonce must be new. Nonces are kept in
+memory until their timestamp goes stale, so requests signed before the tracker started are refused
+too: otherwise a restart would reopen the window for requests captured just before it.
+
+Reads are open to anyone under `open` membership. Under `allowlist` or `token` they need what a
+write needs to get in (a signature by a listed key, or a token), so a private fleet does not tell
+strangers which machines hold what and where they listen. Reads are not replay-checked: replaying
+one reveals nothing the eavesdropper did not already see.
+"""
+
+import hmac
+import math
+from collections.abc import Mapping
+
+from peerix.net.tracker_protocol import TOKEN_SCHEME, Signature
+
+from .model import ApiError
+
+_PRUNE_AT = 100_000
+
+
+class Authenticator:
+    def __init__(self, membership: str, allowlist: frozenset[str], tokens: tuple[str, ...],
+                 max_clock_skew: float, started_at: float) -> None:
+        self.membership = membership
+        self.allowlist = allowlist
+        self._tokens = [token.encode() for token in tokens]
+        self.max_clock_skew = max_clock_skew
+        self._not_before = math.floor(started_at)
+        self._nonces: dict[str, float] = {}  # peer id + nonce -> when the timestamp goes stale
+
+    def authenticate(self, method: str, path: str, headers: Mapping[str, str], body: bytes, now: float,
+                     write: bool) -> str | None:
+        """The verified peer id (None for an anonymous read); ApiError when the request is refused."""
+        if self.membership == "token":
+            self._check_token(headers.get("authorization", ""))
+        try:
+            signature = Signature.from_headers(headers)
+        except ValueError as error:
+            raise ApiError(401, "unauthenticated", f"malformed signature headers: {error}") from None
+        if not write and self.membership != "allowlist":
+            return None
+        if signature is None:
+            raise ApiError(401, "unauthenticated", "this request must be signed by the peer's key "
+                           "(X-Peerix-Peer, X-Peerix-Timestamp, X-Peerix-Nonce, X-Peerix-Signature)")
+        if self.membership == "allowlist" and signature.peer_id not in self.allowlist:
+            raise ApiError(403, "not_member", f"peer {signature.peer_id} is not on this tracker's allowlist")
+        skew = self.max_clock_skew
+        if not max(now - skew, self._not_before) <= signature.timestamp <= now + skew:
+            raise ApiError(401, "stale_timestamp", f"timestamp {signature.timestamp} is not within {skew:g} s of "
+                           f"the tracker's clock ({now:.0f}) or predates its start; sign the request again")
+        if not signature.verify(method, path, body):
+            raise ApiError(401, "bad_signature", "the signature does not match the request and the peer's key")
+        if write:
+            self._check_nonce(signature, now)
+        return signature.peer_id
+
+    def _check_token(self, authorization: str) -> None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme != TOKEN_SCHEME or not token:
+            raise ApiError(401, "unauthenticated", f"this tracker needs a network token: Authorization: "
+                           f"{TOKEN_SCHEME} <token>")
+        offered = token.strip().encode()
+        if not any(hmac.compare_digest(offered, known) for known in self._tokens):
+            raise ApiError(403, "not_member", "the network token is not valid here")
+
+    def _check_nonce(self, signature: Signature, now: float) -> None:
+        key = signature.peer_id + signature.nonce
+        if key in self._nonces:
+            raise ApiError(401, "replayed", "this request was already received; sign each request anew")
+        if len(self._nonces) >= _PRUNE_AT:
+            self.prune(now)
+        self._nonces[key] = signature.timestamp + self.max_clock_skew
+
+    def prune(self, now: float) -> int:
+        """Forget nonces whose timestamps are stale anyway."""
+        stale = [key for key, until in self._nonces.items() if until < now]
+        for key in stale:
+            del self._nonces[key]
+        return len(stale)

@@ -1,0 +1,246 @@
+"""Tracker settings: defaults, then a TOML file (`--config`), then flags; flags win.
+
+One table names every setting once: its TOML key, its flag (the key with dashes) and its parser,
+so the two sources cannot drift apart. Secrets never sit in the TOML file or on the command line
+(both are often world-readable: the Nix store, `ps`): network tokens come from `token_file`, one
+a line, so a token is rotated by listing the new one next to the old one for a while.
+"""
+
+import argparse
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from peerix.cli import parse_listen, parse_size
+from peerix.net.tracker_protocol import is_peer_id
+from peerix.secrets import SecretFileError, read_secret
+
+DEFAULT_PORT = 12305
+MEMBERSHIPS = ("open", "allowlist", "token")
+MIN_TOKEN_LENGTH = 16
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    db: Path
+    listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)
+    membership: str = "open"
+    allowlist: frozenset[str] = frozenset()
+    tokens: tuple[str, ...] = ()
+    offline_after: float = 180.0
+    remove_after: float = 86400.0
+    sweep_interval: float = 30.0
+    max_clock_skew: float = 60.0
+    max_body: int = 8 << 20
+    max_announce_hashes: int = 200_000
+    max_lookup_hashes: int = 5_000
+    lookup_limit: int = 50
+    address_rate: float = 200.0
+    address_burst: float = 400.0
+    peer_rate: float = 1.0
+    peer_burst: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()
+    dashboard: bool = True
+    access_log: bool = False
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.listen[0] in ("127.0.0.1", "::1", "localhost")
+
+
+def _seconds(value: object) -> float:
+    """A duration: a number of seconds, or a string with a unit (500ms, 90s, 3m, 12h, 7d)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+    if isinstance(value, bool) or not match or float(match[1]) <= 0:
+        raise ValueError(f"expected a positive duration such as 90, 90s, 3m or 12h, got {value!r}")
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2] or "s"]
+
+
+def _positive(kind: type) -> Callable[[object], float | int]:
+    def parse(value: object) -> float | int:
+        try:
+            number = float(value) if not isinstance(value, bool) else 0.0
+        except (TypeError, ValueError):
+            number = 0.0
+        if not number > 0 or number == float("inf") or (kind is int and not number.is_integer()):
+            raise ValueError(f"expected a positive {'integer' if kind is int else 'number'}, got {value!r}")
+        return kind(number)
+    return parse
+
+
+def _size(value: object) -> int:
+    try:
+        size = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(str(value))
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(str(error)) from None
+    if size <= 0:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return size
+
+
+def _listen(value: object) -> tuple[str, int]:
+    try:
+        return parse_listen(str(value))
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(str(error)) from None
+
+
+def _membership(value: object) -> str:
+    if value not in MEMBERSHIPS:
+        raise ValueError(f"expected one of {', '.join(MEMBERSHIPS)}, got {value!r}")
+    return str(value)
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _peer_ids(value: object) -> frozenset[str]:
+    keys = _strings(value)
+    if bad := [key for key in keys if not is_peer_id(key)]:
+        raise ValueError(f"peer ids are 64 lowercase hex characters (an iroh endpoint id), got {bad[0]!r}")
+    return frozenset(keys)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[object], object]
+    help: str
+    metavar: str = ""
+    repeat: bool = False  # a flag given several times makes a list
+    switch: bool = False  # --name / --no-name
+
+
+SETTINGS = (
+    Setting("db", lambda value: Path(str(value)), "SQLite database file (required)", "FILE"),
+    Setting("listen", _listen, f"address to listen on (default: 127.0.0.1:{DEFAULT_PORT})", "HOST:PORT"),
+    Setting("membership", _membership, "who may write: open (any key), allowlist or token "
+            "(default: allowlist or token when one is given, else open)", "MODE"),
+    Setting("allowlist", _peer_ids, "a peer id allowed in (repeatable; replaces the file's list)", "PEER_ID",
+            repeat=True),
+    Setting("allowlist_file", lambda value: Path(str(value)), "file of allowed peer ids, one a line", "FILE"),
+    Setting("token_file", lambda value: Path(str(value)), "file of network tokens, one a line (mode 0600)", "FILE"),
+    Setting("offline_after", _seconds, "a peer not heard from this long is offline (default: 3m)", "DURATION"),
+    Setting("remove_after", _seconds, "a peer not heard from this long is removed (default: 1d)", "DURATION"),
+    Setting("sweep_interval", _seconds, "how often the sweep looks for silent peers (default: 30s)", "DURATION"),
+    Setting("max_clock_skew", _seconds, "largest accepted difference between a request's timestamp and the "
+            "tracker's clock (default: 60s)", "DURATION"),
+    Setting("max_body", _size, "largest request body (default: 8M)", "SIZE"),
+    Setting("max_announce_hashes", _positive(int), "most hashes in one announce (default: 200000)", "N"),
+    Setting("max_lookup_hashes", _positive(int), "most hashes in one batch lookup (default: 5000)", "N"),
+    Setting("lookup_limit", _positive(int), "most peers answered for one hash (default: 50)", "N"),
+    Setting("address_rate", _positive(float), "API requests per second per client address (default: 200)", "N"),
+    Setting("address_burst", _positive(float), "burst of API requests per client address (default: 400)", "N"),
+    Setting("peer_rate", _positive(float), "writes per second per peer (default: 1)", "N"),
+    Setting("peer_burst", _positive(float), "burst of writes per peer (default: 30)", "N"),
+    Setting("trusted_proxies", _strings, "address of a reverse proxy whose X-Forwarded-For is believed "
+            "(repeatable)", "ADDRESS", repeat=True),
+    Setting("dashboard", _bool, "serve the dashboard at / (default: on)", switch=True),
+    Setting("access_log", _bool, "log every HTTP request (default: off)", switch=True),
+)
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML file with any of the settings below")
+    for setting in SETTINGS:
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.name == "allowlist":
+            flag = "--allow"
+        elif setting.name == "trusted_proxies":
+            flag = "--trusted-proxy"
+        if setting.switch:
+            parser.add_argument(flag, dest=setting.name, action=argparse.BooleanOptionalAction, help=setting.help)
+        else:
+            parser.add_argument(flag, dest=setting.name, action="append" if setting.repeat else "store",
+                                metavar=setting.metavar, help=setting.help)
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The settings of `args` over those of its --config file over the defaults; ConfigError if invalid."""
+    raw: dict[str, object] = read_toml(args.config) if args.config else {}
+    raw.update({s.name: value for s in SETTINGS if (value := getattr(args, s.name, None)) is not None})
+    values: dict = {}
+    for name, value in raw.items():
+        try:
+            values[name] = _BY_NAME[name].parse(value)
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
+    if "db" not in values:
+        raise ConfigError("no database: give --db FILE (or db = \"FILE\" in the config file)")
+    if file := values.pop("allowlist_file", None):
+        values["allowlist"] = values.get("allowlist", frozenset()) | _read_allowlist(file)
+    if file := values.pop("token_file", None):
+        values["tokens"] = _read_tokens(file)
+    given = [mode for mode, key in (("allowlist", "allowlist"), ("token", "tokens")) if values.get(key)]
+    values.setdefault("membership", given[0] if len(given) == 1 else "open")
+    return _checked(Config(**values), given)
+
+
+def read_toml(path: Path) -> dict[str, object]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if unknown := sorted(set(data) - set(_BY_NAME)):
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_BY_NAME)}")
+    return data
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _read_allowlist(path: Path) -> frozenset[str]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return _peer_ids(_lines(text))
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_tokens(path: Path) -> tuple[str, ...]:
+    try:
+        tokens = tuple(_lines(read_secret(path)))
+    except SecretFileError as error:
+        raise ConfigError(str(error)) from None
+    if not tokens or any(len(token) < MIN_TOKEN_LENGTH for token in tokens):
+        raise ConfigError(f"{path}: tokens must be at least {MIN_TOKEN_LENGTH} characters, one a line")
+    return tokens
+
+
+def _checked(config: Config, given: list[str]) -> Config:
+    """Refuse settings that contradict each other rather than guess what was meant."""
+    if len(given) > 1:
+        raise ConfigError("give either an allowlist or network tokens, not both")
+    if config.membership == "open" and given:
+        raise ConfigError(f"membership is open but {given[0]} settings were given; set membership = \"{given[0]}\"")
+    if config.membership != "open" and given != [config.membership]:
+        need = "--allow or --allowlist-file" if config.membership == "allowlist" else "--token-file"
+        raise ConfigError(f"membership {config.membership} needs {need}")
+    if config.remove_after <= config.offline_after:
+        raise ConfigError("remove_after must be longer than offline_after")
+    return config

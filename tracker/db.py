@@ -1,0 +1,321 @@
+"""The tracker's SQLite database: schema, migrations and every query.
+
+Hash parts are interned: `paths` maps the 20 bytes behind a hash part to a small integer, and
+`holdings` pairs path ids with peer ids, indexed both ways (path -> peers answers lookups, peer ->
+paths serves announces and removals). With 100 peers x 100k hashes from a pool of 1M, interning
+halves both the file (270 vs 580 MB) and the time of a full announce, against keeping the 20 bytes
+in both indexes. A set reaches SQLite as one blob that a recursive CTE splits into a temporary
+table, so 100k hashes cost a handful of statements rather than 100k bound executions.
+
+Every change is one transaction on the writer connection, so a crash leaves the previous state
+whole. Reads use connections of their own (WAL lets them run beside a write): batch lookups go
+through aiosqlite, while single lookups use a plain connection on the event loop, because they
+are index probes of ~20 µs and the hop to a worker thread costs more than the query (measured:
+5.1k against 3.5k lookups/s).
+"""
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+
+from .model import Addresses, Announce, Peer, dumps
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIGRATIONS = (
+    # 1: peers, interned hash parts, and who holds what.
+    """
+    CREATE TABLE peers (
+        id INTEGER PRIMARY KEY,
+        key BLOB NOT NULL UNIQUE,      -- ed25519 public key, 32 bytes
+        name TEXT NOT NULL,
+        addresses TEXT NOT NULL,       -- JSON, as in the API
+        seq INTEGER NOT NULL,          -- sequence number of the set held for the peer
+        paths INTEGER NOT NULL,        -- size of that set
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE paths (
+        id INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE      -- the 20 bytes behind the 32 nix32 characters
+    );
+    CREATE TABLE holdings (
+        path INTEGER NOT NULL,
+        peer INTEGER NOT NULL,
+        PRIMARY KEY (path, peer)
+    ) WITHOUT ROWID;
+    CREATE INDEX holdings_by_peer ON holdings (peer, path);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_TEMP_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS staged (hash BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS wanted (path INTEGER PRIMARY KEY);
+CREATE TEMP TABLE IF NOT EXISTS gone (path INTEGER PRIMARY KEY);
+"""
+# ?1 is the packed hashes, 20 bytes each, back to back.
+_SPLIT = ("WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 20 FROM i WHERE n + 20 < length(?1)) "
+          "SELECT substr(?1, n + 1, 20) FROM i")
+_HOLDERS = "SELECT h.peer FROM paths p JOIN holdings h ON h.path = p.id WHERE p.hash = ?"
+_HOLDERS_MANY = (f"WITH asked(hash) AS ({_SPLIT}) SELECT p.hash, h.peer FROM asked a "
+                 "CROSS JOIN paths p ON p.hash = a.hash JOIN holdings h ON h.path = p.id")
+_PEER = "id, key, name, addresses, seq, paths, first_seen, last_seen"
+
+_WRITER_CACHE_KIB = 65536
+_READER_CACHE_KIB = 16384
+
+
+class DatabaseError(Exception):
+    """The file cannot serve as this tracker's database; the message says why."""
+
+
+class SequenceMismatch(Exception):
+    def __init__(self, held: int | None) -> None:
+        super().__init__("no set is held for this peer" if held is None else f"the tracker holds sequence {held}")
+        self.held = held
+
+
+def _peer(row: tuple) -> Peer:
+    id_, key, name, addresses, seq, paths, first_seen, last_seen = row
+    return Peer(id_, key, name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen, last_seen)
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path_count = 0  # distinct hash parts held by anyone, kept up to date by every write
+        self._lock = asyncio.Lock()
+        self._lock_file: int | None = None
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._probe: sqlite3.Connection | None = None
+        self._path_change = 0
+
+    async def open(self) -> None:
+        self._lock_file = _exclusive(self.path)
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._configure(self._writer, _WRITER_CACHE_KIB)
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._migrate()
+            await self._writer.executescript(_TEMP_TABLES)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._configure(self._reader, _READER_CACHE_KIB, "PRAGMA query_only = ON")
+            self._probe = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in _pragmas(_READER_CACHE_KIB, "PRAGMA query_only = ON"):
+                self._probe.execute(pragma)
+            self.path_count = (await self._reader.execute_fetchall("SELECT count(*) FROM paths"))[0][0]
+        except sqlite3.DatabaseError as error:
+            await self.close()
+            raise DatabaseError(f"{self.path}: {error}; is it a peerix tracker database?") from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                await connection.close()
+        if self._probe is not None:
+            self._probe.close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+        self._writer = self._reader = self._probe = self._lock_file = None
+
+    @staticmethod
+    async def _configure(connection: aiosqlite.Connection, cache_kib: int, *extra: str) -> None:
+        for pragma in _pragmas(cache_kib, *extra):
+            await connection.execute(pragma)
+
+    async def _migrate(self) -> None:
+        assert self._writer is not None
+        version = (await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(f"{self.path} has schema version {version}, newer than this tracker's "
+                                f"{SCHEMA_VERSION}: run a newer peerix-tracker")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            try:
+                await self._writer.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+            except BaseException:
+                if self._writer.in_transaction:
+                    await self._writer.rollback()
+                raise
+            log.info("database migrated path=%s version=%d", self.path, number)
+
+    # Reads
+
+    async def peers(self) -> list[Peer]:
+        return [_peer(row) for row in await self._read.execute_fetchall(f"SELECT {_PEER} FROM peers")]
+
+    def holders(self, packed: bytes) -> list[int]:
+        """Rows of the peers holding this hash: runs on the calling (event loop) thread."""
+        assert self._probe is not None
+        return [row[0] for row in self._probe.execute(_HOLDERS, (packed,))]
+
+    async def holders_many(self, packed: list[bytes]) -> dict[bytes, list[int]]:
+        found: dict[bytes, list[int]] = {}
+        for hash_, peer in await self._read.execute_fetchall(_HOLDERS_MANY, (b"".join(packed),)):
+            found.setdefault(hash_, []).append(peer)
+        return found
+
+    async def check(self) -> int:
+        """Prove the database answers; returns the schema version."""
+        return (await self._read.execute_fetchall("PRAGMA user_version"))[0][0]
+
+    def size(self) -> int:
+        """Bytes on disk, write-ahead log included."""
+        total = 0
+        for path in (self.path, Path(f"{self.path}-wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    @property
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise DatabaseError("the database is closed")
+        return self._reader
+
+    # Writes
+
+    async def announce(self, key: bytes, announce: Announce, now: float) -> tuple[Peer, int, int]:
+        """Apply a full or delta announce; the peer as stored, and how many hashes it gained and lost."""
+
+        async def work(db: aiosqlite.Connection) -> tuple[Peer, int, int]:
+            rows = await db.execute_fetchall("SELECT id, seq FROM peers WHERE key = ?", (key,))
+            row, held = next(iter(rows), (None, None))
+            if announce.hashes is None and held != announce.since:
+                raise SequenceMismatch(held)
+            if row is None:
+                cursor = await db.execute(
+                    "INSERT INTO peers (key, name, addresses, seq, paths, first_seen, last_seen) "
+                    "VALUES (?, '', '{}', 0, 0, ?, ?)", (key, now, now))
+                row, held = cursor.lastrowid, 0
+            if announce.hashes is not None:
+                await self._stage(db, announce.hashes)
+                await self._intern(db)
+                await db.execute("DELETE FROM gone")
+                await db.execute("INSERT INTO gone SELECT path FROM holdings WHERE peer = ? AND path NOT IN wanted",
+                                 (row,))
+                removed, added = await self._release(db, row), await self._hold(db, row)
+                seq = max(held + 1, int(now * 1000))  # a number a wiped database cannot have issued
+            else:
+                removed = added = 0
+                if announce.removed:
+                    await self._stage(db, announce.removed)
+                    await db.execute("DELETE FROM gone")
+                    await db.execute("INSERT INTO gone SELECT p.id FROM staged s CROSS JOIN paths p ON p.hash = s.hash")
+                    removed = await self._release(db, row)
+                if announce.added:
+                    await self._stage(db, announce.added)
+                    await self._intern(db)
+                    added = await self._hold(db, row)
+                seq = held + 1 if announce.added or announce.removed else held
+            rows = await db.execute_fetchall(
+                f"UPDATE peers SET name = ?, addresses = ?, seq = ?, paths = paths + ?, last_seen = ? "
+                f"WHERE id = ? RETURNING {_PEER}",
+                (announce.name, dumps(announce.addresses.to_json()), seq, added - removed, now, row))
+            return _peer(next(iter(rows))), added, removed
+
+        return await self._write(work)
+
+    async def remove(self, key: bytes, silent_since: float | None = None) -> Peer | None:
+        """Remove a peer and its hashes (only if not heard from since `silent_since`, when given)."""
+
+        async def work(db: aiosqlite.Connection) -> Peer | None:
+            rows = await db.execute_fetchall(
+                f"DELETE FROM peers WHERE key = ? AND last_seen < ? RETURNING {_PEER}",
+                (key, float("inf") if silent_since is None else silent_since))
+            if not rows:
+                return None
+            peer = _peer(next(iter(rows)))
+            await db.execute("DELETE FROM gone")
+            await db.execute("INSERT INTO gone SELECT path FROM holdings WHERE peer = ?", (peer.row,))
+            await self._release(db, peer.row)
+            return peer
+
+        return await self._write(work)
+
+    async def _write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `work` as one transaction; on any failure, cancellation included, nothing of it stays."""
+        async with self._lock:
+            db = self._writer
+            if db is None:
+                raise DatabaseError("the database is closed")
+            if db.in_transaction:  # a rollback that was itself cancelled
+                await db.rollback()
+            self._path_change = 0
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await work(db)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.rollback()
+                raise
+            self.path_count += self._path_change
+            return result
+
+    @staticmethod
+    async def _stage(db: aiosqlite.Connection, packed: list[bytes]) -> None:
+        await db.execute("DELETE FROM staged")
+        if packed:
+            await db.execute(f"INSERT OR IGNORE INTO staged {_SPLIT}", (b"".join(packed),))
+
+    async def _intern(self, db: aiosqlite.Connection) -> None:
+        """Give every staged hash a path id; `wanted` then holds those ids."""
+        cursor = await db.execute("INSERT OR IGNORE INTO paths (hash) SELECT hash FROM staged")
+        self._path_change += cursor.rowcount
+        await db.execute("DELETE FROM wanted")
+        await db.execute("INSERT INTO wanted SELECT p.id FROM staged s CROSS JOIN paths p ON p.hash = s.hash")
+
+    @staticmethod
+    async def _hold(db: aiosqlite.Connection, row: int) -> int:
+        cursor = await db.execute("INSERT OR IGNORE INTO holdings (path, peer) SELECT path, ? FROM wanted", (row,))
+        return cursor.rowcount
+
+    async def _release(self, db: aiosqlite.Connection, row: int) -> int:
+        """Drop the peer's holdings listed in `gone`, and the paths nobody holds any more."""
+        cursor = await db.execute("DELETE FROM holdings WHERE peer = ? AND path IN gone", (row,))
+        released = cursor.rowcount
+        cursor = await db.execute(
+            "DELETE FROM paths WHERE id IN gone AND NOT EXISTS (SELECT 1 FROM holdings WHERE path = paths.id)")
+        self._path_change -= cursor.rowcount
+        return released
+
+
+def _pragmas(cache_kib: int, *extra: str) -> list[str]:
+    return [
+        "PRAGMA synchronous = NORMAL",  # with WAL: consistent after a crash; the last commits may be lost
+        "PRAGMA busy_timeout = 5000",
+        f"PRAGMA cache_size = -{cache_kib}",
+        "PRAGMA temp_store = MEMORY",
+        "PRAGMA journal_size_limit = 67108864",
+        *extra,
+    ]
+
+
+def _exclusive(path: Path) -> int:
+    """Hold `<db>.lock` while open: a second tracker on the same file would disagree with this one."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise DatabaseError(f"cannot open {path}: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseError(f"{path} is in use by another peerix-tracker") from None
+    return fd
