@@ -62,6 +62,8 @@ in
     b.succeed(f"grep -q 'shared by peerix' {path}")
     b.succeed(f"nix store verify --sigs-needed 1 {path}")
     a.succeed("journalctl -u peerix | grep -q 'served nar'")
-    tracker.succeed("curl -sf http://127.0.0.1:12305/ | grep -q '2 online'")
+    import json
+    peers = json.loads(tracker.succeed("curl -sf http://127.0.0.1:12305/api/v1/peers"))["peers"]
+    assert sum(peer["online"] for peer in peers) == 2, peers
   '';
 }

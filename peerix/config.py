@@ -98,6 +98,8 @@ class Config:
     name: str = setting(None, "name shown to other peers (default: the host name)", str, "NAME",
                         factory=socket.gethostname)
     tracker: str | None = setting(None, "tracker URL; none: no tracker", _optional_url, "URL")
+    tracker_token_file: Path | None = setting(None, "file holding the network token of a token-membership "
+                                              "tracker (mode 0600)", Path, "FILE")
     trusted_public_keys: tuple[str, ...] = setting((CACHE_NIXOS_ORG_KEY,), "keys whose signatures make a "
                                                    "peer's path acceptable and our own path shareable "
                                                    "(repeatable)", str, "KEY", many=True)

@@ -16,7 +16,7 @@ from .net.lan import LanDiscovery, LanSettings
 from .net.peer_service import PeerService
 from .net.reputation import Reputation
 from .nix.signing import PublicKey, SecretKey
-from .secrets import load_secret_key, write_secret
+from .secrets import load_secret_key, read_secret, write_secret
 from .store.local import LocalStore
 from .store.narcache import NarCache
 from .store.policy import Policy, Upstream
@@ -67,7 +67,7 @@ async def run(config: Config, key: SecretKey) -> None:
         metrics.watch_peers(reputation)
         sources: list[CandidateSource] = []
         background = []
-        lan = None
+        lan = tracker_source = None
         if config.lan or config.static_peers:
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
@@ -84,9 +84,11 @@ async def run(config: Config, key: SecretKey) -> None:
             from .net.tracker_client import TrackerClient
             from .net.tracker_sync import Announcer, TrackerSource
 
-            tracker = TrackerClient(config.tracker, seed, config.state_dir / "tracker")
+            token = read_secret(config.tracker_token_file).strip() if config.tracker_token_file else None
+            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
             stack.push_async_callback(tracker.aclose)
-            sources.append(TrackerSource(tracker, metrics))
+            tracker_source = TrackerSource(tracker, metrics)
+            sources.append(tracker_source)
             announcer = Announcer(tracker, local, policy, endpoint.address, config.name, metrics)
             background.append(announcer.run())
             stack.push_async_callback(_deregister, tracker)
@@ -113,9 +115,10 @@ async def run(config: Config, key: SecretKey) -> None:
                 listed[peer_id] = {"peer_id": peer_id, "name": peer.announcement.name, "source": peer.source,
                                    "direct_addresses": list(address.direct), "relay_url": address.relay_url,
                                    "last_seen": peer.seen_wall}
-            for peer_id in reputation.peers:
-                listed.setdefault(peer_id, {"peer_id": peer_id, "name": None, "source": "tracker",
-                                            "direct_addresses": [], "relay_url": None, "last_seen": None})
+            for peer_id, record in (tracker_source.seen.items() if tracker_source else ()):
+                listed.setdefault(peer_id, {"peer_id": peer_id, "name": record.name, "source": "tracker",
+                                            "direct_addresses": list(record.addresses.direct),
+                                            "relay_url": record.addresses.relay_url, "last_seen": record.last_seen})
             for peer_id, entry in listed.items():
                 stats = reputation.peers.get(peer_id)
                 entry["reputation"] = None if stats is None else {

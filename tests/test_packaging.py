@@ -32,7 +32,8 @@ def test_every_nix_file_parses() -> None:
 def module_options() -> dict[str, dict]:
     expression = (
         "let lib = import ./tests/nix/stub-lib.nix; "
-        "module = import ./module.nix { inherit lib; config = { }; pkgs = { formats.toml = _: { type = \"toml\"; }; }; }; "
+        "module = import ./module.nix { inherit lib; config = { }; "
+        "pkgs = { formats.toml = _: { type = \"toml\"; }; }; }; "
         "in lib.flatten \"\" module.options"
     )
     return json.loads(run("nix-instantiate", "--eval", "--strict", "--json", "-E", expression, cwd=ROOT).stdout)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerix.cli import parse_listen, parse_size
+from peerix.config import parse_listen, parse_size
 from peerix.net.tracker_protocol import is_peer_id
 from peerix.secrets import SecretFileError, read_secret
 
@@ -75,20 +75,14 @@ def _positive(kind: type) -> Callable[[object], float | int]:
 
 
 def _size(value: object) -> int:
-    try:
-        size = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(str(value))
-    except argparse.ArgumentTypeError as error:
-        raise ValueError(str(error)) from None
+    size = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(str(value))
     if size <= 0:
         raise ValueError(f"expected a positive size, got {value!r}")
     return size
 
 
 def _listen(value: object) -> tuple[str, int]:
-    try:
-        return parse_listen(str(value))
-    except argparse.ArgumentTypeError as error:
-        raise ValueError(str(error)) from None
+    return parse_listen(str(value))
 
 
 def _membership(value: object) -> str:

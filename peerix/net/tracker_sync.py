@@ -16,7 +16,7 @@ from ..store.local import LocalStore
 from ..store.policy import Policy
 from ..store.remote import Candidate
 from .endpoint import EndpointAddress
-from .tracker_client import PeerAddresses, TrackerClient, TrackerError
+from .tracker_client import PeerAddresses, PeerRecord, TrackerClient, TrackerError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class TrackerSource:
         self.ttl = ttl
         self.entries = entries
         self._answers: dict[str, tuple[float, list[Candidate]]] = {}
+        self.seen: dict[str, PeerRecord] = {}  # peers the tracker named, for `peerix peers`
 
     async def candidates(self, hash_part: str) -> list[Candidate]:
         hit = self._answers.get(hash_part)
@@ -43,6 +44,7 @@ class TrackerSource:
             return []
         found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
                            self.name) for r in records]
+        self.seen.update((r.peer_id, r) for r in records)
         if len(self._answers) >= self.entries:
             self._answers.clear()
         self._answers[hash_part] = (time.monotonic() + self.ttl, found)
