@@ -124,6 +124,9 @@ class Config:
     lan_interval: float = setting(10.0, "seconds between LAN announcements", float, "SECONDS")
     lan_expiry: float = setting(35.0, "seconds of silence after which a LAN peer is forgotten", float, "SECONDS")
     connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next", float, "SECONDS")
+    peer_timeout: float = setting(10.0, "seconds of silence from a peer in the middle of an answer before it "
+                                  "is given up on", float, "SECONDS")
+    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing", float, "SECONDS")
     access_log: bool = setting(False, "log every HTTP request", parse_bool)
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@ and takes them down in order (deregister, close the endpoint, close the store)."
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -60,7 +62,7 @@ async def run(config: Config, key: SecretKey) -> None:
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
-            PeerService(substituter, policy, metrics).handlers,
+            PeerService(substituter, policy, metrics, timeout=config.peer_timeout).handlers,
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -97,7 +99,8 @@ async def run(config: Config, key: SecretKey) -> None:
                 return {"url": config.tracker, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
         substituter.remote = RemoteStore(endpoint, sources, policy, reputation, metrics,
-                                         RemoteSettings(query_timeout=config.connect_timeout + 2))
+                                         RemoteSettings(
+            query_timeout=config.connect_timeout + 2, read_timeout=config.peer_timeout, miss_ttl=config.miss_ttl))
 
         def network() -> dict[str, Any]:
             address = endpoint.address()
@@ -130,9 +133,10 @@ async def run(config: Config, key: SecretKey) -> None:
 
         app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers)
         host, port = config.listen
-        server = uvicorn.Server(uvicorn.Config(
+        server = _Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",
             server_header=False, proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol,
+            timeout_graceful_shutdown=10,
         ))
         tasks = [asyncio.create_task(job) for job in background]
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
@@ -143,6 +147,22 @@ async def run(config: Config, key: SecretKey) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its habit of re-raising SIGTERM once it has stopped: that would kill the
+    process before the daemon deregisters and closes its endpoint."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 async def _deregister(tracker: Any) -> None:

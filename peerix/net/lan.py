@@ -209,7 +209,7 @@ class LanDiscovery(asyncio.DatagramProtocol):
                 del self.peers[peer_id]
                 log.info("lan peer expired peer=%s name=%s", peer_id[:10], peer.announcement.name)
 
-    async def candidates(self, hash_part: str) -> list[Candidate]:
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
         """Every live LAN peer: without a store summary, any of them may have the path."""
         self._expire()
         return [Candidate(p.announcement.address, p.source) for p in self.peers.values()]

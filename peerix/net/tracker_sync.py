@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class TrackerSource:
     name = "tracker"
 
-    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 5.0, entries: int = 4096) -> None:
+    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096) -> None:
         self.client = client
         self.metrics = metrics
         self.ttl = ttl
@@ -32,9 +32,9 @@ class TrackerSource:
         self._answers: dict[str, tuple[float, list[Candidate]]] = {}
         self.seen: dict[str, PeerRecord] = {}  # peers the tracker named, for `peerix peers`
 
-    async def candidates(self, hash_part: str) -> list[Candidate]:
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
         hit = self._answers.get(hash_part)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > time.monotonic() and not fresh:
             return hit[1]
         try:
             records = await self.client.lookup(hash_part)
@@ -76,6 +76,8 @@ class Announcer:
                 except TrackerError as error:
                     self.metrics.source_errors.labels("tracker").inc()
                     log.warning("announce failed error=%s", error)
+                except Exception:  # a bug must be loud, and must not end announcing for good
+                    log.exception("announce crashed")
             await asyncio.sleep(self.poll)
 
     async def announce(self) -> None:

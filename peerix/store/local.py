@@ -103,7 +103,7 @@ class LocalStore:
 
     async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
         """(hash part, signatures) of every valid path: what announcing needs, in one query."""
-        start = len(self.store_dir) + 1
+        start = len(self.store_dir) + 2  # SQL's substr counts from 1, and skips the slash
         rows = await (await self._current()).execute_fetchall("SELECT substr(path, ?, 32), sigs FROM ValidPaths",
                                                               (start,))
         return [(hash_part, tuple((sigs or "").split())) for hash_part, sigs in rows]

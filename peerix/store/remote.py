@@ -42,8 +42,9 @@ class Candidate:
 class CandidateSource(Protocol):
     name: str
 
-    async def candidates(self, hash_part: str) -> list[Candidate]:
-        """Peers that may have the path; fast, and [] rather than an error when unsure."""
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
+        """Peers that may have the path; fast, and [] rather than an error when unsure.
+        `fresh`: bypass any cache, because the peers it named have failed."""
         ...
 
 
@@ -117,15 +118,17 @@ class RemoteStore:
         self.metrics.remote_lookups.labels("hit" if found else "miss").inc()
         return found
 
-    async def candidates(self, hash_part: str) -> list[Candidate]:
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
         """Every source's candidates: LAN peers before tracker peers (and a peer both know keeps its LAN
         addresses if the LAN source comes first); best reputation first within each; no peer in backoff."""
-        answers = await asyncio.gather(*(source.candidates(hash_part) for source in self.sources))
+        answers = await asyncio.gather(*(source.candidates(hash_part, fresh) for source in self.sources))
         by_peer: dict[str, Candidate] = {}
         for candidate in (c for answer in answers for c in answer):
             if candidate.peer_id != self.endpoint.peer_id:
                 by_peer.setdefault(candidate.peer_id, candidate)
         ordered = [by_peer[peer_id] for peer_id in self.reputation.order(by_peer)]
+        if by_peer and not ordered and not fresh:
+            return await self.candidates(hash_part, fresh=True)  # a cached answer named only failed peers
         return sorted(ordered, key=lambda c: _SOURCE_RANK.get(c.source, len(_SOURCE_RANK)))
 
     async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> RemotePath | None:
@@ -189,13 +192,23 @@ class RemoteStore:
     async def open_nar(self, path: RemotePath) -> AsyncIterator[bytes]:
         """The NAR from the first peer that starts sending it, verified on the way.
 
-        Raises NarFetchError when no peer does, before a single byte has been promised to anyone.
+        The peers that answered the narinfo come first, then whoever the sources name now (a peer
+        that failed is in backoff by then). Raises NarFetchError when no peer starts, before a
+        single byte has been promised to anyone.
         """
         info = path.info
-        for candidate in [c for c in path.peers if self.reputation.available(c.peer_id)] or path.peers[:1]:
-            with contextlib.suppress(NarFetchError):
-                if (recv := await self._open_nar(info, candidate)) is not None:
-                    return self._verified(recv, info, candidate)
+        tried: set[str] = set()
+        for candidates in (path.peers, None):
+            if candidates is None:
+                candidates = await self.candidates(info.store_path.hash_part, fresh=True)
+            for candidate in candidates:
+                if candidate.peer_id in tried or not self.reputation.available(candidate.peer_id):
+                    continue
+                tried.add(candidate.peer_id)
+                with contextlib.suppress(NarFetchError):
+                    if (recv := await self._open_nar(info, candidate)) is not None:
+                        return self._verified(recv, info, candidate)
+        self._paths.pop(info.store_path.hash_part, None)
         raise NarFetchError(f"no peer could send {info.store_path}")
 
     async def _open_nar(self, info: PathInfo, candidate: Candidate) -> iroh.RecvStream | None:
@@ -247,6 +260,7 @@ class RemoteStore:
             self.metrics.verification_failures.labels("nar").inc()
             self._peer_failed(peer, "nar", "mismatch", "NAR does not match its NarHash")
             self.endpoint.forget(peer)
+            self._paths.pop(info.store_path.hash_part, None)
             log.warning("NAR hash mismatch peer=%s path=%s: transfer aborted", peer[:10], info.store_path)
             raise NarFetchError(f"{peer[:10]} sent a NAR that does not match its NarHash")
         with contextlib.suppress(iroh.IrohError):

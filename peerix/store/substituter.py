@@ -70,7 +70,8 @@ class Substituter:
         hash_part = info.store_path.hash_part
         if await self.path_info(hash_part) is not None:
             return self.nar(info)
-        found = self.remote.known(hash_part) if self.remote else None
+        # Nix keeps narinfo for a long time, so the NAR may be asked for long after the narinfo.
+        found = (self.remote.known(hash_part) or await self.remote.path_info(hash_part)) if self.remote else None
         if found is None or found.info.nar_hash != info.nar_hash:
             raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
         return await self.remote.open_nar(found)
