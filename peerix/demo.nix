@@ -1,18 +1,27 @@
-# The demo's closure: an "application" with a library and some data, as derivation outputs so
-# that they need signatures. `seed` makes fresh paths on every run.
+# The demo's two applications: an editor and a game sharing a GUI library, as derivation outputs
+# (so they need signatures). `seed` makes fresh paths on every run.
 { seed }:
 let
   mk = import ./mk-derivation.nix seed;
-  lib = mk "demo-lib-1.0" ''
+  libgui = mk "demo-libgui-1.0" ''
     /bin/mkdir -p $out/lib
-    /usr/bin/head -c 3000000 /dev/urandom > $out/lib/libdemo.so
+    /usr/bin/head -c 3000000 /dev/urandom > $out/lib/libgui.so
   '';
-  data = mk "demo-data-1.0" ''
-    /bin/mkdir -p $out/share/demo
-    for i in 1 2 3 4 5 6 7 8 9 10; do /usr/bin/head -c 400000 /dev/urandom > $out/share/demo/asset-$i; done
+  editorData = mk "demo-editor-data-2.1" ''
+    /bin/mkdir -p $out/share/editor
+    for i in 1 2 3 4 5 6 7 8 9 10; do /usr/bin/head -c 400000 /dev/urandom > $out/share/editor/dictionary-$i; done
   '';
-in mk "demo-app-1.0" ''
-  /bin/mkdir -p $out/bin
-  printf '#!/bin/sh\necho "demo app using ${lib} and ${data}"\n' > $out/bin/demo-app
-  /bin/chmod +x $out/bin/demo-app
-''
+  gameAssets = mk "demo-game-assets-0.9" ''
+    /bin/mkdir -p $out/share/game
+    /usr/bin/head -c 6000000 /dev/urandom > $out/share/game/level-1.pak
+  '';
+  app = name: inputs: mk name ''
+    /bin/mkdir -p $out/bin
+    printf '#!/bin/sh\necho "${name} running with ${toString inputs}"\n' > $out/bin/run
+    /bin/chmod +x $out/bin/run
+  '';
+in
+{
+  editor = app "demo-editor-2.1" [ libgui editorData ];
+  game = app "demo-game-0.9" [ libgui gameAssets ];
+}

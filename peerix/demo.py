@@ -1,55 +1,19 @@
-"""`peerix demo`: show a host's store served by peerix and substituted by real Nix on another host.
+"""`peerix demo`: a tracker and three hosts on this machine. Host A has an editor, host B a game;
+host C's Nix installs both through C's own peerix, which finds them with the tracker and fetches
+them from A and B over iroh, verifies them and re-signs them with C's key.
 
-Hosts are chroot stores under a temporary directory, so the demo needs Nix but touches no
-configuration; it builds a fresh closure in the root store and copies it to host A.
+Hosts are chroot stores in a temporary directory: the demo needs Nix but changes no configuration.
 """
 
-import json
-import shutil
-import signal
-import socket
-import subprocess
-import sys
+import re
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from .nix.signing import SecretKey
-from .secrets import write_secret
+from .localfleet import FleetError, LocalFleet, closure_sizes, run
 
 DEMO_NIX = Path(__file__).with_name("demo.nix")
-
-
-class DemoError(Exception):
-    pass
-
-
-def _run(*args: str) -> str:
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DemoError(f"{' '.join(args[:3])} ... failed:\n{result.stderr.strip()}")
-    return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DemoError(f"peerix exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise DemoError("peerix did not become healthy")
+DemoError = FleetError
 
 
 def _step(text: str) -> None:
@@ -57,60 +21,58 @@ def _step(text: str) -> None:
 
 
 def run_demo(keep: bool = False) -> None:
-    if shutil.which("nix") is None:
-        raise DemoError("nix is not installed: scripts/dev demo installs Debian's nix-bin")
     work = Path(tempfile.mkdtemp(prefix="peerix-demo-"))
-    server: subprocess.Popen | None = None
+    fleet = LocalFleet(work)
     try:
-        host_a, host_b = work / "hostA", work / "hostB"
-        _step("building a small closure and giving it to host A")
-        top = _run("nix-build", str(DEMO_NIX), "--no-out-link", "--argstr", "seed", str(time.time_ns())).strip()
-        _run("nix", "copy", "--no-check-sigs", "--to", str(host_a), top)
-        info = json.loads(_run("nix", "path-info", "--json", "-r", "--store", str(host_a), top))
-        paths = {entry["path"]: entry["narSize"] for entry in info} if isinstance(info, list) else \
-            {path: entry["narSize"] for path, entry in info.items()}
-        for path, size in sorted(paths.items()):
-            print(f"    {path}  {size / 1e6:.1f} MB")
+        _step("building an editor and a game (fresh store paths) in the root store")
+        seed = str(time.time_ns())
+        editor, game = run("nix-build", str(DEMO_NIX), "--no-out-link", "--argstr", "seed", seed,
+                           "-A", "editor", "-A", "game").split()
 
-        _step("host A: peerix serve, signing with its own key")
-        key = SecretKey.generate("demo-host-a-1")
-        write_secret(work / "hostA.sec", key.to_text())
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "peerix.cli", "--log-level", "warning", "serve", "--store-root", str(host_a),
-             "--listen", f"127.0.0.1:{port}", "--sign-key-file", str(work / "hostA.sec"),
-             "--state-dir", str(work / "hostA-state"), "--iroh-listen", "127.0.0.1:0", "--no-relays",
-             "--no-discovery", "--no-lan", "--upstream", "none"],
-        )
-        _wait_healthy(url, server)
-        print(f"    {url}  trusted key {key.public.to_text()}")
+        _step("starting a tracker and three hosts, each with its own store, key and peerix daemon")
+        fleet.start_tracker()
+        a, b, c = (fleet.host(name) for name in ("host-a", "host-b", "host-c"))
+        a.give(editor)
+        b.give(game)
+        for host in (a, b, c):
+            host.start()
+        fleet.wait_announced(a, [editor])
+        fleet.wait_announced(b, [game])
+        for host, top in ((a, editor), (b, game), (c, None)):
+            held = closure_sizes(host.store, top) if top else {}
+            what = f"{len(held)} paths, {sum(held.values()) / 1e6:.1f} MB" if held else "an empty store"
+            print(f"    {host.name}: peer {host.health()['network']['peer_id'][:12]}, {what}")
+        print(f"    tracker {fleet.tracker_url}")
 
-        _step("host B: nix copy --from host A's peerix, signatures required")
+        _step("host C: nix-store --realise editor game, substituting only from its own peerix")
         started = time.monotonic()
-        _run("nix", "copy", "--from", url, "--to", str(host_b),
-             "--option", "trusted-public-keys", key.public.to_text(), top)
+        c.realise(editor, game)
         seconds = time.monotonic() - started
-        total = sum(paths.values())
-        _run("nix", "store", "verify", "--store", str(host_b), "-r", top,
-             "--trusted-public-keys", key.public.to_text(), "--sigs-needed", "1")
-        print(f"    {len(paths)} paths, {total / 1e6:.1f} MB moved A -> B in {seconds:.2f} s "
-              f"({total / 1e6 / seconds:.0f} MB/s), verified and signed by {key.name}")
-        print(f"    host B runs: {_run(str(host_b) + top + '/bin/demo-app').strip()[:100]}...")
+        run("nix", "store", "verify", "--store", str(c.store), "-r", editor, game,
+            "--trusted-public-keys", c.key.public.to_text(), "--sigs-needed", "1")
+        names = {host.health()["network"]["peer_id"][:10]: host.name for host in (a, b)}
+        moved = 0
+        print(f"    {'path':58} {'from':8} {'MB':>6} {'MB/s':>7}")
+        for line in c.log.splitlines():
+            if match := re.search(r"fetched nar path=(\S+) peer=(\w+) bytes=(\d+) seconds=\S+ mib_per_s=(\S+)", line):
+                path, peer, size, rate = match.groups()
+                moved += int(size)
+                print(f"    {path[:58]:58} {names.get(peer, peer):8} {int(size) / 1e6:6.1f} "
+                      f"{float(rate) * 1.048576:7.0f}")
+        print(f"    {moved / 1e6:.1f} MB in {seconds:.2f} s, every path verified by hash and signed by "
+              f"{c.key.name} (the only key host C's Nix trusts)")
+        print("    " + run(str(c.store) + editor + "/bin/run").strip()[:110])
 
-        metrics = httpx.get(url + "/metrics").text
-        served = [line for line in metrics.splitlines() if line.startswith(("peerix_narinfo_lookups_total",
-                                                                             "peerix_nar_transfers_total"))]
-        _step("host A's metrics")
-        for line in served:
-            print(f"    {line}")
+        _step("stopping: each daemon deregisters from the tracker")
+        for host in (c, b, a):
+            host.stop()
+        deregistered = (work / "tracker.log").read_text().count("deregister peer=")
+        print(f"    {deregistered} of 3 hosts deregistered")
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(10)
+        fleet.close()
         if keep:
-            print(f"\nkept {work}")
+            print(f"\nkept {work} (host stores, logs, tracker database)")
         else:
-            _run("chmod", "-R", "u+w", str(work))
-            shutil.rmtree(work, ignore_errors=True)
+            run("chmod", "-R", "u+w", str(work))
+            run("rm", "-rf", str(work))
     print("\ndemo finished")

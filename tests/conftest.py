@@ -35,9 +35,9 @@ def offline(state_dir: Path) -> list[str]:
             "--no-lan", "--upstream", "none"]
 
 
-def peerix(*args: str, **kw) -> subprocess.CompletedProcess:
+def peerix(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "peerix.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, **kw)
+                          cwd=ROOT, timeout=timeout, **kw)
 
 
 class Daemon:

@@ -1,0 +1,174 @@
+"""Several peerix hosts on one machine: a tracker and daemons, each host a chroot store.
+
+What the demo and the benchmarks stand on: real processes on loopback, real Nix, iroh without
+relays or discovery. Every process is stopped (SIGTERM, then SIGKILL) when the fleet closes.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from .nix.signing import SecretKey
+from .secrets import write_secret
+
+
+class FleetError(Exception):
+    pass
+
+
+def run(*args: str, input: bytes | None = None) -> str:
+    result = subprocess.run(args, capture_output=True, input=input)
+    if result.returncode != 0:
+        raise FleetError(f"{' '.join(args[:4])} ... failed:\n{result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise FleetError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _healthy(url: str, process: subprocess.Popen) -> bool:
+    if process.poll() is not None:
+        raise FleetError(f"{process.args[2]} exited with {process.returncode}")
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+class Host:
+    def __init__(self, fleet: "LocalFleet", name: str) -> None:
+        self.fleet = fleet
+        self.name = name
+        self.home = fleet.root / name
+        self.store = self.home / "store"
+        self.key = SecretKey.generate(f"{name}-peerix-1")
+        self.home.mkdir(parents=True)
+        write_secret(self.home / "host.key", self.key.to_text())
+        run("nix-store", "--store", str(self.store), "--init")
+        self.url = ""
+        self.process: subprocess.Popen | None = None
+
+    def give(self, *paths: str) -> None:
+        """Copy paths with their closures into this host's store, signed with the fleet's key."""
+        run("nix", "copy", "--no-check-sigs", "--to", str(self.store), *paths)
+        run("nix", "store", "sign", "--store", str(self.store), "--key-file", str(self.fleet.cluster_file), "-r",
+            *paths)
+
+    def start(self, *extra: str) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        args = [
+            sys.executable, "-m", "peerix.cli", "--log-level", self.fleet.log_level, "serve",
+            "--store-root", str(self.store), "--state-dir", str(self.home / "state"),
+            "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{port}",
+            "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none",
+            "--trusted-public-keys", self.fleet.cluster.public.to_text(), *extra,
+        ]
+        if self.fleet.tracker_url:
+            args += ["--tracker", self.fleet.tracker_url]
+        self.process = self.fleet.spawn(args, self.home / "peerix.log")
+        wait_until(lambda: _healthy(self.url, self.process), f"{self.name}'s daemon")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.fleet.terminate(self.process)
+            self.process = None
+
+    @property
+    def log(self) -> str:
+        return (self.home / "peerix.log").read_text(errors="replace")
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=5).json()
+
+    def realise(self, *paths: str) -> None:
+        """Real Nix on this host: substitute into its store from its own peerix, trusting only its key."""
+        run("nix-store", "--store", str(self.store), "--realise", *paths,
+            "--option", "substituters", self.url, "--option", "trusted-public-keys", self.key.public.to_text(),
+            "--option", "narinfo-cache-negative-ttl", "0")
+
+
+class LocalFleet:
+    def __init__(self, root: Path, log_level: str = "info") -> None:
+        if shutil.which("nix") is None:
+            raise FleetError("nix is not installed")
+        self.root = root
+        self.log_level = log_level
+        self.cluster = SecretKey.generate("peerix-fleet-1")
+        self.cluster_file = root / "cluster.key"
+        write_secret(self.cluster_file, self.cluster.to_text())
+        self.hosts: dict[str, Host] = {}
+        self.tracker_url = ""
+        self._processes: list[subprocess.Popen] = []
+
+    def spawn(self, args: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ,
+                                       "PYTHONUNBUFFERED": "1"})
+        self._processes.append(process)
+        return process
+
+    def terminate(self, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def start_tracker(self) -> None:
+        port = free_port()
+        self.tracker_url = f"http://127.0.0.1:{port}"
+        process = self.spawn([sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
+                              "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}"],
+                             self.root / "tracker.log")
+        wait_until(lambda: _healthy(self.tracker_url, process), "the tracker")
+
+    def host(self, name: str) -> Host:
+        self.hosts[name] = host = Host(self, name)
+        return host
+
+    def wait_announced(self, host: Host, paths: list[str], timeout: float = 30) -> None:
+        peer_id = host.health()["network"]["peer_id"]
+
+        def listed() -> bool:
+            for path in paths:
+                hash_part = Path(path).name[:32]
+                answer = httpx.get(f"{self.tracker_url}/api/v1/lookup/{hash_part}", timeout=5)
+                if answer.status_code != 200 or peer_id not in answer.text:
+                    return False
+            return True
+
+        wait_until(listed, f"the tracker to list {host.name}'s paths", timeout)
+
+    def close(self) -> None:
+        for process in reversed(self._processes):
+            self.terminate(process)
+
+
+def closure_sizes(store: Path, *paths: str) -> dict[str, int]:
+    """{path: NarSize} of the closure of `paths` in a store."""
+    data = json.loads(run("nix", "path-info", "--json", "-r", "--store", str(store), *paths))
+    entries = data if isinstance(data, list) else [{"path": p, **e} for p, e in data.items()]
+    return {entry["path"]: entry["narSize"] for entry in entries}
