@@ -7,7 +7,7 @@ cannot be answered becomes a fast 404 (or a 400 for input Nix itself would never
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,16 +15,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .access import LOOPBACK, ClientAccess, parse_networks
 from .metrics import Metrics
 from .nar_response import NAR_TYPE, NarResponse
 from .nix import nix32
 from .nix.hash import SHA256_SIZE
 from .nix.narinfo import PathInfo
 from .nix.storepath import is_hash_part
+from .store.policy import Policy
 from .store.remote import NarFetchError
 from .store.substituter import Substituter, Unavailable, narinfo_text
 from .zerocopy import EXTENSION as ZEROCOPY
@@ -32,6 +34,9 @@ from .zerocopy import EXTENSION as ZEROCOPY
 log = logging.getLogger(__name__)
 
 NARINFO_TYPE = "text/x-nix-narinfo"
+
+Handler = Callable[[Request], Awaitable[Response]]
+Lookup = Callable[[str], Awaitable[PathInfo | None]]
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,14 @@ class CacheSettings:
 
 def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metrics,
                network: Callable[[], dict[str, Any]] | None = None,
-               peers: Callable[[], list[dict[str, Any]]] | None = None) -> ASGIApp:
-    """The HTTP app; `network` reports the peer network's state for /health, `peers` who we know."""
+               peers: Callable[[], list[dict[str, Any]]] | None = None,
+               access: ClientAccess | None = None, policy: Policy | None = None) -> ASGIApp:
+    """The HTTP app; `network` reports the peer network's state for /health, `peers` who we know.
+
+    The substituter and API routes answer `access`'s clients only (loopback by default); with a
+    `policy`, `/store/` serves the local store to anyone, as far as the serving policy allows.
+    """
+    access = access or ClientAccess(parse_networks(LOOPBACK))
     if substituter.nar_cache:
         metrics.watch_nar_cache(substituter.nar_cache)
     cache_info = (
@@ -54,21 +65,49 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 
     narinfo_hits, narinfo_misses, narinfo_invalid = (metrics.narinfo.labels(r) for r in ("hit", "miss", "invalid"))
 
+    def local_clients(handler: Handler) -> Handler:
+        """Refuse clients outside the trusted networks with a 403 that says why."""
+        @functools.wraps(handler)
+        async def guarded(request: Request) -> Response:
+            client = request.client.host if request.client else None
+            if not access.allowed(client):
+                metrics.refused.labels("client").inc()
+                log.info("refused client=%s path=%s reason=not in trusted networks", client, request.url.path)
+                return _error(403, f"{client} may not use this cache: it fetches from the peer network, so it "
+                                   "answers trusted networks only (trusted_networks); /store/ serves anyone")
+            return await handler(request)
+        return guarded
+
     async def nix_cache_info(request: Request) -> Response:
         return PlainTextResponse(cache_info, media_type="text/x-nix-cache-info")
 
     async def narinfo(request: Request) -> Response:
+        return await _narinfo(request, substituter.lookup)
+
+    async def store_narinfo(request: Request) -> Response:
+        return await _narinfo(request, _servable)
+
+    async def _narinfo(request: Request, lookup: Lookup) -> Response:
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
             narinfo_invalid.inc()
             return _error(400, f"invalid store path hash {hash_part[:64]!r}")
-        info = await _lookup(hash_part)
+        try:
+            info = await _lookup(lookup, hash_part)
+        except _Refused as refused:
+            return _error(403, f"not shared: {refused}")
         (narinfo_misses if info is None else narinfo_hits).inc()
         if info is None:
             return _error(404, "path not found")
         return Response(narinfo_text(info), media_type=NARINFO_TYPE)
 
     async def nar(request: Request) -> Response:
+        return await _nar(request, substituter.lookup)
+
+    async def store_nar(request: Request) -> Response:
+        return await _nar(request, _servable)
+
+    async def _nar(request: Request, lookup: Lookup) -> Response:
         encoded = request.path_params["narhash"]
         hash_part = request.query_params.get("hash", "")
         try:
@@ -79,7 +118,10 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             return _error(400, f"invalid NAR hash {encoded[:64]!r}")
         if not is_hash_part(hash_part):
             return _error(404, "NAR URLs need ?hash=<store path hash>, as the narinfo gives them")
-        info = await _lookup(hash_part)
+        try:
+            info = await _lookup(lookup, hash_part)
+        except _Refused as refused:
+            return _error(403, f"not shared: {refused}")
         if info is None or info.nar_hash != nar_hash:
             return _error(404, "no such NAR: the path is gone or has other contents now")
         if request.method == "HEAD":
@@ -91,9 +133,21 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             return _error(404, "no peer could send this NAR")
         return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info))
 
-    async def _lookup(hash_part: str) -> PathInfo | None:
+    async def _servable(hash_part: str) -> PathInfo | None:
+        """A local path if the serving policy lets anyone have it; raises _Refused otherwise."""
+        info = await substituter.path_info(hash_part)
+        if info is None or policy is None:
+            return None
+        verdict = await policy.may_serve(info)
+        if not verdict.ok:
+            metrics.refused.labels("policy").inc()
+            log.info("refused path=%s reason=%s", info.store_path, verdict.reason)
+            raise _Refused(verdict.reason)
+        return info
+
+    async def _lookup(lookup: Lookup, hash_part: str) -> PathInfo | None:
         try:
-            return await substituter.lookup(hash_part)
+            return await lookup(hash_part)
         except Unavailable as error:
             log.error("lookup failed hash=%s error=%s", hash_part, error)
             metrics.store_errors.inc()
@@ -131,17 +185,26 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app = Starlette(
-        routes=[
+    routes = [
+        Route("/nix-cache-info", local_clients(nix_cache_info)),
+        Route("/{hash}.narinfo", local_clients(narinfo)),
+        Route("/nar/{narhash}.nar", local_clients(nar)),
+        Route("/health", health),
+        Route("/metrics", prometheus),
+        Route("/api/v1/peers", local_clients(known_peers)),
+    ]
+    if policy is not None:
+        routes.append(Mount("/store", routes=[
             Route("/nix-cache-info", nix_cache_info),
-            Route("/{hash}.narinfo", narinfo),
-            Route("/nar/{narhash}.nar", nar),
-            Route("/health", health),
-            Route("/metrics", prometheus),
-            Route("/api/v1/peers", known_peers),
-        ]
-    )
+            Route("/{hash}.narinfo", store_narinfo),
+            Route("/nar/{narhash}.nar", store_nar),
+        ]))
+    app = Starlette(routes=routes)
     return MetricsMiddleware(app, metrics)
+
+
+class _Refused(Exception):
+    """The serving policy keeps this path private."""
 
 
 def _error(status: int, reason: str) -> Response:

@@ -8,6 +8,7 @@ and parser live in the field's metadata. Precedence: built-in default < TOML fil
 import argparse
 import dataclasses
 import enum
+import ipaddress
 import os
 import re
 import socket
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .access import LOOPBACK
 from .store.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
 
 DEFAULT_PORT = 12304
@@ -71,6 +73,10 @@ def setting(default: Any, help: str, parse: Callable[[Any], Any] = str, metavar:
     return field(default=default, metadata=meta)
 
 
+def _network(text: str) -> str:
+    return str(ipaddress.ip_network(str(text).strip(), strict=False))
+
+
 def _optional_url(text: str) -> str | None:
     text = str(text).strip()
     if not text or text.lower() == "none":
@@ -95,6 +101,9 @@ class Config:
                               factory=default_state_dir)
     nar_cache_size: int = setting(1 << 30, "disk budget for whole NARs of small-file paths, served zero-copy "
                                   "once cached; 0 disables (default: 1G)", parse_size, "SIZE")
+    trusted_networks: tuple[str, ...] = setting(LOOPBACK, "networks (CIDR) whose clients may use the substituter "
+                                                 "routes, which fetch from peers on their behalf (repeatable)",
+                                                 _network, "CIDR", many=True)
     name: str = setting(None, "name shown to other peers (default: the host name)", str, "NAME",
                         factory=socket.gethostname)
     tracker: str | None = setting(None, "tracker URL; none: no tracker", _optional_url, "URL")

@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from .access import ClientAccess, parse_networks
 from .app import CacheSettings, create_app
 from .config import Config
 from .metrics import Metrics
@@ -131,7 +132,8 @@ async def run(config: Config, key: SecretKey) -> None:
                 }
             return sorted(listed.values(), key=lambda e: (e["source"], e["name"] or "", e["peer_id"]))
 
-        app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers)
+        app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers,
+                         ClientAccess(parse_networks(config.trusted_networks)), policy)
         host, port = config.listen
         server = _Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",

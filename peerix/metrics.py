@@ -62,6 +62,10 @@ class Metrics:
         self.source_errors = Counter(
             "peerix_source_errors", "Failed candidate lookups by source (tracker, lan)", ["source"], registry=r,
         )
+        self.refused = Counter(
+            "peerix_http_refused", "HTTP requests refused with 403 by reason (client: not in the trusted networks; "
+            "policy: not shareable)", ["reason"], registry=r,
+        )
         self.lan_dropped = Counter(
             "peerix_lan_packets_dropped", "LAN discovery packets dropped by reason (oversized, malformed, "
             "unsigned, stale, replayed)", ["reason"], registry=r,

@@ -43,13 +43,13 @@ def peerix(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess
 class Daemon:
     """A real `peerix serve` process, its log kept for assertions."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, host: str = "127.0.0.1") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "peerix.cli", *args, "--listen", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "peerix.cli", *args, "--listen", f"{host}:{self.port}"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         deadline = time.monotonic() + 20
@@ -84,8 +84,8 @@ class Daemon:
 def start_daemon(tmp_path: Path) -> Iterator:
     daemons: list[Daemon] = []
 
-    def start(*args: str) -> Daemon:
-        daemon = Daemon(list(args), tmp_path / f"peerix-{len(daemons)}.log")
+    def start(*args: str, host: str = "127.0.0.1") -> Daemon:
+        daemon = Daemon(list(args), tmp_path / f"peerix-{len(daemons)}.log", host)
         daemons.append(daemon)
         return daemon
 
