@@ -14,12 +14,13 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .access import LOOPBACK, ClientAccess, parse_networks
+from .dashboard import render as render_dashboard
 from .metrics import Metrics
 from .nar_response import NAR_TYPE, NarResponse
 from .nix import nix32
@@ -97,6 +98,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except _Refused as refused:
             return _error(403, f"not shared: {refused}")
         (narinfo_misses if info is None else narinfo_hits).inc()
+        metrics.activity.count("narinfo_misses" if info is None else "narinfo_hits")
         if info is None:
             return _error(404, "path not found")
         return Response(narinfo_text(info), media_type=NARINFO_TYPE)
@@ -155,6 +157,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 
     def _nar_finished(info: PathInfo, outcome: str, sent: int, seconds: float, error: Exception | None) -> None:
         metrics.nar_transfers.labels(outcome).inc()
+        metrics.activity.transfer("to nix", str(info.store_path), "", sent, seconds, outcome)
         level = logging.ERROR if error else logging.INFO
         log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, info.store_path, sent,
                 seconds, sent / (1 << 20) / max(seconds, 1e-6), f" error={error}" if error else "")
@@ -182,6 +185,10 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def known_peers(request: Request) -> Response:
         return JSONResponse({"peers": peers() if peers else []})
 
+    async def dashboard(request: Request) -> Response:
+        page = render_dashboard(metrics.activity, network() if network else {}, peers() if peers else [])
+        return HTMLResponse(page)
+
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -192,6 +199,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         Route("/health", health),
         Route("/metrics", prometheus),
         Route("/api/v1/peers", local_clients(known_peers)),
+        Route("/dashboard", local_clients(dashboard)),
     ]
     if policy is not None:
         routes.append(Mount("/store", routes=[

@@ -5,12 +5,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 from .access import ClientAccess, parse_networks
+from .activity import Activity
 from .app import CacheSettings, create_app
 from .config import Config
 from .metrics import Metrics
@@ -49,7 +50,9 @@ async def run(config: Config, key: SecretKey) -> None:
     async with contextlib.AsyncExitStack() as stack:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         local = await stack.enter_async_context(LocalStore(config.store_root))
-        metrics = Metrics()
+        activity_file = config.state_dir / "activity.json"
+        metrics = Metrics(Activity.load(activity_file))
+        stack.callback(metrics.activity.save, activity_file)
         nar_cache = NarCache(config.state_dir / "nar-cache", config.nar_cache_size) if config.nar_cache_size else None
         upstream = Upstream(config.upstream) if config.upstream else None
         if upstream is not None:
@@ -140,6 +143,7 @@ async def run(config: Config, key: SecretKey) -> None:
             server_header=False, proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol,
             timeout_graceful_shutdown=10,
         ))
+        background.append(_every(60, metrics.activity.save, activity_file))
         tasks = [asyncio.create_task(job) for job in background]
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
                  key.public.to_text(), endpoint.peer_id, config.tracker)
@@ -149,6 +153,15 @@ async def run(config: Config, key: SecretKey) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _every(seconds: float, job: Callable[..., None], *args: Any) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            job(*args)
+        except OSError as error:
+            log.warning("periodic job failed job=%s error=%s", getattr(job, "__name__", job), error)
 
 
 class _Server(uvicorn.Server):

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .activity import Activity
 from .store.narcache import NarCache
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, activity: Activity | None = None) -> None:
+        self.activity = activity or Activity()  # the persistent, human-facing side of the same events
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

@@ -133,9 +133,9 @@ def start_tracker(tmp_path: Path) -> Iterator:
 
     trackers: list[TrackerProcess] = []
 
-    def start(*args: str, db: Path | None = None, limits: tuple[str, ...] = UNLIMITED) -> TrackerProcess:
+    def start(*args: str, limits: tuple[str, ...] = UNLIMITED) -> TrackerProcess:
         name = f"tracker-{len(trackers)}"
-        tracker = TrackerProcess(db or tmp_path / f"{name}.db", tmp_path / f"{name}.log", (*limits, *args))
+        tracker = TrackerProcess(tmp_path / f"{name}.db", tmp_path / f"{name}.log", (*limits, *args))
         trackers.append(tracker)
         return tracker
 

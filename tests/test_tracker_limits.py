@@ -155,3 +155,18 @@ def test_rate_limit_per_peer_cannot_be_spent_by_forgers(start_tracker) -> None:
     assert limited.status_code == 429 and error_of(limited) == "rate_limited"
     assert int(limited.headers["retry-after"]) in (4, 5)
     assert announce(tracker, other, hashes=[HASH]).status_code == 200  # other peers keep their own budget
+
+
+def test_forwarded_addresses_count_only_behind_a_trusted_proxy(start_tracker) -> None:
+    def statuses(tracker: TrackerProcess) -> list[int]:
+        return [httpx.get(tracker.url + f"{LOOKUP_PATH}/{HASH}", headers={"x-forwarded-for": f"203.0.113.{i}"})
+                .status_code for i in range(3)]
+
+    limits = ("--address-rate", "0.1", "--address-burst", "2")
+    # A client cannot dodge its limit by inventing addresses...
+    assert statuses(start_tracker(limits=limits)) == [200, 200, 429]
+    # ...but behind a proxy the operator trusts, each real client has its own budget.
+    proxied = start_tracker("--trusted-proxy", "127.0.0.1", limits=limits)
+    assert statuses(proxied) == [200, 200, 200]
+    httpx.get(proxied.url + f"{LOOKUP_PATH}/{'e' * 32}", headers={"x-forwarded-for": "198.51.100.4"})
+    assert "code=invalid_hash method=GET" in proxied.log and "client=198.51.100.4" in proxied.log

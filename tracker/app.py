@@ -115,10 +115,7 @@ def create_app(t: Tracker) -> ASGIApp:
         except SequenceMismatch as error:
             raise ApiError(409, "sequence_mismatch", f"since {update.since} does not match: {error}; "
                            "announce the full set") from None
-        metrics.announces.labels(update.kind).inc()
-        metrics.announced_hashes.labels("added").inc(added)
-        metrics.announced_hashes.labels("removed").inc(removed)
-        metrics.announce_rate.add(now)
+        metrics.announced(update.kind, added, removed, now)
         audit.info("announce peer=%s name=%r kind=%s seq=%d added=%d removed=%d paths=%d client=%s", peer_id,
                    peer.name, update.kind, peer.seq, added, removed, peer.paths, _client(request.scope))
         return JSONResponse({"seq": peer.seq, "paths": peer.paths})
@@ -149,11 +146,7 @@ def create_app(t: Tracker) -> ASGIApp:
 
     def count_lookups(kind: str, results: Collection[list[Peer]], now: float) -> None:
         hits = sum(1 for peers in results if peers)
-        total = len(results)
-        metrics.lookups.labels(kind).inc()
-        metrics.lookup_hashes.labels("hit").inc(hits)
-        metrics.lookup_hashes.labels("miss").inc(total - hits)
-        metrics.lookup_rate.add(now)
+        metrics.looked_up(kind, hits, len(results) - hits, now)
 
     @api_route
     async def peers(request: Request) -> Response:

@@ -37,12 +37,12 @@ class Authenticator:
         """The verified peer id (None for an anonymous read); ApiError when the request is refused."""
         if self.membership == "token":
             self._check_token(headers.get("authorization", ""))
+        if not write and self.membership != "allowlist":
+            return None
         try:
             signature = Signature.from_headers(headers)
         except ValueError as error:
             raise ApiError(401, "unauthenticated", f"malformed signature headers: {error}") from None
-        if not write and self.membership != "allowlist":
-            return None
         if signature is None:
             raise ApiError(401, "unauthenticated", "this request must be signed by the peer's key "
                            "(X-Peerix-Peer, X-Peerix-Timestamp, X-Peerix-Nonce, X-Peerix-Signature)")
@@ -75,9 +75,8 @@ class Authenticator:
             self.prune(now)
         self._nonces[key] = signature.timestamp + self.max_clock_skew
 
-    def prune(self, now: float) -> int:
+    def prune(self, now: float) -> None:
         """Forget nonces whose timestamps are stale anyway."""
         stale = [key for key, until in self._nonces.items() if until < now]
         for key in stale:
             del self._nonces[key]
-        return len(stale)

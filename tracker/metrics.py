@@ -58,11 +58,34 @@ class Metrics:
         self.sweeps = Counter("peerix_tracker_sweeps", "Sweeps, by result (ok, failed)", ["result"], registry=r)
         self.announce_rate = RecentRate()
         self.lookup_rate = RecentRate()
+        # Label children looked up once: labels() costs more than the increment it leads to.
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._announces = {kind: self.announces.labels(kind) for kind in ("full", "delta", "heartbeat")}
+        self._lookups = {kind: self.lookups.labels(kind) for kind in ("single", "batch")}
+        self._added, self._removed = (self.announced_hashes.labels(change) for change in ("added", "removed"))
+        self._hits, self._misses = (self.lookup_hashes.labels(result) for result in ("hit", "miss"))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
         """The interface of peerix.app.MetricsMiddleware."""
-        self.requests.labels(route, method if method in _METHODS else "OTHER", str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        method = method if method in _METHODS else "OTHER"
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = self._request_children[route, method, status] = (
+                self.requests.labels(route, method, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def announced(self, kind: str, added: int, removed: int, now: float) -> None:
+        self._announces[kind].inc()
+        self._added.inc(added)
+        self._removed.inc(removed)
+        self.announce_rate.add(now)
+
+    def looked_up(self, kind: str, hits: int, misses: int, now: float) -> None:
+        self._lookups[kind].inc()
+        self._hits.inc(hits)
+        self._misses.inc(misses)
+        self.lookup_rate.add(now)
 
     def watch(self, gauges: Callable[[], dict[str, float]]) -> None:
         """Publish `gauges()` (name -> value, read at scrape time) as gauges."""

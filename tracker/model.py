@@ -12,6 +12,7 @@ from functools import cached_property
 from urllib.parse import urlsplit
 
 from peerix.net.tracker_protocol import pack_hash
+from peerix.nix.storepath import is_hash_part
 
 MAX_NAME_LENGTH = 64
 MAX_DIRECT_ADDRESSES = 16
@@ -160,17 +161,9 @@ def parse_hashes(data: dict, name: str, budget: int) -> list[bytes]:
         return [pack_hash(item) for item in value]
     except (TypeError, ValueError):
         index, item = next((i, item) for i, item in enumerate(value)
-                           if not isinstance(item, str) or not _packs(item))
+                           if not isinstance(item, str) or not is_hash_part(item))
         raise ApiError(400, "invalid_hash", f"{name}[{index}] is not a store path hash part "
                        f"(32 nix32 characters): {str(item)[:64]!r}") from None
-
-
-def _packs(text: str) -> bool:
-    try:
-        pack_hash(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _name(value: object) -> str:
@@ -244,6 +237,7 @@ def render_batch(found: dict[str, list[Peer]]) -> str:
 
 
 def render_peer(peer: Peer, online: bool) -> str:
+    """The peer's record with what a listing adds: whether it is online, and since when it is known."""
     return f'{peer.record[:-1]},"online":{"true" if online else "false"},"first_seen":{round(peer.first_seen, 3)}}}'
 
 

@@ -20,12 +20,8 @@ class RateLimiter:
         bucket[0] = tokens
         return (cost - tokens) / self.rate
 
-    def prune(self, now: float) -> int:
+    def prune(self, now: float) -> None:
         """Forget the buckets that have refilled: they hold nothing a fresh bucket would not."""
         full = [key for key, (tokens, when) in self._buckets.items() if tokens + (now - when) * self.rate >= self.burst]
         for key in full:
             del self._buckets[key]
-        return len(full)
-
-    def __len__(self) -> int:
-        return len(self._buckets)

@@ -7,13 +7,10 @@ lookups leave offline peers out and answer the most recently seen first; `expire
 silent for longer than `remove_after`, with their hashes.
 """
 
-import logging
 import operator
 
 from .db import Database
 from .model import Announce, Peer
-
-log = logging.getLogger(__name__)
 
 _LAST_SEEN = operator.attrgetter("last_seen")
 
@@ -67,13 +64,14 @@ class Registry:
         return removed
 
     def lookup(self, packed: bytes, now: float, limit: int) -> list[Peer]:
-        return self._ranked(self.db.holders(packed), now, limit)
+        return self._online(self.db.holders(packed), now, limit)
 
     async def lookup_many(self, asked: dict[str, bytes], now: float, limit: int) -> dict[str, list[Peer]]:
         rows = await self.db.holders_many(list(asked.values()))
-        return {hash_part: self._ranked(rows.get(packed, ()), now, limit) for hash_part, packed in asked.items()}
+        return {hash_part: self._online(rows.get(packed, ()), now, limit) for hash_part, packed in asked.items()}
 
-    def _ranked(self, rows: list[int] | tuple, now: float, limit: int) -> list[Peer]:
+    def _online(self, rows: list[int] | tuple, now: float, limit: int) -> list[Peer]:
+        """The online peers among database rows, most recently seen first (a row not yet mirrored is skipped)."""
         cutoff = now - self.offline_after
         peers = [peer for row in rows if (peer := self._by_row.get(row)) is not None and peer.last_seen >= cutoff]
         peers.sort(key=_LAST_SEEN, reverse=True)

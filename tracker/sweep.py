@@ -19,7 +19,7 @@ audit = logging.getLogger("tracker.audit")
 
 class Sweeper:
     def __init__(self, registry: Registry, remove_after: float, interval: float, metrics: Metrics,
-                 prune: Sequence[Callable[[float], int]] = ()) -> None:
+                 prune: Sequence[Callable[[float], None]] = ()) -> None:
         self.registry = registry
         self.remove_after = remove_after
         self.interval = interval

@@ -59,16 +59,21 @@ class PeerService:
         end = info.nar_size if request.length is None else min(info.nar_size, request.offset + request.length)
         send = stream.send()
         await self._send(send, wire.encode_frame({"status": "ok", "size": end - request.offset}))
-        sent = 0
-        async with contextlib.aclosing(_byte_range(self.substituter.nar_chunks(info), request.offset, end)) as chunks:
-            async for chunk in chunks:
-                await self._send(send, chunk)
-                sent += len(chunk)
-        await self._finish(send)
-        self.metrics.peer_sent_bytes.inc(sent)
-        seconds = time.monotonic() - started
-        log.info("served nar peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f", peer_id[:10], info.store_path,
-                 sent, seconds, sent / (1 << 20) / max(seconds, 1e-6))
+        sent, outcome = 0, "failed"
+        try:
+            async with contextlib.aclosing(_byte_range(self.substituter.nar_chunks(info), request.offset, end)
+                                           ) as chunks:
+                async for chunk in chunks:
+                    await self._send(send, chunk)
+                    sent += len(chunk)
+            await self._finish(send)
+            outcome = "complete"
+        finally:
+            seconds = time.monotonic() - started
+            self.metrics.peer_sent_bytes.inc(sent)
+            self.metrics.activity.transfer("to peer", str(info.store_path), peer_id[:10], sent, seconds, outcome)
+            log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f", outcome, peer_id[:10],
+                     info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6))
 
     async def _request(self, stream: iroh.BiStream) -> dict[str, Any]:
         async with asyncio.timeout(self.timeout):

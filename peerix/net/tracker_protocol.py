@@ -53,7 +53,7 @@ def peer_id(key: nacl.signing.SigningKey) -> str:
 
 
 def pack_hash(hash_part: str) -> bytes:
-    """The 20 bytes behind a hash part, as nix32.decode gives them, in a sixth of its time."""
+    """The 20 bytes behind a hash part, as nix32.decode gives them, three times as fast (validation included)."""
     if not is_hash_part(hash_part):
         raise ValueError(f"not a store path hash part: {hash_part[:64]!r}")
     return int(hash_part.encode().translate(_TO_PYTHON_BASE32), 32).to_bytes(HASH_BYTES, "little")

@@ -175,6 +175,7 @@ class RemoteStore:
         verdict, accepted = await self.policy.accept_from_peer(info)
         if not verdict.ok:
             self.metrics.verification_failures.labels("narinfo").inc()
+            self.metrics.activity.count("verification_failures")
             log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], info.store_path, verdict.reason)
             return self._peer_failed(peer, "narinfo", "rejected", verdict.reason)
         self.reputation.succeeded(peer, latency)
@@ -252,12 +253,16 @@ class RemoteStore:
                 held = chunk
         except (TimeoutError, iroh.IrohError) as error:
             self._peer_failed(peer, "nar", "failed", f"after {received} bytes: {_describe(error)}")
+            self._record(info, peer, received, started, "failed")
             raise NarFetchError(f"{peer[:10]} failed after {received} bytes") from None
         except NarFetchError as error:
             self._peer_failed(peer, "nar", "failed", str(error))
+            self._record(info, peer, received, started, "failed")
             raise
         if sha256.digest() != info.nar_hash:
             self.metrics.verification_failures.labels("nar").inc()
+            self.metrics.activity.count("verification_failures")
+            self._record(info, peer, received, started, "mismatch")
             self._peer_failed(peer, "nar", "mismatch", "NAR does not match its NarHash")
             self.endpoint.forget(peer)
             self._paths.pop(info.store_path.hash_part, None)
@@ -267,9 +272,15 @@ class RemoteStore:
             await recv.stop(0)  # anything more would be a protocol error; we are done
         seconds = time.monotonic() - started
         self.metrics.peer_fetches.labels("nar", "ok").inc()
+        self._record(info, peer, received, started, "complete")
         log.info("fetched nar path=%s peer=%s bytes=%d seconds=%.3f mib_per_s=%.1f", info.store_path, peer[:10],
                  received, seconds, received / (1 << 20) / max(seconds, 1e-6))
         yield held
+
+
+    def _record(self, info: PathInfo, peer: str, received: int, started: float, outcome: str) -> None:
+        self.metrics.activity.transfer("from peer", str(info.store_path), peer[:10], received,
+                                       time.monotonic() - started, outcome)
 
 
 def _describe(error: BaseException) -> str:
