@@ -41,7 +41,7 @@ def run_demo(keep: bool = False) -> None:
         for host, top in ((a, editor), (b, game), (c, None)):
             held = closure_sizes(host.store, top) if top else {}
             what = f"{len(held)} paths, {sum(held.values()) / 1e6:.1f} MB" if held else "an empty store"
-            print(f"    {host.name}: peer {host.health()['network']['peer_id'][:12]}, {what}")
+            print(f"    {host.name}: peer {host.peer_id[:12]}, {what}")
         print(f"    tracker {fleet.tracker_url}")
 
         _step("host C: nix-store --realise editor game, substituting only from its own peerix")
@@ -50,7 +50,7 @@ def run_demo(keep: bool = False) -> None:
         seconds = time.monotonic() - started
         run("nix", "store", "verify", "--store", str(c.store), "-r", editor, game,
             "--trusted-public-keys", c.key.public.to_text(), "--sigs-needed", "1")
-        names = {host.health()["network"]["peer_id"][:10]: host.name for host in (a, b)}
+        names = {host.peer_id[:10]: host.name for host in (a, b)}
         moved = 0
         print(f"    {'path':58} {'from':8} {'MB':>6} {'MB/s':>7}")
         for line in c.log.splitlines():

@@ -32,6 +32,7 @@ def run(*args: str, input: bytes | None = None) -> str:
     return result.stdout.decode()
 
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,11 +102,32 @@ class Host:
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=5).json()
 
-    def realise(self, *paths: str) -> None:
+    @property
+    def peer_id(self) -> str:
+        return self.health()["network"]["peer_id"]
+
+    def metric(self, line_prefix: str) -> float:
+        """The value of the first Prometheus sample whose line starts with `line_prefix`, else 0."""
+        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(line_prefix):
+                return float(line.split()[-1])
+        return 0.0
+
+    def nix_realise(self, *paths: str) -> subprocess.Popen:
         """Real Nix on this host: substitute into its store from its own peerix, trusting only its key."""
-        run("nix-store", "--store", str(self.store), "--realise", *paths,
-            "--option", "substituters", self.url, "--option", "trusted-public-keys", self.key.public.to_text(),
-            "--option", "narinfo-cache-negative-ttl", "0")
+        return subprocess.Popen(
+            ["nix-store", "--store", str(self.store), "--realise", *paths, "--option", "substituters", self.url,
+             "--option", "trusted-public-keys", self.key.public.to_text(),
+             "--option", "narinfo-cache-negative-ttl", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def realise(self, *paths: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        process = self.nix_realise(*paths)
+        stdout, stderr = process.communicate(timeout=timeout)
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        if check and result.returncode != 0:
+            raise FleetError(f"nix-store --realise on {self.name} failed:\n{stderr.strip()}")
+        return result
 
 
 class LocalFleet:
@@ -119,6 +141,7 @@ class LocalFleet:
         write_secret(self.cluster_file, self.cluster.to_text())
         self.hosts: dict[str, Host] = {}
         self.tracker_url = ""
+        self.tracker_process: subprocess.Popen | None = None
         self._processes: list[subprocess.Popen] = []
 
     def spawn(self, args: list[str], log: Path) -> subprocess.Popen:
@@ -140,27 +163,31 @@ class LocalFleet:
     def start_tracker(self) -> None:
         port = free_port()
         self.tracker_url = f"http://127.0.0.1:{port}"
-        process = self.spawn([sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
-                              "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}"],
-                             self.root / "tracker.log")
-        wait_until(lambda: _healthy(self.tracker_url, process), "the tracker")
+        self.tracker_process = self.spawn(
+            [sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
+             "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}"],
+            self.root / "tracker.log")
+        wait_until(lambda: _healthy(self.tracker_url, self.tracker_process), "the tracker")
+
+    def stop_tracker(self) -> None:
+        self.terminate(self.tracker_process)
 
     def host(self, name: str) -> Host:
         self.hosts[name] = host = Host(self, name)
         return host
 
+    def holders(self, path: str) -> str:
+        """The tracker's answer for who holds `path` (JSON text)."""
+        return httpx.get(f"{self.tracker_url}/api/v1/lookup/{Path(path).name[:32]}", timeout=5).text
+
     def wait_announced(self, host: Host, paths: list[str], timeout: float = 30) -> None:
-        peer_id = host.health()["network"]["peer_id"]
+        peer_id = host.peer_id
+        wait_until(lambda: all(peer_id in self.holders(path) for path in paths),
+                   f"the tracker to list {host.name}'s paths", timeout)
 
-        def listed() -> bool:
-            for path in paths:
-                hash_part = Path(path).name[:32]
-                answer = httpx.get(f"{self.tracker_url}/api/v1/lookup/{hash_part}", timeout=5)
-                if answer.status_code != 200 or peer_id not in answer.text:
-                    return False
-            return True
-
-        wait_until(listed, f"the tracker to list {host.name}'s paths", timeout)
+    @property
+    def tracker_log(self) -> str:
+        return (self.root / "tracker.log").read_text(errors="replace")
 
     def close(self) -> None:
         for process in reversed(self._processes):

@@ -9,6 +9,7 @@ import time
 import httpx
 
 from peerix.net.tracker_protocol import LOOKUP_PATH, PEERS_PATH
+from tracker.db import SCHEMA_VERSION
 
 from trackertools import TrackerProcess, announce, error_of, new_key, random_hashes, signed
 
@@ -139,19 +140,29 @@ def test_batch_lookup(start_tracker) -> None:
     assert tracker.metric('peerix_tracker_lookup_hashes_total{result="miss"}') == 20  # two batches of 10 misses
 
 
-def test_deregister(start_tracker) -> None:
+def test_deregister_leaves_and_forget_removes(start_tracker) -> None:
     tracker = start_tracker()
     key, other, hashes = new_key(), new_key(), random_hashes(30)
-    announce(tracker, key, hashes=hashes)
+    seq = announce(tracker, key, hashes=hashes).json()["seq"]
     announce(tracker, other, hashes=hashes[:10])
+    # Leaving: out of lookups at once, offline in the list, but the set stays for a delta on return.
     response = signed(tracker, key, "DELETE", f"{PEERS_PATH}/{peer_id(key)}")
-    assert response.status_code == 200 and response.json() == {"removed": peer_id(key), "paths": 30}
+    assert response.status_code == 200 and response.json() == {"departed": peer_id(key), "paths": 30}
     assert holders(tracker, hashes[20]) == [] and holders(tracker, hashes[0]) == [peer_id(other)]
-    assert list(peers(tracker)) == [peer_id(other)]
+    assert peers(tracker)[peer_id(key)]["online"] is False
+    back = announce(tracker, key, since=seq, added=[], removed=[])
+    assert back.status_code == 200 and back.json()["paths"] == 30
+    assert holders(tracker, hashes[20]) == [peer_id(key)]
+    # Forgetting: the peer and its set are gone.
+    response = signed(tracker, key, "DELETE", f"{PEERS_PATH}/{peer_id(key)}", {"forget": True})
+    assert response.status_code == 200 and response.json() == {"removed": peer_id(key), "paths": 30}
+    assert holders(tracker, hashes[20]) == [] and list(peers(tracker)) == [peer_id(other)]
     assert tracker.get("/health").json()["paths"] == 10
     again = signed(tracker, key, "DELETE", f"{PEERS_PATH}/{peer_id(key)}")
     assert again.status_code == 404 and error_of(again) == "not_found"
-    assert f"deregister peer={peer_id(key)}" in tracker.log
+    assert f"deregister peer={peer_id(key)}" in tracker.log and "forget=yes" in tracker.log
+    bad = signed(tracker, other, "DELETE", f"{PEERS_PATH}/{peer_id(other)}", {"forget": "please"})
+    assert bad.status_code == 400 and error_of(bad) == "invalid_request"
 
 
 def test_restart_keeps_everything(start_tracker) -> None:
@@ -169,7 +180,8 @@ def test_restart_keeps_everything(start_tracker) -> None:
     response = announce(tracker, keys[0], since=seqs[0], removed=sets[0][:100])  # the sequence survived too
     assert response.status_code == 200 and response.json() == {"seq": seqs[0] + 1, "paths": 100}
     health = tracker.get("/health").json()
-    assert health["paths"] == 500 and health["holdings"] == 500 and health["database"]["schema_version"] == 1
+    assert health["paths"] == 500 and health["holdings"] == 500
+    assert health["database"]["schema_version"] == SCHEMA_VERSION
 
 
 def test_a_crash_mid_announce_leaves_the_previous_set_whole(start_tracker) -> None:
@@ -207,3 +219,17 @@ def _ignore_errors(call) -> None:
         call()
     except httpx.HTTPError:
         pass  # the tracker was killed under it
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_peers(start_tracker) -> None:
+    """A database from before departures existed: the peers and sets survive the migration."""
+    tracker = start_tracker()
+    key, hashes = new_key(), random_hashes(5)
+    announce(tracker, key, hashes=hashes)
+    tracker.stop()
+    with sqlite3.connect(tracker.db) as old:  # undo migration 2, as an older tracker left it
+        old.execute("ALTER TABLE peers DROP COLUMN departed")
+        old.execute("PRAGMA user_version = 1")
+    tracker.start()
+    assert holders(tracker, hashes[0]) == [peer_id(key)]
+    assert tracker.get("/health").json()["database"]["schema_version"] == SCHEMA_VERSION == 2

@@ -64,7 +64,8 @@ async def test_the_client_resyncs_when_the_tracker_lost_its_set(start_tracker, t
     await client.announce(hashes, addresses(client), "host-a")
     # The tracker forgets the peer (as after its removal for silence).
     key = nacl.signing.SigningKey(seed)
-    assert signed(tracker, key, "DELETE", f"{PEERS_PATH}/{client.peer_id}").status_code == 200
+    forget = {"forget": True}
+    assert signed(tracker, key, "DELETE", f"{PEERS_PATH}/{client.peer_id}", forget).status_code == 200
 
     await client.announce(hashes[:250], addresses(client), "host-a")  # delta -> 409 -> full
     assert announces(tracker) == {"full": 2, "delta": 0, "heartbeat": 0}
@@ -73,7 +74,7 @@ async def test_the_client_resyncs_when_the_tracker_lost_its_set(start_tracker, t
     [record] = await client.peers()
     assert record.paths == 250
 
-    assert signed(tracker, key, "DELETE", f"{PEERS_PATH}/{client.peer_id}").status_code == 200
+    assert signed(tracker, key, "DELETE", f"{PEERS_PATH}/{client.peer_id}", forget).status_code == 200
     await client.heartbeat()  # a heartbeat that meets 409 sends the whole set again
     [record] = await client.peers()
     assert record.paths == 250 and announces(tracker)["full"] == 3
@@ -109,9 +110,9 @@ async def test_state_on_disk(start_tracker, tmp_path: Path, caplog: pytest.LogCa
     assert announces(tracker) == {"full": 2, "delta": 0, "heartbeat": 0}
     assert "ignoring unusable tracker state" in caplog.text
 
-    await restarted.deregister()
+    await restarted.deregister(forget=True)
     assert list(state_dir.iterdir()) == [] and await restarted.peers() == []
-    await restarted.deregister()  # already gone: fine
+    await restarted.deregister(forget=True)  # already gone: fine
     await restarted.announce(random_hashes(10), addresses(restarted), "host-a")
     assert announces(tracker)["full"] == 3
     await restarted.aclose()

@@ -37,6 +37,7 @@ from .model import (
     Peer,
     error_json,
     parse_announce,
+    parse_deregister,
     parse_limit,
     parse_lookup,
     render_batch,
@@ -165,12 +166,14 @@ def create_app(t: Tracker) -> ASGIApp:
             raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")
         if target != peer_id:
             raise ApiError(403, "forbidden", "a peer can only deregister itself")
-        peer = await registry.remove(bytes.fromhex(target))
+        forget = parse_deregister(body)
+        key = bytes.fromhex(target)
+        peer = await (registry.remove(key) if forget else registry.depart(key, now))
         if peer is None:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
-        audit.info("deregister peer=%s name=%r paths=%d client=%s", peer_id, peer.name, peer.paths,
-                   _client(request.scope))
-        return JSONResponse({"removed": peer_id, "paths": peer.paths})
+        audit.info("deregister peer=%s name=%r forget=%s paths=%d client=%s", peer_id, peer.name,
+                   "yes" if forget else "no", peer.paths, _client(request.scope))
+        return JSONResponse({"removed" if forget else "departed": peer_id, "paths": peer.paths})
 
     async def home(request: Request) -> Response:
         now = time.time()

@@ -63,6 +63,10 @@ MIGRATIONS = (
     ) WITHOUT ROWID;
     CREATE INDEX holdings_by_peer ON holdings (peer, path);
     """,
+    # 2: a peer that said goodbye keeps its set (so it comes back with a delta) but is offline.
+    """
+    ALTER TABLE peers ADD COLUMN departed REAL;   -- when it deregistered; NULL while present
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -80,7 +84,7 @@ _HOLDERS = "SELECT h.peer FROM paths p JOIN holdings h ON h.path = p.id WHERE p.
 _HOLDERS_MANY = (f"WITH asked(hash) AS ({_SPLIT}) SELECT p.hash, "
                  "(SELECT group_concat(h.peer) FROM holdings h WHERE h.path = p.id) "
                  "FROM asked a CROSS JOIN paths p ON p.hash = a.hash")
-_PEER = "id, key, name, addresses, seq, paths, first_seen, last_seen"
+_PEER = "id, key, name, addresses, seq, paths, first_seen, last_seen, departed"
 
 _WRITER_CACHE_KIB = 32768
 _READER_CACHE_KIB = 32768
@@ -101,8 +105,9 @@ class SequenceMismatch(Exception):
 
 
 def _peer(row: tuple) -> Peer:
-    id_, key, name, addresses, seq, paths, first_seen, last_seen = row
-    return Peer(id_, key, name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen, last_seen)
+    id_, key, name, addresses, seq, paths, first_seen, last_seen, departed = row
+    return Peer(id_, key, name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen, last_seen,
+                departed)
 
 
 class Database:
@@ -264,10 +269,20 @@ class Database:
                     added = await self._hold(db, row)
                 seq = held + 1 if announce.added or announce.removed else held
             rows = await db.execute_fetchall(
-                f"UPDATE peers SET name = ?, addresses = ?, seq = ?, paths = paths + ?, last_seen = ? "
-                f"WHERE id = ? RETURNING {_PEER}",
+                f"UPDATE peers SET name = ?, addresses = ?, seq = ?, paths = paths + ?, last_seen = ?, "
+                f"departed = NULL WHERE id = ? RETURNING {_PEER}",
                 (announce.name, dumps(announce.addresses.to_json()), seq, added - removed, now, row))
             return _peer(next(iter(rows))), added, removed
+
+        return await self._write(work)
+
+    async def depart(self, key: bytes, now: float) -> Peer | None:
+        """Mark a peer as gone, keeping its set and sequence for its return."""
+
+        async def work(db: aiosqlite.Connection) -> Peer | None:
+            rows = await db.execute_fetchall(f"UPDATE peers SET departed = ? WHERE key = ? RETURNING {_PEER}",
+                                             (now, key))
+            return _peer(next(iter(rows))) if rows else None
 
         return await self._write(work)
 

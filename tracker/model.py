@@ -83,6 +83,7 @@ class Peer:
     paths: int
     first_seen: float
     last_seen: float
+    departed: float | None = None  # when it deregistered, keeping its set for a delta on return
 
     @cached_property
     def peer_id(self) -> str:
@@ -112,6 +113,16 @@ def parse_json(body: bytes) -> dict:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def parse_deregister(body: bytes) -> bool:
+    """Whether a deregistration asks to be forgotten (its set dropped) rather than to leave for now."""
+    if not body:
+        return False
+    forget = parse_json(body).get("forget", False)
+    if not isinstance(forget, bool):
+        raise invalid("forget must be true or false")
+    return forget
 
 
 def parse_announce(body: bytes, peer_id: str, max_hashes: int) -> Announce:

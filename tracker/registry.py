@@ -2,7 +2,8 @@
 
 The peers table is small (a row a machine) and every lookup reads it, so it is mirrored in memory
 as `Peer` objects whose JSON is rendered once per announce. The database stays the truth and is
-all a restart reads. A peer is online while it has been heard from within `offline_after`;
+all a restart reads. A peer is online while it has been heard from within `offline_after`
+and has not deregistered;
 lookups leave offline peers out and answer the most recently seen first; `expire` removes peers
 silent for longer than `remove_after`, with their hashes.
 """
@@ -30,11 +31,10 @@ class Registry:
         return list(self._by_key.values())
 
     def is_online(self, peer: Peer, now: float) -> bool:
-        return peer.last_seen >= now - self.offline_after
+        return peer.departed is None and peer.last_seen >= now - self.offline_after
 
     def count_online(self, now: float) -> int:
-        cutoff = now - self.offline_after
-        return sum(peer.last_seen >= cutoff for peer in self._by_key.values())
+        return sum(self.is_online(peer, now) for peer in self._by_key.values())
 
     @property
     def holdings(self) -> int:
@@ -46,6 +46,12 @@ class Registry:
         peer, added, removed = await self.db.announce(key, announce, now)
         self._store(peer)
         return peer, added, removed
+
+    async def depart(self, key: bytes, now: float) -> Peer | None:
+        peer = await self.db.depart(key, now)
+        if peer is not None:
+            self._store(peer)
+        return peer
 
     async def remove(self, key: bytes) -> Peer | None:
         peer = await self.db.remove(key)
@@ -73,7 +79,8 @@ class Registry:
     def _online(self, rows: list[int] | tuple, now: float, limit: int) -> list[Peer]:
         """The online peers among database rows, most recently seen first (a row not yet mirrored is skipped)."""
         cutoff = now - self.offline_after
-        peers = [peer for row in rows if (peer := self._by_row.get(row)) is not None and peer.last_seen >= cutoff]
+        peers = [peer for row in rows if (peer := self._by_row.get(row)) is not None and peer.last_seen >= cutoff
+                 and peer.departed is None]
         peers.sort(key=_LAST_SEEN, reverse=True)
         return peers[:limit]
 

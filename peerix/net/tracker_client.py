@@ -229,17 +229,19 @@ class TrackerClient:
             self._seq = None
             raise TrackerError(f"tracker {self.url} answered an announce without seq and paths") from None
 
-    async def deregister(self) -> None:
-        """Remove this peer and everything it announced from the tracker, and forget the sync state."""
+    async def deregister(self, forget: bool = False) -> None:
+        """Leave: the tracker stops naming this peer at once but keeps its set, so that the next start
+        sends a delta. With `forget`, the tracker drops the set too and the sync state goes."""
         async with self._write_lock:
             await self._load_state()
             try:
-                await self._request("DELETE", f"{PEERS_PATH}/{self.peer_id}")
+                await self._request("DELETE", f"{PEERS_PATH}/{self.peer_id}", {"forget": True} if forget else None)
             except TrackerError as error:
                 if error.status != 404:
                     raise
-            self._acked, self._seq, self._paths = set(), None, None
-            await self._save_state()
+            if forget:
+                self._acked, self._seq, self._paths = set(), None, None
+                await self._save_state()
 
     # Lookups
 
