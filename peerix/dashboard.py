@@ -57,8 +57,8 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
         ("verification-failures", "Verification failures", f"{totals['verification_failures']:,}"),
         ("transfers", "Transfers (failed)", f"{totals['transfers_complete']:,} ({totals['transfers_failed']:,})"),
     ]
-    card_html = "".join(f'<div class="card" id="{key}"><div class="label">{label}</div>'
-                        f'<div class="value">{html.escape(value)}</div></div>' for key, label, value in cards)
+    card_html = "".join(f'<div class="card"><div class="label">{label}</div>'
+                        f'<div class="value" id="{key}">{html.escape(value)}</div></div>' for key, label, value in cards)
     peer_rows = [(p.get("name") or "?", p["source"], p["peer_id"][:12],
                   ", ".join(p["direct_addresses"]) or p.get("relay_url") or "-",
                   _ago(p.get("last_seen"), now), _reputation(p.get("reputation"))) for p in peers]
