@@ -331,6 +331,10 @@ in
             "/nix/store"
             "/nix/var/nix/db"
           ];
+          Type = "notify";
+          NotifyAccess = "main";
+          WatchdogSec = 60;
+          TimeoutStopSec = 20; # in-flight NARs get 10 s, then it deregisters and closes
           Restart = "on-failure";
           RestartSec = 5;
         };

@@ -3,6 +3,7 @@ and takes them down in order (deregister, close the endpoint, close the store)."
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import uvicorn
 
+from . import systemd
 from .access import ClientAccess, parse_networks
 from .activity import Activity
 from .app import CacheSettings, create_app
@@ -143,16 +145,34 @@ async def run(config: Config, key: SecretKey) -> None:
             server_header=False, proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol,
             timeout_graceful_shutdown=10,
         ))
-        background.append(_every(60, metrics.activity.save, activity_file))
+        background += [_every(60, metrics.activity.save, activity_file), _ready(server, endpoint.peer_id, local)]
         tasks = [asyncio.create_task(job) for job in background]
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
                  key.public.to_text(), endpoint.peer_id, config.tracker)
         try:
             await server.serve()
         finally:
+            systemd.notify("STOPPING=1")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _ready(server: uvicorn.Server, peer_id: str, local: LocalStore) -> None:
+    """Tell systemd once the HTTP server listens, then keep its watchdog fed."""
+    while not server.started:
+        await asyncio.sleep(0.05)
+    systemd.notify("READY=1", f"STATUS=serving, peer {peer_id[:12]}")
+    await systemd.watchdog(functools.partial(_database_answers, local))
+
+
+async def _database_answers(local: LocalStore) -> bool:
+    try:
+        async with asyncio.timeout(5):
+            await local.count()
+        return True
+    except Exception:  # any failure means unhealthy: the watchdog decides what to do
+        return False
 
 
 async def _every(seconds: float, job: Callable[..., None], *args: Any) -> None:

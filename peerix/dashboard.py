@@ -58,7 +58,8 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
         ("transfers", "Transfers (failed)", f"{totals['transfers_complete']:,} ({totals['transfers_failed']:,})"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div>'
-                        f'<div class="value" id="{key}">{html.escape(value)}</div></div>' for key, label, value in cards)
+                        f'<div class="value" id="{key}">{html.escape(value)}</div></div>'
+                        for key, label, value in cards)
     peer_rows = [(p.get("name") or "?", p["source"], p["peer_id"][:12],
                   ", ".join(p["direct_addresses"]) or p.get("relay_url") or "-",
                   _ago(p.get("last_seen"), now), _reputation(p.get("reputation"))) for p in peers]

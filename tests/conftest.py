@@ -43,14 +43,14 @@ def peerix(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess
 class Daemon:
     """A real `peerix serve` process, its log kept for assertions."""
 
-    def __init__(self, args: list[str], log_path: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, args: list[str], log_path: Path, host: str = "127.0.0.1", env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "peerix.cli", *args, "--listen", f"{host}:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 20
         while True:
@@ -84,8 +84,8 @@ class Daemon:
 def start_daemon(tmp_path: Path) -> Iterator:
     daemons: list[Daemon] = []
 
-    def start(*args: str, host: str = "127.0.0.1") -> Daemon:
-        daemon = Daemon(list(args), tmp_path / f"peerix-{len(daemons)}.log", host)
+    def start(*args: str, host: str = "127.0.0.1", env: dict | None = None) -> Daemon:
+        daemon = Daemon(list(args), tmp_path / f"peerix-{len(daemons)}.log", host, env)
         daemons.append(daemon)
         return daemon
 

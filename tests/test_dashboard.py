@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import pytest
-
 from browser import CHROMIUM, Page, rendered_dom
+
+from peerix.localfleet import LocalFleet
+
 from conftest import requires_nix
 from nixtools import closure_of
-from peerix.localfleet import LocalFleet
 
 pytestmark = [requires_nix, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
                                                                        "(scripts/dev test installs it)")]
