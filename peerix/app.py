@@ -30,6 +30,7 @@ from .nix.storepath import is_hash_part
 from .store.policy import Policy
 from .store.remote import NarFetchError
 from .store.substituter import Substituter, Unavailable, narinfo_text
+from .throttle import Throttle
 from .zerocopy import EXTENSION as ZEROCOPY
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class CacheSettings:
 def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metrics,
                network: Callable[[], dict[str, Any]] | None = None,
                peers: Callable[[], list[dict[str, Any]]] | None = None,
-               access: ClientAccess | None = None, policy: Policy | None = None) -> ASGIApp:
+               access: ClientAccess | None = None, policy: Policy | None = None,
+               uploads: Throttle | None = None) -> ASGIApp:
     """The HTTP app; `network` reports the peer network's state for /health, `peers` who we know.
 
     The substituter and API routes answer `access`'s clients only (loopback by default); with a
@@ -107,9 +109,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         return await _nar(request, substituter.lookup)
 
     async def store_nar(request: Request) -> Response:
-        return await _nar(request, _servable)
+        return await _nar(request, _servable, uploads)  # other machines: within the upload cap
 
-    async def _nar(request: Request, lookup: Lookup) -> Response:
+    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None) -> Response:
         encoded = request.path_params["narhash"]
         hash_part = request.query_params.get("hash", "")
         try:
@@ -133,7 +135,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except NarFetchError as error:
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
             return _error(404, "no peer could send this NAR")
-        return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info))
+        return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info), throttle)
 
     async def _servable(hash_part: str) -> PathInfo | None:
         """A local path if the serving policy lets anyone have it; raises _Refused otherwise."""

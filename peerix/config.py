@@ -132,6 +132,12 @@ class Config:
                                             many=True, flag="peer")
     lan_interval: float = setting(10.0, "seconds between LAN announcements", float, "SECONDS")
     lan_expiry: float = setting(35.0, "seconds of silence after which a LAN peer is forgotten", float, "SECONDS")
+    max_upload_rate: int | None = setting(None, "bytes per second sent to peers and /store/ clients, all "
+                                          "transfers together; 0: unlimited (default: the tracker's advice, "
+                                          "else unlimited)", parse_size, "RATE")
+    max_download_rate: int | None = setting(None, "bytes per second fetched from peers, all transfers together; "
+                                            "0: unlimited (default: the tracker's advice, else unlimited)",
+                                            parse_size, "RATE")
     connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next", float, "SECONDS")
     peer_timeout: float = setting(10.0, "seconds of silence from a peer in the middle of an answer before it "
                                   "is given up on", float, "SECONDS")

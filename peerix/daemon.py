@@ -28,6 +28,7 @@ from .store.narcache import NarCache
 from .store.policy import Policy, Upstream
 from .store.remote import CandidateSource, RemoteSettings, RemoteStore
 from .store.substituter import Substituter
+from .throttle import Throttle
 from .zerocopy import ZeroCopyHttpToolsProtocol
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,12 @@ async def run(config: Config, key: SecretKey) -> None:
         stack.callback(substituter.close)
 
         seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
+        uploads, downloads = Throttle(config.max_upload_rate or 0), Throttle(config.max_download_rate or 0)
         endpoint = await PeerEndpoint.start(
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
-            PeerService(substituter, policy, metrics, timeout=config.peer_timeout).handlers,
+            PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads).handlers,
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -97,7 +99,10 @@ async def run(config: Config, key: SecretKey) -> None:
             stack.push_async_callback(tracker.aclose)
             tracker_source = TrackerSource(tracker, metrics)
             sources.append(tracker_source)
-            announcer = Announcer(tracker, local, policy, endpoint.address, config.name, metrics)
+            advised = {name: throttle for name, throttle, mine in (
+                ("max_upload_rate", uploads, config.max_upload_rate),
+                ("max_download_rate", downloads, config.max_download_rate)) if mine is None}  # local settings win
+            announcer = Announcer(tracker, local, policy, endpoint.address, config.name, metrics, advised=advised)
             background.append(announcer.run())
             stack.push_async_callback(_deregister, tracker)
 
@@ -106,7 +111,8 @@ async def run(config: Config, key: SecretKey) -> None:
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
         substituter.remote = RemoteStore(endpoint, sources, policy, reputation, metrics,
                                          RemoteSettings(
-            query_timeout=config.connect_timeout + 2, read_timeout=config.peer_timeout, miss_ttl=config.miss_ttl))
+            query_timeout=config.connect_timeout + 2, read_timeout=config.peer_timeout, miss_ttl=config.miss_ttl),
+            downloads)
 
         def network() -> dict[str, Any]:
             address = endpoint.address()
@@ -114,6 +120,7 @@ async def run(config: Config, key: SecretKey) -> None:
                 "peer_id": endpoint.peer_id, "name": config.name, "direct_addresses": list(address.direct),
                 "relay_url": address.relay_url, "peers_known": len(reputation.peers),
                 "lan_peers": len(lan.peers) if lan else None,
+                "max_upload_rate": uploads.rate or None, "max_download_rate": downloads.rate or None,
                 "tracker": tracker_status(),
             }
 
@@ -138,7 +145,7 @@ async def run(config: Config, key: SecretKey) -> None:
             return sorted(listed.values(), key=lambda e: (e["source"], e["name"] or "", e["peer_id"]))
 
         app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers,
-                         ClientAccess(parse_networks(config.trusted_networks)), policy)
+                         ClientAccess(parse_networks(config.trusted_networks)), policy, uploads)
         host, port = config.listen
         server = _Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",

@@ -160,12 +160,12 @@ class LocalFleet:
                 process.kill()
                 process.wait()
 
-    def start_tracker(self) -> None:
+    def start_tracker(self, *extra: str) -> None:
         port = free_port()
         self.tracker_url = f"http://127.0.0.1:{port}"
         self.tracker_process = self.spawn(
             [sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
-             "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}"],
+             "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}", *extra],
             self.root / "tracker.log")
         wait_until(lambda: _healthy(self.tracker_url, self.tracker_process), "the tracker")
 

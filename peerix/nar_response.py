@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from starlette.types import Receive, Scope, Send
 
 from .nix import nar
+from .throttle import Throttle
 from .zerocopy import EXTENSION as ZEROCOPY
 
 NAR_TYPE = "application/x-nix-nar"
+THROTTLED_SLICE = 1 << 20
 
 # (outcome, bytes sent, seconds, error or None); outcome is complete, aborted (client left) or failed
 Finished = Callable[[str, int, float, Exception | None], None]
@@ -21,10 +23,12 @@ class NarResponse:
     offers it and read in chunks otherwise. A NAR that does not add up to `size` is cut short, so
     the client sees a broken transfer instead of a wrong NAR."""
 
-    def __init__(self, parts: AsyncIterator[nar.Segment], size: int, finished: Finished) -> None:
+    def __init__(self, parts: AsyncIterator[nar.Segment], size: int, finished: Finished,
+                 throttle: Throttle | None = None) -> None:
         self.parts = parts
         self.size = size
         self.finished = finished
+        self.throttle = throttle or Throttle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
@@ -43,7 +47,13 @@ class NarResponse:
                 elif zerocopy:
                     self._check(sent + part.size)
                     with nar.open_file(part) as file:
-                        await send({"type": ZEROCOPY, "file": file, "count": part.size, "more_body": True})
+                        # in throttle-sized slices when capped, else in one go
+                        step = THROTTLED_SLICE if self.throttle.limited else part.size
+                        for offset in range(0, part.size, step):
+                            count = min(step, part.size - offset)
+                            await self.throttle.take(count)
+                            await send({"type": ZEROCOPY, "file": file, "offset": offset, "count": count,
+                                        "more_body": True})
                     sent += part.size
                     continue
                 else:
@@ -51,6 +61,7 @@ class NarResponse:
                 for chunk in chunks:
                     sent += len(chunk)
                     self._check(sent)
+                    await self.throttle.take(len(chunk))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:
                 if sent != self.size:

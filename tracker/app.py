@@ -104,6 +104,12 @@ def create_app(t: Tracker) -> ASGIApp:
             raise _rate_limited(wait, "this peer")
         return peer_id
 
+    advice = {"advice": {name: rate for name, rate in (("max_upload_rate", config.advised_upload_rate),
+                                                        ("max_download_rate", config.advised_download_rate))
+                         if rate}}
+    if not advice["advice"]:
+        advice = {}
+
     @api_route
     async def announce(request: Request) -> Response:
         now = time.time()
@@ -119,7 +125,7 @@ def create_app(t: Tracker) -> ASGIApp:
         metrics.announced(update.kind, added, removed, now)
         audit.info("announce peer=%s name=%r kind=%s seq=%d added=%d removed=%d paths=%d client=%s", peer_id,
                    peer.name, update.kind, peer.seq, added, removed, peer.paths, _client(request.scope))
-        return JSONResponse({"seq": peer.seq, "paths": peer.paths})
+        return JSONResponse({"seq": peer.seq, "paths": peer.paths, **advice})
 
     @api_route
     async def lookup(request: Request) -> Response:

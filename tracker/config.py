@@ -45,6 +45,8 @@ class Config:
     address_burst: float = 400.0
     peer_rate: float = 1.0
     peer_burst: float = 30.0
+    advised_upload_rate: int | None = None
+    advised_download_rate: int | None = None
     trusted_proxies: tuple[str, ...] = ()
     dashboard: bool = True
     access_log: bool = False
@@ -144,6 +146,9 @@ SETTINGS = (
     Setting("address_burst", _positive(float), "burst of API requests per client address (default: 400)", "N"),
     Setting("peer_rate", _positive(float), "writes per second per peer (default: 1)", "N"),
     Setting("peer_burst", _positive(float), "burst of writes per peer (default: 30)", "N"),
+    Setting("advised_upload_rate", _size, "bytes per second each peer is advised to send at most (peers' own "
+            "settings win; default: no advice)", "RATE"),
+    Setting("advised_download_rate", _size, "bytes per second each peer is advised to fetch at most", "RATE"),
     Setting("trusted_proxies", _strings, "address of a reverse proxy whose X-Forwarded-For is believed "
             "(repeatable)", "ADDRESS", repeat=True),
     Setting("dashboard", _bool, "serve the dashboard at / (default: on)", switch=True),

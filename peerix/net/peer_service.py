@@ -20,6 +20,7 @@ from ..nix.narinfo import PathInfo
 from ..nix.storepath import is_hash_part
 from ..store.policy import Policy
 from ..store.substituter import Substituter, Unavailable, narinfo_text
+from ..throttle import Throttle
 from . import wire
 from .endpoint import StreamHandler
 
@@ -27,11 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class PeerService:
-    def __init__(self, substituter: Substituter, policy: Policy, metrics: Metrics, timeout: float = 30.0) -> None:
+    def __init__(self, substituter: Substituter, policy: Policy, metrics: Metrics, timeout: float = 30.0,
+                 uploads: Throttle | None = None) -> None:
         self.substituter = substituter
         self.policy = policy
         self.metrics = metrics
         self.timeout = timeout  # for the request, and for each write of the answer
+        self.uploads = uploads or Throttle()
 
     @property
     def handlers(self) -> dict[bytes, StreamHandler]:
@@ -64,6 +67,7 @@ class PeerService:
             async with contextlib.aclosing(_byte_range(self.substituter.nar_chunks(info), request.offset, end)
                                            ) as chunks:
                 async for chunk in chunks:
+                    await self.uploads.take(len(chunk))
                     await self._send(send, chunk)
                     sent += len(chunk)
             await self._finish(send)

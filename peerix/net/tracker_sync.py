@@ -15,6 +15,7 @@ from ..metrics import Metrics
 from ..store.local import LocalStore
 from ..store.policy import Policy
 from ..store.remote import Candidate
+from ..throttle import Throttle
 from .endpoint import EndpointAddress
 from .tracker_client import PeerAddresses, PeerRecord, TrackerClient, TrackerError
 
@@ -53,7 +54,9 @@ class TrackerSource:
 
 class Announcer:
     def __init__(self, client: TrackerClient, local: LocalStore, policy: Policy, address: Callable[[], EndpointAddress],
-                 name: str, metrics: Metrics, poll: float = 1.0, heartbeat: float = 60.0) -> None:
+                 name: str, metrics: Metrics, poll: float = 1.0, heartbeat: float = 60.0,
+                 advised: dict[str, Throttle] | None = None) -> None:
+        self.advised = advised or {}  # throttles the tracker's advice applies to (those without a local setting)
         self.client = client
         self.local = local
         self.policy = policy
@@ -86,3 +89,8 @@ class Announcer:
         await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url),
                                    self.name)
         self.announced, self.last_success = len(hashes), time.time()
+        for name, throttle in self.advised.items():
+            rate = self.client.advice.get(name, 0)
+            if rate != throttle.rate:
+                log.info("tracker advice applied %s=%d", name, rate)
+                throttle.set_rate(rate)

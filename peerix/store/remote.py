@@ -24,6 +24,7 @@ from ..net.endpoint import EndpointAddress, PeerEndpoint, PeerUnreachable
 from ..net.reputation import Reputation
 from ..nix import nix32
 from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
+from ..throttle import Throttle
 from .policy import Policy, Verdict
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class _Expiring(OrderedDict):
 
 class RemoteStore:
     def __init__(self, endpoint: PeerEndpoint, sources: Sequence[CandidateSource], policy: Policy,
-                 reputation: Reputation, metrics: Metrics, settings: RemoteSettings = RemoteSettings()) -> None:
+                 reputation: Reputation, metrics: Metrics, settings: RemoteSettings = RemoteSettings(),
+                 downloads: Throttle | None = None) -> None:
+        self.downloads = downloads or Throttle()
         self.endpoint = endpoint
         self.sources = sources
         self.policy = policy
@@ -245,6 +248,7 @@ class RemoteStore:
                     chunk = await recv.read(min(4 << 20, info.nar_size - received))
                 if not chunk:
                     raise NarFetchError(f"stream ended after {received} of {info.nar_size} bytes")
+                await self.downloads.take(len(chunk))
                 sha256.update(chunk)
                 received += len(chunk)
                 self.metrics.peer_received_bytes.inc(len(chunk))

@@ -1,0 +1,1 @@
+import ./big.nix { megabytes = "200"; }
