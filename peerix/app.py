@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .access import LOOPBACK, ClientAccess, parse_networks
 from .dashboard import render as render_dashboard
+from .explain import explain
 from .metrics import Metrics
 from .nar_response import NAR_TYPE, NarResponse
 from .nix import nix32
@@ -187,6 +188,12 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def known_peers(request: Request) -> Response:
         return JSONResponse({"peers": peers() if peers else []})
 
+    async def why(request: Request) -> Response:
+        hash_part = request.path_params["hash"]
+        if not is_hash_part(hash_part):
+            return _error(400, f"invalid store path hash {hash_part[:64]!r}")
+        return JSONResponse(await explain(substituter, policy, hash_part))
+
     async def dashboard(request: Request) -> Response:
         page = render_dashboard(metrics.activity, network() if network else {}, peers() if peers else [])
         return HTMLResponse(page)
@@ -201,6 +208,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         Route("/health", health),
         Route("/metrics", prometheus),
         Route("/api/v1/peers", local_clients(known_peers)),
+        Route("/api/v1/why/{hash}", local_clients(why)),
         Route("/dashboard", local_clients(dashboard)),
     ]
     if policy is not None:

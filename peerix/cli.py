@@ -2,8 +2,10 @@
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, config, logs
@@ -35,30 +37,77 @@ def cmd_public_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_peers(args: argparse.Namespace) -> int:
-    import json
-    import time
+class DaemonError(Exception):
+    pass
 
+
+def ask_daemon(url: str, path: str, timeout: float = 10) -> dict:
     import httpx
 
     try:
-        peers = httpx.get(f"{args.url.rstrip('/')}/api/v1/peers", timeout=5).raise_for_status().json()["peers"]
-    except (httpx.HTTPError, ValueError, KeyError) as error:
-        print(f"peerix peers: cannot ask the daemon at {args.url}: {error}", file=sys.stderr)
-        return 1
+        return httpx.get(f"{url.rstrip('/')}{path}", timeout=timeout).raise_for_status().json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise DaemonError(f"cannot ask the daemon at {url}: {error}") from None
+
+
+def hash_of(text: str) -> str:
+    """The hash part of a store path, a basename or a bare hash."""
+    from .nix.storepath import is_hash_part
+
+    candidate = text.rstrip("/").rsplit("/", 1)[-1][:32]
+    if not is_hash_part(candidate):
+        raise DaemonError(f"{text!r} is not a store path or hash")
+    return candidate
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    health = ask_daemon(args.url, "/health")
+    if args.json:
+        print(json.dumps(health, indent=2))
+        return 0 if health.get("status") == "ok" else 1
+    network = health.get("network") or {}
+    tracker = network.get("tracker")
+    cache = health.get("nar_cache")
+    lines = [
+        f"status      {health['status']} (peerix {health['version']})",
+        f"identity    {network.get('name')}, peer {network.get('peer_id')}",
+        f"signing key {health.get('signing_key')}",
+        f"store       {health['store_root']}: {health.get('paths', '?')} paths, database {health.get('database')}",
+        "tracker     " + ("none: LAN and static peers only" if not tracker else
+                          f"{tracker['url']}, {tracker.get('announced_paths')} paths announced"
+                          + (", backing off" if tracker.get("in_backoff") else "")),
+        f"peers       {network.get('peers_known', 0)} known, {network.get('lan_peers') or 0} on the LAN",
+        f"addresses   {', '.join(network.get('direct_addresses') or []) or '-'}"
+        + (f", relay {network['relay_url']}" if network.get("relay_url") else ""),
+    ]
+    if cache:
+        lines.append(f"nar cache   {cache['entries']} NARs, {cache['bytes'] / 2**20:.1f} MiB")
+    print("\n".join(lines))
+    return 0 if health.get("status") == "ok" else 1
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from .explain import describe
+
+    why = ask_daemon(args.url, f"/api/v1/why/{hash_of(args.path)}", timeout=30)
+    print(json.dumps(why, indent=2) if args.json else describe(why))
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    import time
+
+    from .dashboard import ago, reputation_text
+
+    peers = ask_daemon(args.url, "/api/v1/peers")["peers"]
     if args.json:
         print(json.dumps(peers, indent=2))
         return 0
+    now = time.time()
     rows = [("NAME", "SOURCE", "PEER", "ADDRESSES", "LAST SEEN", "REPUTATION")]
-    for peer in peers:
-        seen = f"{time.time() - peer['last_seen']:.0f}s ago" if peer.get("last_seen") else "-"
-        rep = peer.get("reputation")
-        reputation = "-" if rep is None else (
-            f"{rep['successes']} ok/{rep['failures']} failed"
-            + (f", {rep['latency_ms']} ms" if rep["latency_ms"] is not None else "")
-            + (", backing off" if rep["backing_off"] else ""))
-        addresses = ",".join(peer["direct_addresses"]) or peer.get("relay_url") or "-"
-        rows.append((peer.get("name") or "?", peer["source"], peer["peer_id"][:12], addresses, seen, reputation))
+    rows += [(peer.get("name") or "?", peer["source"], peer["peer_id"][:12],
+              ",".join(peer["direct_addresses"]) or peer.get("relay_url") or "-",
+              ago(peer.get("last_seen"), now), reputation_text(peer.get("reputation"))) for peer in peers]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -103,13 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
-    peers = commands.add_parser("peers", help="list the peers the local daemon knows",
-                                description="List the peers the running daemon knows: source (lan, static, "
-                                            "tracker), addresses, last seen and reputation.")
-    peers.add_argument("--url", default=f"http://127.0.0.1:{config.DEFAULT_PORT}",
-                       help="the daemon's HTTP address (default: %(default)s)")
-    peers.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    peers.set_defaults(func=cmd_peers)
+    def daemon_command(name: str, func: Callable[[argparse.Namespace], int], summary: str,
+                       description: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=summary, description=description)
+        command.add_argument("--url", default=f"http://127.0.0.1:{config.DEFAULT_PORT}",
+                             help="the daemon's HTTP address (default: %(default)s)")
+        command.add_argument("--json", action="store_true", help="print JSON")
+        command.set_defaults(func=func)
+        return command
+
+    daemon_command("status", cmd_status, "the local daemon's health, identity, tracker and counts",
+                   "Show the running daemon's health, identity, tracker connection and counts.")
+    daemon_command("peers", cmd_peers, "list the peers the local daemon knows",
+                   "List the peers the running daemon knows: source (lan, static, tracker), addresses, last seen "
+                   "and reputation.")
+    why = daemon_command("why", cmd_why, "explain whether and from where a path would be substituted",
+                         "Ask the running daemon what would happen if Nix asked for PATH now: local or from which "
+                         "peer, and what policy decides about each peer's copy. Changes nothing.")
+    why.add_argument("path", metavar="PATH", help="a store path, its basename or its 32-character hash")
 
     demo = commands.add_parser("demo", help="serve a fresh closure from one chroot store to another with real Nix",
                                description="Build a small closure, serve it from host A with peerix and substitute "
@@ -124,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return args.func(args)
-    except (SecretFileError, StoreError, config.ConfigError) as error:
+    except (SecretFileError, StoreError, config.ConfigError, DaemonError) as error:
         print(f"peerix: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ def _size(count: float) -> str:
     raise AssertionError
 
 
-def _ago(moment: float | None, now: float) -> str:
+def ago(moment: float | None, now: float) -> str:
     if not moment:
         return "-"
     seconds = max(0, now - moment)
@@ -26,7 +26,7 @@ def _ago(moment: float | None, now: float) -> str:
     return f"{seconds:.0f}s ago"
 
 
-def _reputation(rep: dict[str, Any] | None) -> str:
+def reputation_text(rep: dict[str, Any] | None) -> str:
     if rep is None:
         return "-"
     text = f"{rep['successes']} ok, {rep['failures']} failed"
@@ -62,8 +62,8 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
                         for key, label, value in cards)
     peer_rows = [(p.get("name") or "?", p["source"], p["peer_id"][:12],
                   ", ".join(p["direct_addresses"]) or p.get("relay_url") or "-",
-                  _ago(p.get("last_seen"), now), _reputation(p.get("reputation"))) for p in peers]
-    transfer_rows = [(_ago(t.at, now), t.direction, t.path, t.peer or "-", _size(t.bytes), f"{t.rate:.1f} MiB/s",
+                  ago(p.get("last_seen"), now), reputation_text(p.get("reputation"))) for p in peers]
+    transfer_rows = [(ago(t.at, now), t.direction, t.path, t.peer or "-", _size(t.bytes), f"{t.rate:.1f} MiB/s",
                       t.outcome) for t in activity.recent]
     tracker = network.get("tracker")
     tracker_text = "none (LAN and static peers only)" if not tracker else (
@@ -75,7 +75,7 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
 <style>{_CSS}</style></head><body>
 <header><h1>peerix on {html.escape(network.get("name") or "?")}</h1>
 <p>peer {html.escape(network.get("peer_id", "")[:16])} &middot; tracker {html.escape(tracker_text)}
-&middot; counting since {_ago(activity.since, now)} &middot; peerix {__version__}</p></header>
+&middot; counting since {ago(activity.since, now)} &middot; peerix {__version__}</p></header>
 <section class="cards">{card_html}</section>
 <h2>Peers ({len(peers)})</h2>
 {_table(("name", "source", "peer", "addresses", "last seen", "reputation"), peer_rows, "No peers known yet.",

@@ -7,14 +7,16 @@ from peerix.nix.signing import PublicKey, SecretKey
 from conftest import peerix
 
 
-@pytest.mark.parametrize("command", [[], ["keygen"], ["serve"]])
+@pytest.mark.parametrize("command", [[], ["keygen"], ["serve"], ["status"], ["peers"], ["why"], ["public-key"],
+                                     ["demo"]])
 def test_help_is_complete_and_exits_zero(command: list[str]) -> None:
     result = peerix(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: peerix" in result.stdout
     for option in {"keygen": ["--secret-file", "--public-file"],
-                   "serve": ["--store-root", "--listen", "--sign-key-file", "--priority"]}.get(
-            command[0] if command else "", ["keygen", "serve"]):
+                   "serve": ["--store-root", "--listen", "--sign-key-file", "--priority", "--config"],
+                   "why": ["PATH", "--url"], "status": ["--url", "--json"], "peers": ["--url"]}.get(
+            command[0] if command else "", ["keygen", "serve", "status", "peers", "why", "demo"]):
         assert option in result.stdout
 
 

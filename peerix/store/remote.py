@@ -68,6 +68,16 @@ class RemoteSettings:
 _SOURCE_RANK = {"lan": 0, "static": 0, "tracker": 1}
 
 
+@dataclass(frozen=True)
+class Answer:
+    candidate: Candidate
+    result: str  # ok, not-found, unreachable, failed (a broken answer) or rejected (by policy)
+    detail: str
+    latency: float
+    info: PathInfo | None = None  # as accepted: only the signatures we trust
+    verdict: Verdict | None = None
+
+
 class NarFetchError(OSError):
     """No peer could start the NAR, or the one sending it failed or lied."""
 
@@ -153,8 +163,8 @@ class RemoteStore:
             for task in tasks:
                 task.cancel()
 
-    async def _query(self, hash_part: str, candidate: Candidate) -> RemotePath | None:
-        peer = candidate.peer_id
+    async def _ask(self, hash_part: str, candidate: Candidate) -> Answer:
+        """One peer's narinfo for the path, judged by policy; no bookkeeping."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.query_timeout):
@@ -163,29 +173,44 @@ class RemoteStore:
                 await stream.send().finish()
                 reply = await wire.read_frame(stream.recv())
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
-            return self._peer_failed(peer, "narinfo", "unreachable", _describe(error))
+            return Answer(candidate, "unreachable", _describe(error), time.monotonic() - started)
         latency = time.monotonic() - started
         if reply.get("status") != "ok":
-            self.reputation.succeeded(peer, latency)  # it answered; the tracker's list was stale
-            self.metrics.peer_fetches.labels("narinfo", "not-found").inc()
-            return None
+            return Answer(candidate, "not-found", "the peer does not have it", latency)
         try:
             info = NarInfo.parse(str(reply.get("narinfo")))
         except NarInfoError as error:
-            return self._peer_failed(peer, "narinfo", "failed", f"bad narinfo: {error}")
+            return Answer(candidate, "failed", f"bad narinfo: {error}", latency)
         if info.store_path.hash_part != hash_part:
-            return self._peer_failed(peer, "narinfo", "rejected", f"answered with {info.store_path}")
+            return Answer(candidate, "rejected", f"answered with {info.store_path}", latency)
         verdict, accepted = await self.policy.accept_from_peer(info)
-        if not verdict.ok:
-            self.metrics.verification_failures.labels("narinfo").inc()
-            self.metrics.activity.count("verification_failures")
-            log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], info.store_path, verdict.reason)
-            return self._peer_failed(peer, "narinfo", "rejected", verdict.reason)
-        self.reputation.succeeded(peer, latency)
+        return Answer(candidate, "ok" if verdict.ok else "rejected", verdict.reason, latency, accepted, verdict)
+
+    async def _query(self, hash_part: str, candidate: Candidate) -> RemotePath | None:
+        answer = await self._ask(hash_part, candidate)
+        peer = candidate.peer_id
+        if answer.result == "not-found":
+            self.reputation.succeeded(peer, answer.latency)  # it answered; the tracker's list was stale
+            self.metrics.peer_fetches.labels("narinfo", "not-found").inc()
+            return None
+        if answer.result != "ok":
+            if answer.verdict is not None:
+                self.metrics.verification_failures.labels("narinfo").inc()
+                self.metrics.activity.count("verification_failures")
+                log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], hash_part, answer.detail)
+            return self._peer_failed(peer, "narinfo", answer.result, answer.detail)
+        assert answer.info is not None and answer.verdict is not None
+        self.reputation.succeeded(peer, answer.latency)
         self.metrics.peer_fetches.labels("narinfo", "ok").inc()
-        log.info("found path=%s peer=%s source=%s seconds=%.3f verdict=%r", info.store_path, peer[:10],
-                 candidate.source, latency, verdict.reason)
-        return RemotePath(accepted, verdict, (candidate,))
+        log.info("found path=%s peer=%s source=%s seconds=%.3f verdict=%r", answer.info.store_path, peer[:10],
+                 candidate.source, answer.latency, answer.detail)
+        return RemotePath(answer.info, answer.verdict, (candidate,))
+
+    async def explain(self, hash_part: str) -> list[Answer]:
+        """What every candidate says about the path and what policy makes of it, for `peerix why`:
+        nothing is cached and no reputation changes."""
+        candidates = await self.candidates(hash_part, fresh=True)
+        return list(await asyncio.gather(*(self._ask(hash_part, c) for c in candidates)))
 
     def _peer_failed(self, peer: str, kind: str, result: str, error: str) -> None:
         self.reputation.failed(peer, error)
