@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "peer, and what policy decides about each peer's copy. Changes nothing.")
     why.add_argument("path", metavar="PATH", help="a store path, its basename or its 32-character hash")
 
-    demo = commands.add_parser("demo", help="serve a fresh closure from one chroot store to another with real Nix",
-                               description="Build a small closure, serve it from host A with peerix and substitute "
-                                           "it into host B with real Nix (needs nix; uses a temporary directory).")
+    demo = commands.add_parser("demo", help="three hosts and a tracker on this machine, substituting with real Nix",
+                               description="Start a tracker and three hosts (chroot stores in a temporary "
+                                           "directory, peerix daemons on loopback); host C's Nix installs paths "
+                                           "that only A and B hold, through C's peerix. Needs nix.")
     demo.add_argument("--keep", action="store_true", help="keep the temporary hosts for inspection")
     demo.set_defaults(func=cmd_demo)
     return parser

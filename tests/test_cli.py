@@ -7,17 +7,25 @@ from peerix.nix.signing import PublicKey, SecretKey
 from conftest import peerix
 
 
-@pytest.mark.parametrize("command", [[], ["keygen"], ["serve"], ["status"], ["peers"], ["why"], ["public-key"],
-                                     ["demo"]])
-def test_help_is_complete_and_exits_zero(command: list[str]) -> None:
-    result = peerix(*command, "--help")
+EXPECTED_IN_HELP = {
+    "": ["keygen", "serve", "status", "peers", "why", "public-key", "demo"],
+    "keygen": ["--secret-file", "--public-file"],
+    "serve": ["--store-root", "--listen", "--sign-key-file", "--priority", "--config", "--tracker", "--peer"],
+    "status": ["--url", "--json"],
+    "peers": ["--url", "--json"],
+    "why": ["PATH", "--url"],
+    "public-key": ["SECRET_FILE"],
+    "demo": ["--keep", "tracker"],
+}
+
+
+@pytest.mark.parametrize("command", EXPECTED_IN_HELP)
+def test_help_is_complete_and_exits_zero(command: str) -> None:
+    result = peerix(*([command] if command else []), "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: peerix" in result.stdout
-    for option in {"keygen": ["--secret-file", "--public-file"],
-                   "serve": ["--store-root", "--listen", "--sign-key-file", "--priority", "--config"],
-                   "why": ["PATH", "--url"], "status": ["--url", "--json"], "peers": ["--url"]}.get(
-            command[0] if command else "", ["keygen", "serve", "status", "peers", "why", "demo"]):
-        assert option in result.stdout
+    for expected in EXPECTED_IN_HELP[command]:
+        assert expected in result.stdout
 
 
 def test_keygen_writes_a_nix_key_pair(tmp_path: Path) -> None:
