@@ -5,8 +5,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -29,6 +28,7 @@ from .store.policy import Policy, Upstream
 from .store.remote import CandidateSource, RemoteSettings, RemoteStore
 from .store.substituter import Substituter
 from .throttle import Throttle
+from .uvicorn_server import Server
 from .zerocopy import ZeroCopyHttpToolsProtocol
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ async def run(config: Config, key: SecretKey) -> None:
         app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers,
                          ClientAccess(parse_networks(config.trusted_networks)), policy, uploads)
         host, port = config.listen
-        server = _Server(uvicorn.Config(
+        server = Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",
             server_header=False, proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol,
             timeout_graceful_shutdown=10,
@@ -189,22 +189,6 @@ async def _every(seconds: float, job: Callable[..., None], *args: Any) -> None:
             job(*args)
         except OSError as error:
             log.warning("periodic job failed job=%s error=%s", getattr(job, "__name__", job), error)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, minus its habit of re-raising SIGTERM once it has stopped: that would kill the
-    process before the daemon deregisters and closes its endpoint."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
 
 async def _deregister(tracker: Any) -> None:

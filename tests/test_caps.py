@@ -6,10 +6,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import requires_nix
-from nixtools import HERE, build
 from peerix.localfleet import LocalFleet, wait_until
 from peerix.nix.narinfo import NarInfo
+
+from conftest import requires_nix
+from nixtools import HERE, build
 
 pytestmark = requires_nix
 

@@ -6,7 +6,6 @@ from peerix.nix.signing import PublicKey, SecretKey
 
 from conftest import peerix
 
-
 EXPECTED_IN_HELP = {
     "": ["keygen", "serve", "status", "peers", "why", "public-key", "demo"],
     "keygen": ["--secret-file", "--public-file"],

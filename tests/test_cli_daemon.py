@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
-from conftest import peerix, requires_nix
-from nixtools import hash_part, nix
 from peerix.localfleet import LocalFleet
 from peerix.nix.signing import SecretKey
+
+from conftest import peerix, requires_nix
+from nixtools import hash_part, nix
 
 pytestmark = requires_nix
 

@@ -11,17 +11,11 @@ import httpx
 from peerix.net.tracker_protocol import LOOKUP_PATH, PEERS_PATH
 from tracker.db import SCHEMA_VERSION
 
-from trackertools import TrackerProcess, announce, error_of, new_key, random_hashes, signed
+from trackertools import TrackerProcess, announce, error_of, holders, new_key, random_hashes, signed
 
 
 def peer_id(key) -> str:
     return bytes(key.verify_key).hex()
-
-
-def holders(tracker: TrackerProcess, hash_part: str) -> list[str]:
-    response = tracker.get(f"{LOOKUP_PATH}/{hash_part}")
-    assert response.status_code == 200, response.text
-    return [peer["peer_id"] for peer in response.json()["peers"]]
 
 
 def batch(tracker: TrackerProcess, hashes: list[str], **extra) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import nacl.signing
 
-from peerix.net.tracker_protocol import ANNOUNCE_PATH, sign
+from peerix.net.tracker_protocol import ANNOUNCE_PATH, LOOKUP_PATH, sign
 from peerix.nix import nix32
 
 from conftest import ROOT, free_port
@@ -134,3 +134,10 @@ def error_of(response: httpx.Response) -> str:
     error = response.json()["error"]
     assert set(error) == {"code", "message"} and error["message"], error
     return error["code"]
+
+
+def holders(tracker: TrackerProcess, hash_part: str) -> list[str]:
+    """The peer ids a lookup names for a hash part, most recently seen first."""
+    response = tracker.get(f"{LOOKUP_PATH}/{hash_part}")
+    assert response.status_code == 200, response.text
+    return [peer["peer_id"] for peer in response.json()["peers"]]

@@ -8,6 +8,7 @@ spend a real peer's budget.
 
 import asyncio
 import functools
+import hmac
 import logging
 import math
 import sqlite3
@@ -25,7 +26,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from peerix import __version__
 from peerix.app import MetricsMiddleware
-from peerix.net.tracker_protocol import ANNOUNCE_PATH, API, LOOKUP_PATH, PEERS_PATH, is_peer_id, pack_hash
+from peerix.net.tracker_protocol import (
+    ADMIN_PEERS_PATH,
+    ANNOUNCE_PATH,
+    API,
+    LOOKUP_PATH,
+    PEERS_PATH,
+    is_peer_id,
+    pack_hash,
+)
 
 from . import dashboard
 from .auth import Authenticator
@@ -181,6 +190,49 @@ def create_app(t: Tracker) -> ASGIApp:
                    "yes" if forget else "no", peer.paths, _client(request.scope))
         return JSONResponse({"removed" if forget else "departed": peer_id, "paths": peer.paths})
 
+    def admin(request: Request) -> None:
+        """Admin calls carry `Authorization: Bearer <token>` with a token from admin_token_file."""
+        if not config.admin_tokens:
+            raise ApiError(403, "admin_disabled", "the admin API is off: start the tracker with an admin_token_file")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), known.encode())
+                                                 for known in config.admin_tokens):
+            raise ApiError(401, "unauthorized", "the admin API needs Authorization: Bearer <admin token>")
+
+    def admin_target(request: Request) -> bytes:
+        admin(request)
+        target = request.path_params["peer_id"]
+        if not is_peer_id(target):
+            raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")
+        return bytes.fromhex(target)
+
+    @api_route
+    async def admin_peers(request: Request) -> Response:
+        admin(request)
+        now = time.time()
+        records = ",".join(render_peer(peer, registry.is_online(peer, now)) for peer in registry.peers())
+        return Response(f'{{"peers":[{records}]}}', media_type=JSON)
+
+    @api_route
+    async def admin_remove(request: Request) -> Response:
+        peer = await registry.remove(admin_target(request))
+        if peer is None:
+            raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
+        audit.info("admin remove peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, peer.paths,
+                   _client(request.scope))
+        return JSONResponse({"removed": peer.peer_id, "paths": peer.paths})
+
+    @api_route
+    async def admin_purge(request: Request) -> Response:
+        key = admin_target(request)
+        held = next((p.paths for p in registry.peers() if p.key == key), 0)
+        peer = await registry.purge(key)
+        if peer is None:
+            raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
+        audit.info("admin purge peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, held,
+                   _client(request.scope))
+        return JSONResponse({"purged": peer.peer_id, "paths": held})
+
     async def home(request: Request) -> Response:
         now = time.time()
         snapshot = dashboard.Snapshot(
@@ -240,6 +292,9 @@ def create_app(t: Tracker) -> ASGIApp:
         Route(LOOKUP_PATH, lookup_batch, methods=["POST"]),
         Route(PEERS_PATH, peers, methods=["GET"]),
         Route(PEERS_PATH + "/{peer_id}", deregister, methods=["DELETE"]),
+        Route(ADMIN_PEERS_PATH, admin_peers, methods=["GET"]),
+        Route(ADMIN_PEERS_PATH + "/{peer_id}", admin_remove, methods=["DELETE"]),
+        Route(ADMIN_PEERS_PATH + "/{peer_id}/purge", admin_purge, methods=["POST"]),
         Route("/health", health),
         Route("/metrics", prometheus),
     ]

@@ -3,10 +3,12 @@
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from peerix import __version__, logs
 
 from . import config
+from .admin import AdminError
 from .db import DatabaseError
 
 
@@ -15,6 +17,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(serve(config.load(args)))
     return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from .admin import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "dashes: offline_after = \"3m\") and from flags, which win.")
     config.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    admin = commands.add_parser(
+        "admin", help="list, remove and purge peers through the admin API",
+        description="Administer a running tracker through its admin API (the tracker needs an admin_token_file).")
+    admin.add_argument("--url", default=f"http://127.0.0.1:{config.DEFAULT_PORT}",
+                       help="the tracker's address (default: %(default)s)")
+    admin.add_argument("--token-file", type=Path, help="file holding an admin token (mode 0600)")
+    actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("peers", help="every peer, online or not, with its path count")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    actions.add_parser("health", help="the tracker's health")
+    for action, summary in (("remove", "remove a peer and everything it announced"),
+                            ("purge", "drop a peer's paths; it announces its set afresh")):
+        parser_ = actions.add_parser(action, help=summary)
+        parser_.add_argument("peer", metavar="PEER", help="peer id, a unique prefix of it, or the peer's name")
+    admin.set_defaults(func=cmd_admin)
     return parser
 
 
@@ -38,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return args.func(args)
-    except (config.ConfigError, DatabaseError) as error:
+    except (config.ConfigError, DatabaseError, AdminError) as error:
         print(f"peerix-tracker: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

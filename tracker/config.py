@@ -45,6 +45,7 @@ class Config:
     address_burst: float = 400.0
     peer_rate: float = 1.0
     peer_burst: float = 30.0
+    admin_tokens: tuple[str, ...] = ()
     advised_upload_rate: int | None = None
     advised_download_rate: int | None = None
     trusted_proxies: tuple[str, ...] = ()
@@ -146,6 +147,8 @@ SETTINGS = (
     Setting("address_burst", _positive(float), "burst of API requests per client address (default: 400)", "N"),
     Setting("peer_rate", _positive(float), "writes per second per peer (default: 1)", "N"),
     Setting("peer_burst", _positive(float), "burst of writes per peer (default: 30)", "N"),
+    Setting("admin_token_file", lambda value: Path(str(value)), "file of admin tokens for /api/v1/admin and "
+            "`peerix-tracker admin`, one a line (mode 0600); none: the admin API is off", "FILE"),
     Setting("advised_upload_rate", _size, "bytes per second each peer is advised to send at most (peers' own "
             "settings win; default: no advice)", "RATE"),
     Setting("advised_download_rate", _size, "bytes per second each peer is advised to fetch at most", "RATE"),
@@ -188,6 +191,8 @@ def load(args: argparse.Namespace) -> Config:
         values["allowlist"] = values.get("allowlist", frozenset()) | _read_allowlist(file)
     if file := values.pop("token_file", None):
         values["tokens"] = _read_tokens(file)
+    if file := values.pop("admin_token_file", None):
+        values["admin_tokens"] = _read_tokens(file)
     given = [mode for mode, key in (("allowlist", "allowlist"), ("token", "tokens")) if values.get(key)]
     values.setdefault("membership", given[0] if len(given) == 1 else "open")
     return _checked(Config(**values), given)

@@ -286,6 +286,24 @@ class Database:
 
         return await self._write(work)
 
+    async def purge(self, key: bytes) -> Peer | None:
+        """Drop a peer's set but keep the peer; its sequence becomes 0, so its next delta meets a 409
+        and it announces its set afresh."""
+
+        async def work(db: aiosqlite.Connection) -> Peer | None:
+            rows = await db.execute_fetchall("SELECT id FROM peers WHERE key = ?", (key,))
+            if not rows:
+                return None
+            row = next(iter(rows))[0]
+            await db.execute("DELETE FROM gone")
+            await db.execute("INSERT INTO gone SELECT path FROM holdings WHERE peer = ?", (row,))
+            await self._release(db, row)
+            rows = await db.execute_fetchall(f"UPDATE peers SET paths = 0, seq = 0 WHERE id = ? RETURNING {_PEER}",
+                                             (row,))
+            return _peer(next(iter(rows)))
+
+        return await self._write(work)
+
     async def remove(self, key: bytes, silent_since: float | None = None) -> Peer | None:
         """Remove a peer and its hashes (only if not heard from since `silent_since`, when given)."""
 

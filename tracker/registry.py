@@ -53,6 +53,12 @@ class Registry:
             self._store(peer)
         return peer
 
+    async def purge(self, key: bytes) -> Peer | None:
+        peer = await self.db.purge(key)
+        if peer is not None:
+            self._store(peer)
+        return peer
+
     async def remove(self, key: bytes) -> Peer | None:
         peer = await self.db.remove(key)
         if peer is not None:

@@ -5,6 +5,8 @@ import time
 
 import uvicorn
 
+from peerix.uvicorn_server import Server
+
 from .app import Tracker, create_app
 from .auth import Authenticator
 from .config import Config
@@ -32,7 +34,7 @@ async def serve(config: Config) -> None:
                           prune=(auth.prune, address_limits.prune, peer_limits.prune))
         app = create_app(Tracker(config, registry, auth, address_limits, peer_limits, metrics, sweeper, started_at))
         host, port = config.listen
-        server = uvicorn.Server(uvicorn.Config(
+        server = Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",
             server_header=False, proxy_headers=bool(config.trusted_proxies),
             forwarded_allow_ips=list(config.trusted_proxies) or None, timeout_keep_alive=30, http="httptools",

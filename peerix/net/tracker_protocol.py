@@ -26,6 +26,7 @@ API = "/api/v1"
 ANNOUNCE_PATH = f"{API}/announce"
 LOOKUP_PATH = f"{API}/lookup"
 PEERS_PATH = f"{API}/peers"
+ADMIN_PEERS_PATH = f"{API}/admin/peers"
 
 PEER_HEADER = "x-peerix-peer"
 TIMESTAMP_HEADER = "x-peerix-timestamp"
