@@ -180,7 +180,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             "status": status,
             "version": __version__,
             "store_root": str(substituter.local.root),
-            "signing_key": substituter.key.name if substituter.key else None,
+            "signing_key": substituter.key.public.to_text() if substituter.key else None,
             **checks,
         }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)

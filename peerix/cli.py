@@ -114,6 +114,17 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetch import FetchError, fetch
+
+    try:
+        fetch(args.url, args.paths, args.store)
+    except FetchError as error:
+        print(f"peerix fetch: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, run_demo
 
@@ -153,11 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     def daemon_command(name: str, func: Callable[[argparse.Namespace], int], summary: str,
-                       description: str) -> argparse.ArgumentParser:
+                       description: str, json_output: bool = True) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary, description=description)
         command.add_argument("--url", default=f"http://127.0.0.1:{config.DEFAULT_PORT}",
                              help="the daemon's HTTP address (default: %(default)s)")
-        command.add_argument("--json", action="store_true", help="print JSON")
+        if json_output:
+            command.add_argument("--json", action="store_true", help="print JSON")
         command.set_defaults(func=func)
         return command
 
@@ -170,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "Ask the running daemon what would happen if Nix asked for PATH now: local or from which "
                          "peer, and what policy decides about each peer's copy. Changes nothing.")
     why.add_argument("path", metavar="PATH", help="a store path, its basename or its 32-character hash")
+    fetch = daemon_command("fetch", cmd_fetch, "substitute paths and their closures, showing progress",
+                           "Substitute store paths (with their closures) with nix-store --realise, showing how "
+                           "much the daemon has delivered, at what rate, and the time left. Quiet when piped.",
+                           json_output=False)
+    fetch.add_argument("paths", nargs="+", metavar="PATH", help="store paths")
+    fetch.add_argument("--store", metavar="DIR", help="a chroot store root to fetch into (then only the daemon "
+                                                       "is used as substituter)")
 
     demo = commands.add_parser("demo", help="three hosts and a tracker on this machine, substituting with real Nix",
                                description="Start a tracker and three hosts (chroot stores in a temporary "
