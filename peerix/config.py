@@ -142,6 +142,11 @@ class Config:
     peer_timeout: float = setting(10.0, "seconds of silence from a peer in the middle of an answer before it "
                                   "is given up on", float, "SECONDS")
     miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing", float, "SECONDS")
+    split_threshold: int = setting(64 << 20, "NARs this large are fetched from several peers at once "
+                                   "(default: 64M)", parse_size, "SIZE")
+    max_sources: int = setting(4, "peers one NAR is fetched from at once; 1: never split", int, "N")
+    stall_timeout: float = setting(2.0, "seconds a peer may stay silent in a split transfer while others "
+                                   "deliver before its piece goes to them", float, "SECONDS")
     access_log: bool = setting(False, "log every HTTP request", parse_bool)
 
     def __post_init__(self) -> None:

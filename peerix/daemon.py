@@ -27,6 +27,7 @@ from .store.narcache import NarCache
 from .store.policy import Policy, Upstream
 from .store.remote import CandidateSource, RemoteSettings, RemoteStore
 from .store.substituter import Substituter
+from .store.transfer import TransferSettings
 from .throttle import Throttle
 from .uvicorn_server import Server
 from .zerocopy import ZeroCopyHttpToolsProtocol
@@ -111,7 +112,10 @@ async def run(config: Config, key: SecretKey) -> None:
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
         substituter.remote = RemoteStore(endpoint, sources, policy, reputation, metrics,
                                          RemoteSettings(
-            query_timeout=config.connect_timeout + 2, read_timeout=config.peer_timeout, miss_ttl=config.miss_ttl),
+            query_timeout=config.connect_timeout + 2, miss_ttl=config.miss_ttl,
+            transfer=TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
+                                      max_sources=config.max_sources, stall_timeout=config.stall_timeout,
+                                      temporary_dir=str(config.state_dir))),
             downloads)
 
         def network() -> dict[str, Any]:

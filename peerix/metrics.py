@@ -49,9 +49,13 @@ class Metrics:
         self.peer_sent_bytes = Counter("peerix_peer_sent_bytes", "NAR bytes sent to peers", registry=r)
         self.peer_fetches = Counter(
             "peerix_peer_fetches", "Fetches from peers by kind (narinfo, nar) and result (ok, not-found, "
-            "rejected, unreachable, failed, mismatch)", ["kind", "result"], registry=r,
+            "rejected, unreachable, failed, stalled, mismatch)", ["kind", "result"], registry=r,
         )
         self.peer_received_bytes = Counter("peerix_peer_received_bytes", "NAR bytes received from peers",
+                                           registry=r)
+        self.nar_resumes = Counter("peerix_nar_resumes", "Parts of NARs continued on another peer after one failed "
+                                   "in the middle", registry=r)
+        self.nar_split_transfers = Counter("peerix_nar_split_transfers", "NARs fetched from several peers at once",
                                            registry=r)
         self.verification_failures = Counter(
             "peerix_verification_failures", "Peer answers refused by verification (narinfo: policy, "

@@ -142,3 +142,13 @@ def start_tracker(tmp_path: Path) -> Iterator:
     yield start
     for tracker in trackers:
         tracker.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    """A local fleet with a running tracker; hosts are added by the test."""
+    from peerix.localfleet import LocalFleet
+    fleet = LocalFleet(tmp_path)
+    fleet.start_tracker()
+    yield fleet
+    fleet.close()

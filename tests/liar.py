@@ -41,7 +41,9 @@ async def main(plan: dict) -> None:
         if path is None:
             await send.write_all(wire.encode_frame({"status": "not-found"}))
         else:
-            data = Path(path).read_bytes()
+            whole = Path(path).read_bytes()
+            start = request.get("offset", 0)
+            data = whole[start:] if request.get("length") is None else whole[start:start + request["length"]]
             await send.write_all(wire.encode_frame({"status": "ok", "size": len(data)}))
             await send.write_all(data)
         await send.finish()

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,28 @@ def test_chunks_are_bounded(tmp_path: Path) -> None:
     sizes = [len(chunk) for chunk in nar.dump(os.fsencode(tree), 4096)]
     assert max(sizes) <= 4096 + 8 * 1024  # a chunk may carry one more framing segment
     assert sum(sizes) == len(nix_dump(tree))
+
+
+def test_byte_ranges_match_slices_of_nix_store_dump(tmp_path: Path) -> None:
+    tree = make_tricky_tree(tmp_path)
+    expected = nix_dump(tree)
+    size = len(expected)
+    rng = random.Random(7)
+    ranges = [(0, size), (0, 1), (size - 1, size), (size, size), (8, 16), (12345, 1_000_000),
+              *((a, rng.randint(a, size)) for a in (rng.randrange(size) for _ in range(40)))]
+    for start, end in ranges:
+        for chunk_size in (4096, nar.CHUNK_SIZE):
+            got = list(nar.byte_range(nar.segments(os.fsencode(tree)), start, end, chunk_size))
+            assert b"".join(got) == expected[start:end], (start, end, chunk_size)
+            assert all(len(chunk) < 2 * chunk_size for chunk in got)
+
+
+def test_byte_range_never_opens_files_outside_the_range() -> None:
+    parts = [b"head", nar.FileContents(b"/does/not/exist", 100), b"tail"]
+    assert b"".join(nar.byte_range(parts, 104, 108)) == b"tail"
+    assert b"".join(nar.byte_range(parts, 1, 4)) == b"ead"
+    with pytest.raises(FileNotFoundError):
+        b"".join(nar.byte_range(parts, 50, 108))
 
 
 def test_fifo_is_refused(tmp_path: Path) -> None:

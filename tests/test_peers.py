@@ -26,14 +26,6 @@ pytestmark = requires_nix
 FAST = ("--connect-timeout", "1", "--peer-timeout", "2", "--miss-ttl", "0.5")
 
 
-@pytest.fixture
-def fleet(tmp_path: Path):
-    fleet = LocalFleet(tmp_path)
-    fleet.start_tracker()
-    yield fleet
-    fleet.close()
-
-
 def host(fleet: LocalFleet, name: str, *holding: Path) -> Host:
     """A started host holding `holding` (with their closures, signed by the fleet key)."""
     new = fleet.host(name)

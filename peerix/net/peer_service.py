@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import iroh
@@ -64,8 +63,7 @@ class PeerService:
         await self._send(send, wire.encode_frame({"status": "ok", "size": end - request.offset}))
         sent, outcome = 0, "failed"
         try:
-            async with contextlib.aclosing(_byte_range(self.substituter.nar_chunks(info), request.offset, end)
-                                           ) as chunks:
+            async with contextlib.aclosing(self.substituter.nar_chunks(info, request.offset, end)) as chunks:
                 async for chunk in chunks:
                     await self.uploads.take(len(chunk))
                     await self._send(send, chunk)
@@ -119,14 +117,3 @@ class PeerService:
         async with asyncio.timeout(self.timeout):
             await send.stopped()
 
-
-async def _byte_range(chunks: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
-    """The bytes [start, end) of a stream of chunks."""
-    position = 0
-    async for chunk in chunks:
-        chunk_end = position + len(chunk)
-        if chunk_end > start:
-            yield chunk[max(0, start - position): end - position] if position < start or chunk_end > end else chunk
-        position = chunk_end
-        if position >= end:
-            return

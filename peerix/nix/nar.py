@@ -122,21 +122,51 @@ def _read_small(part: FileContents) -> bytes:
     return data
 
 
-def read_file(part: FileContents, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """A file's contents in chunks, checked to be exactly the size the NAR header announced."""
+def read_file(part: FileContents, chunk_size: int = CHUNK_SIZE, start: int = 0,
+              stop: int | None = None) -> Iterator[bytes]:
+    """A file's bytes [start, stop) in chunks, the file checked to be exactly the size the NAR
+    header announced."""
+    stop = part.size if stop is None else stop
     fd = os.open(part.path, _OPEN_FLAGS)
     try:
-        remaining = part.size
-        while remaining:
-            data = os.read(fd, min(remaining, chunk_size))
+        if os.fstat(fd).st_size != part.size:
+            raise _changed(part.path)
+        position = start
+        while position < stop:
+            data = os.pread(fd, min(stop - position, chunk_size), position)
             if not data:
                 raise _changed(part.path)
-            remaining -= len(data)
+            position += len(data)
             yield data
-        if os.read(fd, 1):
-            raise _changed(part.path)
     finally:
         os.close(fd)
+
+
+def byte_range(parts: Iterable[Segment], start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The bytes [start, end) of the NAR made of `parts` (uncoalesced segments), in chunks of about
+    `chunk_size`: files before `start` are skipped by their size, never opened, and only the part
+    of a file inside the range is read, so resuming or splitting a transfer costs no extra I/O."""
+    pending: list[bytes] = []
+    pending_size = position = 0
+    for part in parts:
+        size = len(part) if isinstance(part, bytes) else part.size
+        if position + size > start:
+            low, high = max(start - position, 0), min(end - position, size)
+            if isinstance(part, bytes):
+                pieces: Iterable[bytes] = (part if (low, high) == (0, size) else part[low:high],)
+            else:
+                pieces = read_file(part, chunk_size, low, high)
+            for piece in pieces:
+                pending.append(piece)
+                pending_size += len(piece)
+                if pending_size >= chunk_size:
+                    yield b"".join(pending)
+                    pending, pending_size = [], 0
+        position += size
+        if position >= end:
+            break
+    if pending:
+        yield b"".join(pending)
 
 
 def open_file(part: FileContents) -> BinaryIO:

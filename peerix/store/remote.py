@@ -1,14 +1,7 @@
-"""Paths from the peer network: find who has a path, take the first narinfo that passes policy,
-stream its NAR from the best peer while hashing it.
-
-The NAR reaches the caller one chunk late: the last chunk is only released once the whole NAR
-hashed to its NarHash, so a lying peer can never complete a transfer. A peer that fails before
-the first byte is replaced by the next one; later failures abort the transfer.
-"""
+"""Paths from the peer network: find who has a path, take the first narinfo that passes policy;
+its NAR then comes through a transfer (transfer.py) from the peers that have it."""
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -22,10 +15,10 @@ from ..metrics import Metrics
 from ..net import wire
 from ..net.endpoint import EndpointAddress, PeerEndpoint, PeerUnreachable
 from ..net.reputation import Reputation
-from ..nix import nix32
 from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
 from ..throttle import Throttle
 from .policy import Policy, Verdict
+from .transfer import NarFetchError, NarTransfer, TransferSettings, describe
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +53,9 @@ class RemotePath:
 class RemoteSettings:
     query_timeout: float = 5.0  # one peer's narinfo answer, connecting included
     parallel_queries: int = 4
-    read_timeout: float = 30.0  # silence from a peer in the middle of a NAR
     hit_ttl: float = 600.0
     miss_ttl: float = 10.0
+    transfer: TransferSettings = TransferSettings()
 
 
 _SOURCE_RANK = {"lan": 0, "static": 0, "tracker": 1}
@@ -76,10 +69,6 @@ class Answer:
     latency: float
     info: PathInfo | None = None  # as accepted: only the signatures we trust
     verdict: Verdict | None = None
-
-
-class NarFetchError(OSError):
-    """No peer could start the NAR, or the one sending it failed or lied."""
 
 
 class _Expiring(OrderedDict):
@@ -173,7 +162,7 @@ class RemoteStore:
                 await stream.send().finish()
                 reply = await wire.read_frame(stream.recv())
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
-            return Answer(candidate, "unreachable", _describe(error), time.monotonic() - started)
+            return Answer(candidate, "unreachable", describe(error), time.monotonic() - started)
         latency = time.monotonic() - started
         if reply.get("status") != "ok":
             return Answer(candidate, "not-found", "the peer does not have it", latency)
@@ -198,7 +187,7 @@ class RemoteStore:
                 self.metrics.verification_failures.labels("narinfo").inc()
                 self.metrics.activity.count("verification_failures")
                 log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], hash_part, answer.detail)
-            return self._peer_failed(peer, "narinfo", answer.result, answer.detail)
+            return self.peer_failed(peer, "narinfo", answer.result, answer.detail)
         assert answer.info is not None and answer.verdict is not None
         self.reputation.succeeded(peer, answer.latency)
         self.metrics.peer_fetches.labels("narinfo", "ok").inc()
@@ -212,108 +201,25 @@ class RemoteStore:
         candidates = await self.candidates(hash_part, fresh=True)
         return list(await asyncio.gather(*(self._ask(hash_part, c) for c in candidates)))
 
-    def _peer_failed(self, peer: str, kind: str, result: str, error: str) -> None:
+    def peer_failed(self, peer: str, kind: str, result: str, error: str) -> None:
         self.reputation.failed(peer, error)
         self.metrics.peer_fetches.labels(kind, result).inc()
         log.info("peer failed peer=%s kind=%s result=%s error=%s", peer[:10], kind, result, error)
         return None
 
     async def open_nar(self, path: RemotePath) -> AsyncIterator[bytes]:
-        """The NAR from the first peer that starts sending it, verified on the way.
-
-        The peers that answered the narinfo come first, then whoever the sources name now (a peer
-        that failed is in backoff by then). Raises NarFetchError when no peer starts, before a
-        single byte has been promised to anyone.
-        """
-        info = path.info
-        tried: set[str] = set()
-        for candidates in (path.peers, None):
-            if candidates is None:
-                candidates = await self.candidates(info.store_path.hash_part, fresh=True)
-            for candidate in candidates:
-                if candidate.peer_id in tried or not self.reputation.available(candidate.peer_id):
-                    continue
-                tried.add(candidate.peer_id)
-                with contextlib.suppress(NarFetchError):
-                    if (recv := await self._open_nar(info, candidate)) is not None:
-                        return self._verified(recv, info, candidate)
-        self._paths.pop(info.store_path.hash_part, None)
-        raise NarFetchError(f"no peer could send {info.store_path}")
-
-    async def _open_nar(self, info: PathInfo, candidate: Candidate) -> iroh.RecvStream | None:
-        peer = candidate.peer_id
-        request = wire.NarRequest(info.store_path.hash_part, nix32.encode(info.nar_hash))
-        started = time.monotonic()
+        """The NAR from the peers that answered the narinfo, then whoever the sources name now,
+        verified on the way. Raises NarFetchError when no peer starts, before a single byte has
+        been promised to anyone."""
         try:
-            async with asyncio.timeout(self.settings.query_timeout):
-                stream = await self.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
-                await stream.send().write_all(request.to_frame())
-                await stream.send().finish()
-                header = await wire.read_frame(stream.recv())
-        except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
-            self._peer_failed(peer, "nar", "unreachable", _describe(error))
-            raise NarFetchError(str(error)) from None
-        if header.get("status") != "ok":
-            self.metrics.peer_fetches.labels("nar", "not-found").inc()
-            return None
-        if header.get("size") != info.nar_size:
-            self._peer_failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {info.nar_size}")
-            raise NarFetchError("wrong size")
-        self.reputation.succeeded(peer, time.monotonic() - started)
-        return stream.recv()
-
-    async def _verified(self, recv: iroh.RecvStream, info: PathInfo, candidate: Candidate) -> AsyncIterator[bytes]:
-        """Hash while streaming and hold the last chunk back until the whole NAR checks out."""
-        peer = candidate.peer_id
-        sha256, received, held = hashlib.sha256(), 0, b""
-        started = time.monotonic()
-        try:
-            while received < info.nar_size:
-                async with asyncio.timeout(self.settings.read_timeout):
-                    chunk = await recv.read(min(4 << 20, info.nar_size - received))
-                if not chunk:
-                    raise NarFetchError(f"stream ended after {received} of {info.nar_size} bytes")
-                await self.downloads.take(len(chunk))
-                sha256.update(chunk)
-                received += len(chunk)
-                self.metrics.peer_received_bytes.inc(len(chunk))
-                if held:
-                    yield held
-                held = chunk
-        except (TimeoutError, iroh.IrohError) as error:
-            self._peer_failed(peer, "nar", "failed", f"after {received} bytes: {_describe(error)}")
-            self._record(info, peer, received, started, "failed")
-            raise NarFetchError(f"{peer[:10]} failed after {received} bytes") from None
-        except NarFetchError as error:
-            self._peer_failed(peer, "nar", "failed", str(error))
-            self._record(info, peer, received, started, "failed")
+            return await NarTransfer(self, path.info, path.peers, self.settings.transfer).start()
+        except NarFetchError:
+            self.forget(path.info.store_path.hash_part)
             raise
-        if sha256.digest() != info.nar_hash:
-            self.metrics.verification_failures.labels("nar").inc()
-            self.metrics.activity.count("verification_failures")
-            self._record(info, peer, received, started, "mismatch")
-            self._peer_failed(peer, "nar", "mismatch", "NAR does not match its NarHash")
-            self.endpoint.forget(peer)
-            self._paths.pop(info.store_path.hash_part, None)
-            log.warning("NAR hash mismatch peer=%s path=%s: transfer aborted", peer[:10], info.store_path)
-            raise NarFetchError(f"{peer[:10]} sent a NAR that does not match its NarHash")
-        with contextlib.suppress(iroh.IrohError):
-            await recv.stop(0)  # anything more would be a protocol error; we are done
-        seconds = time.monotonic() - started
-        self.metrics.peer_fetches.labels("nar", "ok").inc()
-        self._record(info, peer, received, started, "complete")
-        log.info("fetched nar path=%s peer=%s bytes=%d seconds=%.3f mib_per_s=%.1f", info.store_path, peer[:10],
-                 received, seconds, received / (1 << 20) / max(seconds, 1e-6))
-        yield held
+
+    def forget(self, hash_part: str) -> None:
+        """Look the path up again next time: its peers failed."""
+        self._paths.pop(hash_part, None)
 
 
-    def _record(self, info: PathInfo, peer: str, received: int, started: float, outcome: str) -> None:
-        self.metrics.activity.transfer("from peer", str(info.store_path), peer[:10], received,
-                                       time.monotonic() - started, outcome)
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, iroh.IrohError):
-        return error.message().splitlines()[0]
-    return str(error) or type(error).__name__
 

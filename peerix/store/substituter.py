@@ -131,8 +131,19 @@ class Substituter:
         if writer and await asyncio.get_running_loop().run_in_executor(self._cache_writer, writer.finish):
             cache.publish(writer)  # finish() syncs to disk: on its own thread, not the walker's
 
-    async def nar_chunks(self, info: PathInfo) -> AsyncIterator[bytes]:
-        """The NAR as bytes only, for transports without zero-copy (peers over iroh)."""
+    async def nar_chunks(self, info: PathInfo, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The NAR, or its bytes [start, end), as bytes only, for transports without zero-copy
+        (peers over iroh). A range is cut from the tree (or the cached NAR) without reading what
+        lies before it."""
+        end = info.nar_size if end is None else end
+        if (start, end) != (0, info.nar_size):
+            cached = self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
+            parts = [nar.FileContents(cached, info.nar_size)] if cached else \
+                nar.segments(self.local.real_path(info.store_path))
+            async with contextlib.aclosing(self._on_walker(nar.byte_range(parts, start, end))) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
         async with contextlib.aclosing(self.nar(info)) as parts:
             async for part in parts:
                 if isinstance(part, bytes):

@@ -1,0 +1,434 @@
+"""One NAR from peers, handed on as one continuous stream checked against its NarHash.
+
+A NAR below the split threshold comes from one peer at a time: when that peer fails in the
+middle, the next one is asked for the rest, from the byte already received. A larger NAR is cut
+into pieces fetched by several peers at once and written at their offsets into a temporary file
+that has no name (O_TMPFILE: nothing to clean up on any exit path, a crash included); the caller
+reads the front of it as soon as it is complete. A peer that finishes early takes half of the
+largest piece still running (work stealing), and a peer silent while others deliver loses its
+piece to them.
+
+Whatever the mode, the caller gets the bytes one chunk late: the last chunk is released only once
+the whole NAR hashed to its NarHash, so a lying peer can never complete a transfer.
+"""
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO
+
+import iroh
+
+from ..net import wire
+from ..net.endpoint import PeerUnreachable
+from ..nix import nix32
+from ..nix.narinfo import PathInfo
+
+if TYPE_CHECKING:
+    from .remote import Candidate, RemoteStore
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 4 << 20
+
+
+class NarFetchError(OSError):
+    """No peer could start the NAR, or the transfer failed or did not match its NarHash."""
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    read_timeout: float = 30.0  # silence from the only peer sending before it is given up on
+    split_threshold: int = 64 << 20  # NARs this large are fetched from several peers at once
+    max_piece: int = 16 << 20  # pieces are a quarter of a peer's share, within these bounds
+    min_piece: int = 1 << 20
+    max_sources: int = 4
+    min_steal: int = 1 << 20  # a running piece is split only if both halves are at least this large
+    stall_timeout: float = 2.0  # split: a peer silent this long while others deliver loses its piece
+    temporary_dir: str | None = None  # where split transfers keep their pieces
+
+
+class PeerRange:
+    """Bytes [start, end) of a NAR streaming from one peer."""
+
+    def __init__(self, candidate: "Candidate", recv: iroh.RecvStream, start: int, end: int,
+                 read_timeout: float) -> None:
+        self.candidate = candidate
+        self.recv = recv
+        self.position = start
+        self.end = end
+        self.read_timeout = read_timeout
+
+    async def read(self, limit: int = READ_SIZE) -> bytes:
+        """The next chunk; raises NarFetchError when the peer goes silent, breaks or ends early."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                chunk = await self.recv.read(min(READ_SIZE, limit, self.end - self.position))
+        except TimeoutError:
+            raise NarFetchError(f"silent for {self.read_timeout:g}s at byte {self.position}") from None
+        except iroh.IrohError as error:
+            raise NarFetchError(f"at byte {self.position}: {describe(error)}") from None
+        if not chunk:
+            raise NarFetchError(f"stream ended at byte {self.position} of {self.end}")
+        self.position += len(chunk)
+        return chunk
+
+    async def close(self) -> None:
+        """Tell the peer to stop sending: the rest is not needed (finished, or given to another peer)."""
+        with contextlib.suppress(iroh.IrohError):
+            await self.recv.stop(0)
+
+
+@dataclass
+class _Piece:
+    start: int
+    end: int  # shrinks when another peer takes the second half
+    written: int = 0  # bytes [start, start + written) are in the file
+    owner: str | None = None
+    last_progress: float = field(default_factory=time.monotonic)
+
+    @property
+    def position(self) -> int:
+        return self.start + self.written
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.position
+
+
+class NarTransfer:
+    def __init__(self, remote: "RemoteStore", info: PathInfo, peers: tuple["Candidate", ...],
+                 settings: TransferSettings) -> None:
+        self.remote = remote
+        self.info = info
+        self.settings = settings
+        self.split = info.nar_size >= settings.split_threshold and settings.max_sources > 1
+        self.contributed: Counter[str] = Counter()  # peer id -> bytes of the NAR it supplied
+        self.resumes = 0
+        self._queue = list(peers)
+        self._looked_up = False
+        self._tried: set[str] = set()
+        self._file: BinaryIO | None = None  # split transfers: the pieces, at their offsets
+        self._written_by: list[tuple[int, int, Candidate]] = []  # split: (start, end, peer) of every write
+        piece_size = max(settings.min_piece, min(settings.max_piece, info.nar_size // (4 * settings.max_sources)))
+        self._all = [_Piece(start, min(start + piece_size, info.nar_size))
+                     for start in range(0, info.nar_size, piece_size)] if self.split else []
+        self._changed = asyncio.Event()
+        self._workers: dict[str, asyncio.Task] = {}
+        self._idle: list[Candidate] = []
+        self.started = time.monotonic()
+
+    async def start(self) -> AsyncIterator[bytes]:
+        """Open the front of the NAR on the first peer that has it; raises NarFetchError when none
+        does, before a byte has been promised to anyone."""
+        first = await self._open_next(0, self._all[0].end if self.split else self.info.nar_size)
+        if first is None:
+            raise NarFetchError(f"no peer could send {self.info.store_path}")
+        if self.split:
+            self._file = tempfile.TemporaryFile(dir=self.settings.temporary_dir, prefix="peerix-nar-")
+            self._fd = self._file.fileno()
+        return self._verified(self._pieces(first) if self.split else self._sequential(first))
+
+    async def _next_candidate(self) -> "Candidate | None":
+        """Peers that answered the narinfo first, then whoever the sources name now."""
+        while True:
+            while self._queue:
+                candidate = self._queue.pop(0)
+                if candidate.peer_id not in self._tried and self.remote.reputation.available(candidate.peer_id):
+                    self._tried.add(candidate.peer_id)
+                    return candidate
+            if self._looked_up:
+                return None
+            self._looked_up = True
+            self._queue = await self.remote.candidates(self.info.store_path.hash_part, fresh=True)
+
+    async def _open_next(self, start: int, end: int) -> PeerRange | None:
+        while (candidate := await self._next_candidate()) is not None:
+            with contextlib.suppress(NarFetchError):
+                if (opened := await self._open(candidate, start, end)) is not None:
+                    return opened
+        return None
+
+    async def _open(self, candidate: "Candidate", start: int, end: int) -> PeerRange | None:
+        """A range from one peer; None when it does not have the NAR; NarFetchError when it fails."""
+        peer = candidate.peer_id
+        request = wire.NarRequest(self.info.store_path.hash_part, nix32.encode(self.info.nar_hash), start, end - start)
+        remote = self.remote
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(remote.settings.query_timeout):
+                stream = await remote.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
+                await stream.send().write_all(request.to_frame())
+                await stream.send().finish()
+                header = await wire.read_frame(stream.recv())
+        except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+            remote.peer_failed(peer, "nar", "unreachable", describe(error))
+            raise NarFetchError(describe(error)) from None
+        if header.get("status") != "ok":
+            remote.metrics.peer_fetches.labels("nar", "not-found").inc()
+            return None
+        if header.get("size") != end - start:
+            remote.peer_failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
+            raise NarFetchError("wrong size")
+        remote.reputation.succeeded(peer, time.monotonic() - began)
+        return PeerRange(candidate, stream.recv(), start, end, self.settings.read_timeout)
+
+    async def _received(self, chunk: bytes) -> None:
+        await self.remote.downloads.take(len(chunk))
+        self.remote.metrics.peer_received_bytes.inc(len(chunk))
+
+    async def _sequential(self, source: PeerRange) -> AsyncIterator[bytes]:
+        """One peer at a time; the next one resumes where a failed one stopped."""
+        position, size = 0, self.info.nar_size
+        while position < size:
+            try:
+                chunk = await source.read()
+            except NarFetchError as error:
+                self._failed(source.candidate, "failed", str(error))
+                resumed = await self._open_next(position, size)
+                if resumed is None:
+                    raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte "
+                                        f"{position}") from None
+                self._resumed(resumed, position)
+                source = resumed
+                continue
+            await self._received(chunk)
+            self.contributed[source.candidate.peer_id] += len(chunk)
+            position += len(chunk)
+            yield chunk
+        await source.close()
+
+    def _resumed(self, source: PeerRange, position: int) -> None:
+        self.resumes += 1
+        self.remote.metrics.nar_resumes.inc()
+        log.info("resuming nar path=%s peer=%s at byte %d of %d", self.info.store_path,
+                 source.candidate.peer_id[:10], position, self.info.nar_size)
+
+    def _failed(self, candidate: "Candidate", result: str, detail: str) -> None:
+        self.remote.peer_failed(candidate.peer_id, "nar", result, detail)
+
+    async def _pieces(self, first: PeerRange) -> AsyncIterator[bytes]:
+        """Several peers at once into the temporary file; the front is read as it completes."""
+        size, fd = self.info.nar_size, self._fd
+        self.remote.metrics.nar_split_transfers.inc()
+        self._all[0].owner = first.candidate.peer_id
+        self._spawn(first.candidate, self._all[0], first)
+        delivered = 0
+        try:
+            while delivered < size:
+                available = self._complete_front()
+                if available > delivered:
+                    chunk = os.pread(fd, min(available - delivered, READ_SIZE), delivered)
+                    delivered += len(chunk)
+                    yield chunk
+                    continue
+                self._take_from_stalled()
+                await self._add_workers()
+                if not self._workers:
+                    raise NarFetchError(f"every peer failed to send {self.info.store_path} at byte {delivered}")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(0.25, self.settings.stall_timeout)):
+                        await self._changed.wait()
+                self._changed.clear()
+        finally:
+            for task in self._workers.values():
+                task.cancel()
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
+    def _complete_front(self) -> int:
+        """How many bytes from the start of the NAR are in the file."""
+        for piece in self._all:
+            if piece.remaining:
+                return piece.position
+        return self.info.nar_size
+
+    def _claim(self, peer: str, dry_run: bool = False) -> _Piece | None:
+        """The first piece nobody works on, else the second half of the largest running one."""
+        free = next((p for p in self._all if p.owner is None and p.remaining), None)
+        if free is None:
+            running = max((p for p in self._all if p.owner is not None), key=lambda p: p.remaining, default=None)
+            if running is None or running.remaining < 2 * self.settings.min_steal:
+                return None
+            if dry_run:
+                return running
+            middle = running.position + running.remaining // 2
+            free = _Piece(middle, running.end)
+            running.end = middle
+            bisect.insort(self._all, free, key=lambda p: p.start)
+        if not dry_run:
+            free.owner, free.last_progress = peer, time.monotonic()
+        return free
+
+    def _spawn(self, candidate: "Candidate", piece: _Piece, source: PeerRange | None = None) -> None:
+        self._workers[candidate.peer_id] = asyncio.create_task(self._worker(candidate, piece, source))
+
+    async def _add_workers(self) -> None:
+        """Up to max_sources peers while there is work: idle ones first, then new ones."""
+        while len(self._workers) < self.settings.max_sources and self._claim("", dry_run=True):
+            candidate = self._idle.pop(0) if self._idle else await self._next_candidate()
+            if candidate is None:
+                return
+            if (piece := self._claim(candidate.peer_id)) is None:
+                self._idle.append(candidate)
+                return
+            self._spawn(candidate, piece)
+
+    async def _worker(self, candidate: "Candidate", piece: _Piece | None, source: PeerRange | None) -> None:
+        """One peer's pieces, one after another, until there is nothing left to take."""
+        peer = candidate.peer_id
+        try:
+            while piece is not None:
+                if source is None:
+                    source = await self._open(candidate, piece.position, piece.end)
+                    if source is None:
+                        return  # this peer does not have the NAR after all
+                await self._fill(piece, source)
+                piece.owner, source = None, None
+                piece = self._claim(peer)
+            self._idle.append(candidate)
+        except NarFetchError as error:
+            self._failed(candidate, "failed", str(error))
+        finally:
+            if piece is not None:
+                piece.owner = None
+                if piece.written:
+                    self.remote.metrics.nar_resumes.inc()
+                    self.resumes += 1
+            del self._workers[peer]
+            self._changed.set()
+
+    async def _fill(self, piece: _Piece, source: PeerRange) -> None:
+        """Write the peer's bytes at their offset until the piece is whole (it may shrink meanwhile).
+        The write is synchronous: it lands in the page cache, and no other peer can touch the
+        piece in the middle of it."""
+        peer = source.candidate.peer_id
+        while piece.remaining:
+            chunk = await source.read(piece.remaining)
+            await self._received(chunk)
+            used = memoryview(chunk)[: piece.remaining]  # it may have shrunk while we waited
+            os.pwrite(self._fd, used, piece.position)
+            self._record_write(piece.position, len(used), source.candidate)
+            piece.written += len(used)
+            piece.last_progress = time.monotonic()
+            self.contributed[peer] += len(used)
+            self._changed.set()
+        if source.position < source.end:
+            await source.close()
+
+    def _record_write(self, position: int, size: int, candidate: "Candidate") -> None:
+        last = self._written_by[-1] if self._written_by else None
+        if last and last[1] == position and last[2] is candidate:
+            self._written_by[-1] = (last[0], position + size, candidate)
+        else:
+            self._written_by.append((position, position + size, candidate))
+
+    def _take_from_stalled(self) -> None:
+        """A peer silent for stall_timeout while another delivered loses its piece and its turn."""
+        now = time.monotonic()
+        running = [p for p in self._all if p.owner is not None]
+        if not any(now - p.last_progress < self.settings.stall_timeout for p in running) and not self._idle:
+            return  # nobody else is doing better
+        for piece in running:
+            task = self._workers.get(piece.owner)
+            if now - piece.last_progress >= self.settings.stall_timeout and task and not task.cancelling():
+                peer = piece.owner
+                task.cancel()
+                self.remote.peer_failed(peer, "nar", "stalled",
+                                        f"silent for {now - piece.last_progress:.1f}s at byte {piece.position}")
+
+    async def _verified(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Hash in NAR order and hold the last chunk back until the whole NAR checks out."""
+        info, remote = self.info, self.remote
+        sha256, received, held = hashlib.sha256(), 0, b""
+        outcome = "failed"
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    sha256.update(chunk)
+                    received += len(chunk)
+                    if held:
+                        yield held
+                    held = chunk
+            if received != info.nar_size or sha256.digest() != info.nar_hash:
+                outcome = "mismatch"
+                await self._mismatch()
+                raise NarFetchError(f"the NAR of {info.store_path} from {self._sources()} does not match its NarHash")
+            outcome = "complete"
+            remote.metrics.peer_fetches.labels("nar", "ok").inc()
+            seconds = time.monotonic() - self.started
+            log.info("fetched nar path=%s peers=%s bytes=%d seconds=%.3f mib_per_s=%.1f resumes=%d",
+                     info.store_path, self._sources(), received, seconds,
+                     received / (1 << 20) / max(seconds, 1e-6), self.resumes)
+            yield held
+        finally:
+            if self._file:
+                self._file.close()
+            remote.metrics.activity.transfer("from peer", str(info.store_path), self._sources(), received,
+                                             time.monotonic() - self.started, outcome)
+
+    async def _mismatch(self) -> None:
+        """Mark the peers that lied. One peer alone is the liar; of several, the audit tells."""
+        remote = self.remote
+        remote.metrics.verification_failures.labels("nar").inc()
+        remote.metrics.activity.count("verification_failures")
+        liars = await self._audit() if len(self.contributed) > 1 and self._file else set(self.contributed)
+        for peer in liars or self.contributed:
+            remote.peer_failed(peer, "nar", "mismatch", "sent bytes that do not match the NarHash")
+            remote.endpoint.forget(peer)
+        remote.forget(self.info.store_path.hash_part)
+        log.warning("NAR hash mismatch path=%s peers=%s liars=%s: transfer aborted", self.info.store_path,
+                    self._sources(), ", ".join(p[:10] for p in liars) or "unknown")
+
+    async def _audit(self) -> set[str]:
+        """Who sent wrong bytes into a split NAR: fetch it whole from one contributor at a time; the
+        first copy that matches the NarHash is compared with what each peer wrote. Costs one more
+        NAR, and only after a peer lied; a peer whose own whole copy fails is a liar too."""
+        liars: set[str] = set()
+        size, wrote = self.info.nar_size, self._written_by
+        for candidate in {c.peer_id: c for _, _, c in wrote}.values():
+            differs: set[str] = set()
+            sha256, position = hashlib.sha256(), 0
+            try:
+                if (source := await self._open(candidate, 0, size)) is None:
+                    continue
+                while position < size:
+                    chunk = await source.read()
+                    sha256.update(chunk)
+                    end = position + len(chunk)
+                    differs.update(self._differing(chunk, position))
+                    position = end
+            except NarFetchError:
+                continue
+            if sha256.digest() == self.info.nar_hash:
+                return liars | differs
+            liars.add(candidate.peer_id)
+        return liars
+
+    def _differing(self, chunk: bytes, position: int) -> set[str]:
+        """Peers whose writes into the file differ from `chunk`, which belongs at `position`."""
+        end, found = position + len(chunk), set()
+        for start, stop, candidate in self._written_by:
+            low, high = max(start, position), min(stop, end)
+            if low < high and os.pread(self._fd, high - low, low) != chunk[low - position: high - position]:
+                found.add(candidate.peer_id)
+        return found
+
+    def _sources(self) -> str:
+        """Who supplied how much, for logs and the dashboard: `ab12cd34ef 60%, 0123456789 40%`."""
+        total = sum(self.contributed.values()) or 1
+        return ", ".join(f"{peer[:10]} {count * 100 // total}%" if len(self.contributed) > 1 else peer[:10]
+                         for peer, count in self.contributed.most_common())
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, iroh.IrohError):
+        return error.message().splitlines()[0]
+    return str(error) or type(error).__name__
