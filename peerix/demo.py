@@ -54,10 +54,11 @@ def run_demo(keep: bool = False) -> None:
         moved = 0
         print(f"    {'path':58} {'from':8} {'MB':>6} {'MB/s':>7}")
         for line in c.log.splitlines():
-            if match := re.search(r"fetched nar path=(\S+) peer=(\w+) bytes=(\d+) seconds=\S+ mib_per_s=(\S+)", line):
-                path, peer, size, rate = match.groups()
+            if match := re.search(r"fetched nar path=(\S+) peers=(\S+) bytes=(\d+) seconds=\S+ mib_per_s=(\S+)", line):
+                path, peers, size, rate = match.groups()
                 moved += int(size)
-                print(f"    {path[:58]:58} {names.get(peer, peer):8} {int(size) / 1e6:6.1f} "
+                sources = "+".join(names.get(peer[:10], peer[:10]) for peer in peers.split(","))
+                print(f"    {path[:58]:58} {sources:8} {int(size) / 1e6:6.1f} "
                       f"{float(rate) * 1.048576:7.0f}")
         print(f"    {moved / 1e6:.1f} MB in {seconds:.2f} s, every path verified by hash and signed by "
               f"{c.key.name} (the only key host C's Nix trusts)")

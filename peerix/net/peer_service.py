@@ -68,11 +68,11 @@ class PeerService:
                     await self.uploads.take(len(chunk))
                     await self._send(send, chunk)
                     sent += len(chunk)
+                    self.metrics.peer_sent_bytes.inc(len(chunk))
             await self._finish(send)
             outcome = "complete"
         finally:
             seconds = time.monotonic() - started
-            self.metrics.peer_sent_bytes.inc(sent)
             self.metrics.activity.transfer("to peer", str(info.store_path), peer_id[:10], sent, seconds, outcome)
             log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f", outcome, peer_id[:10],
                      info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6))

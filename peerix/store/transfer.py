@@ -116,6 +116,7 @@ class NarTransfer:
         self._queue = list(peers)
         self._looked_up = False
         self._tried: set[str] = set()
+        self._backed_off: list[Candidate] = []
         self._file: BinaryIO | None = None  # split transfers: the pieces, at their offsets
         self._written_by: list[tuple[int, int, Candidate]] = []  # split: (start, end, peer) of every write
         piece_size = max(settings.min_piece, min(settings.max_piece, info.nar_size // (4 * settings.max_sources)))
@@ -137,18 +138,31 @@ class NarTransfer:
             self._fd = self._file.fileno()
         return self._verified(self._pieces(first) if self.split else self._sequential(first))
 
-    async def _next_candidate(self) -> "Candidate | None":
-        """Peers that answered the narinfo first, then whoever the sources name now."""
+    async def _next_candidate(self, last_resort: bool = True) -> "Candidate | None":
+        """Peers that answered the narinfo first, then whoever the sources name now; then, as a
+        `last_resort` rather than no peer at all, peers in backoff (one that restarted is often the
+        only one left)."""
         while True:
             while self._queue:
                 candidate = self._queue.pop(0)
-                if candidate.peer_id not in self._tried and self.remote.reputation.available(candidate.peer_id):
+                if candidate.peer_id in self._tried:
+                    continue
+                if not self.remote.reputation.available(candidate.peer_id):
+                    self._backed_off.append(candidate)
+                    continue
+                self._tried.add(candidate.peer_id)
+                return candidate
+            if not self._looked_up:
+                self._looked_up = True
+                self._queue = await self.remote.candidates(self.info.store_path.hash_part, fresh=True,
+                                                           with_backoff=True)
+                continue
+            while last_resort and self._backed_off:
+                candidate = self._backed_off.pop(0)
+                if candidate.peer_id not in self._tried:
                     self._tried.add(candidate.peer_id)
                     return candidate
-            if self._looked_up:
-                return None
-            self._looked_up = True
-            self._queue = await self.remote.candidates(self.info.store_path.hash_part, fresh=True)
+            return None
 
     async def _open_next(self, start: int, end: int) -> PeerRange | None:
         while (candidate := await self._next_candidate()) is not None:
@@ -273,7 +287,7 @@ class NarTransfer:
     async def _add_workers(self) -> None:
         """Up to max_sources peers while there is work: idle ones first, then new ones."""
         while len(self._workers) < self.settings.max_sources and self._claim("", dry_run=True):
-            candidate = self._idle.pop(0) if self._idle else await self._next_candidate()
+            candidate = self._idle.pop(0) if self._idle else await self._next_candidate(not self._workers)
             if candidate is None:
                 return
             if (piece := self._claim(candidate.peer_id)) is None:
@@ -422,10 +436,12 @@ class NarTransfer:
         return found
 
     def _sources(self) -> str:
-        """Who supplied how much, for logs and the dashboard: `ab12cd34ef 60%, 0123456789 40%`."""
+        """Who supplied how much, for logs and the dashboard: `ab12cd34ef` alone, else
+        `ab12cd34ef:60%,0123456789:40%`."""
         total = sum(self.contributed.values()) or 1
-        return ", ".join(f"{peer[:10]} {count * 100 // total}%" if len(self.contributed) > 1 else peer[:10]
-                         for peer, count in self.contributed.most_common())
+        if len(self.contributed) == 1:
+            return next(iter(self.contributed))[:10]
+        return ",".join(f"{peer[:10]}:{count * 100 // total}%" for peer, count in self.contributed.most_common())
 
 
 def describe(error: BaseException) -> str:
