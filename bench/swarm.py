@@ -3,12 +3,16 @@
   one peer      host C1 (--max-sources 1) fetches the NAR from peers capped at --cap each: the reference
   three peers   host C3 (default settings) fetches it from the three capped peers at once
   peer killed   as three peers, with the peer sending the most killed once half the NAR has arrived
+  zstd          a compressible NAR (a hex dump, ~2.7x) from one peer capped at --zstd-cap, fetched with
+                compression off and with the default (the capped sender compresses)
 
 The client is curl on the fetching host's HTTP port. Targets: three peers >= 100 MiB/s and >= 2.5x
-one peer; killed <= 1.3x the undisturbed time. Each figure is the median of --runs runs.
+one peer; killed <= 1.3x the undisturbed time; zstd >= 2x the effective rate without. Each figure
+is the median of --runs runs.
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -50,11 +54,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--megabytes", type=int, default=1024, help="size of the path")
     parser.add_argument("--cap", default="40M", help="upload cap of each sending peer")
+    parser.add_argument("--zstd-cap", default="20M", help="upload cap of the peer sending the compressible NAR")
+    parser.add_argument("--zstd-megabytes", type=int, default=80, help="random input of the compressible NAR")
     args = parser.parse_args()
 
     path = run("nix-build", str(BENCH / "big.nix"), "--no-out-link", "--argstr", "megabytes",
                str(args.megabytes)).strip()
     hash_part = Path(path).name[:32]
+    text = run("nix-build", str(BENCH.parent / "tests" / "nix" / "compressible.nix"), "--no-out-link",
+               "--argstr", "megabytes", str(args.zstd_megabytes)).strip()
     work = workdir("swarm")
     fleet = LocalFleet(work, log_level="warning")
     results: dict[str, list[float]] = {}
@@ -70,6 +78,14 @@ def main() -> None:
         three.start("--nar-cache-size", "0")
         for sender in senders:
             fleet.wait_announced(sender, [path])
+        slow = fleet.host("z")
+        slow.give(text)
+        slow.start("--max-upload-rate", args.zstd_cap, "--nar-cache-size", "0")
+        raw_fetcher, zstd_fetcher = fleet.host("zn"), fleet.host("za")
+        raw_fetcher.start("--compression", "never", "--nar-cache-size", "0")
+        zstd_fetcher.start("--nar-cache-size", "0")
+        fleet.wait_announced(slow, [text])
+        text_mib = os.path.getsize(text) / 2**20  # one file: its NAR is a hundred bytes more
         size = args.megabytes * 2**20
         for run_number in range(args.runs):
             print(f"run {run_number + 1}/{args.runs}...", flush=True)
@@ -83,6 +99,9 @@ def main() -> None:
             fleet.wait_announced(victim, [path])
             three.stop()  # every run starts with no peer in backoff
             three.start("--nar-cache-size", "0")
+            for name, host in (("zstd off", raw_fetcher), ("zstd", zstd_fetcher)):
+                seconds, _ = curl([nar_url(host, text[len("/nix/store/"):][:32])])
+                results.setdefault(name, []).append(seconds)
     finally:
         fleet.close()
         run("chmod", "-R", "u+w", str(work))
@@ -97,7 +116,11 @@ def main() -> None:
           f"target >= 100 MiB/s and >= 2.5x: {verdict}")
     print(f"{'peer killed':14} {mib / killed:7.0f} MiB/s  {killed:6.1f} s  {killed / swarm:4.2f}x undisturbed  "
           f"target <= 1.3x: {'ok' if killed / swarm <= 1.3 else 'MISSED'}")
-    print("zstd between peers: not built")
+    off, on = median(results["zstd off"]), median(results["zstd"])
+    print(f"{'zstd off':14} {text_mib / off:7.0f} MiB/s  {off:6.1f} s  a {text_mib:.0f} MiB compressible NAR, "
+          f"sender capped at {args.zstd_cap}B/s")
+    print(f"{'zstd':14} {text_mib / on:7.0f} MiB/s  {on:6.1f} s  {off / on:4.2f}x without  target >= 2x: "
+          f"{'ok' if off / on >= 2 else 'MISSED'}")
 
 
 if __name__ == "__main__":

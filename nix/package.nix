@@ -29,6 +29,7 @@ python3Packages.buildPythonApplication {
     pynacl
     starlette
     uvicorn
+    zstandard
   ];
   # The suite drives real Nix stores, network namespaces and Chromium, which the build sandbox
   # has none of: it runs with `scripts/dev test`, and the flake's `checks` run the NixOS VM test.

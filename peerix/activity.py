@@ -30,6 +30,7 @@ class Transfer:
     bytes: int
     seconds: float
     outcome: str  # complete, aborted, failed, mismatch
+    detail: str = ""  # sources' shares, resumes, compression
 
     @property
     def rate(self) -> float:
@@ -46,8 +47,9 @@ class Activity:
     def count(self, name: str, amount: int = 1) -> None:
         self.totals[name] += amount
 
-    def transfer(self, direction: str, path: str, peer: str, size: int, seconds: float, outcome: str) -> None:
-        self.recent.appendleft(Transfer(time.time(), direction, path, peer, size, seconds, outcome))
+    def transfer(self, direction: str, path: str, peer: str, size: int, seconds: float, outcome: str,
+                 detail: str = "") -> None:
+        self.recent.appendleft(Transfer(time.time(), direction, path, peer, size, seconds, outcome, detail))
         self.totals["transfers_complete" if outcome == "complete" else "transfers_failed"] += 1
         total = {"to nix": "bytes_to_nix", "to peer": "bytes_to_peers", "from peer": "bytes_from_peers"}[direction]
         self.totals[total] += size

@@ -65,6 +65,12 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "peerix"
 
 
+def _compression(text: str) -> str:
+    if text not in ("auto", "always", "never"):
+        raise ValueError("must be auto, always or never")
+    return text
+
+
 def setting(default: Any, help: str, parse: Callable[[Any], Any] = str, metavar: str | None = None,
             many: bool = False, factory: Callable[[], Any] | None = None, flag: str | None = None) -> Any:
     meta = {"help": help, "parse": parse, "metavar": metavar, "many": many, "flag": flag}
@@ -147,6 +153,8 @@ class Config:
     max_sources: int = setting(4, "peers one NAR is fetched from at once; 1: never split", int, "N")
     stall_timeout: float = setting(2.0, "seconds a peer may stay silent in a split transfer while others "
                                    "deliver before its piece goes to them", float, "SECONDS")
+    compression: str = setting("auto", "zstd between peers: auto (ask remote peers for it, and compress "
+                               "uploads when max_upload_rate is under 64M), always, never", _compression, "MODE")
     access_log: bool = setting(False, "log every HTTP request", parse_bool)
 
     def __post_init__(self) -> None:

@@ -71,7 +71,8 @@ async def run(config: Config, key: SecretKey) -> None:
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
-            PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads).handlers,
+            PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
+                        compression=config.compression).handlers,
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -115,7 +116,7 @@ async def run(config: Config, key: SecretKey) -> None:
             query_timeout=config.connect_timeout + 2, miss_ttl=config.miss_ttl,
             transfer=TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
                                       max_sources=config.max_sources, stall_timeout=config.stall_timeout,
-                                      temporary_dir=str(config.state_dir))),
+                                      temporary_dir=str(config.state_dir), compression=config.compression)),
             downloads)
 
         def network() -> dict[str, Any]:

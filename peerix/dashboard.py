@@ -64,7 +64,7 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
                   ", ".join(p["direct_addresses"]) or p.get("relay_url") or "-",
                   ago(p.get("last_seen"), now), reputation_text(p.get("reputation"))) for p in peers]
     transfer_rows = [(ago(t.at, now), t.direction, t.path, t.peer or "-", _size(t.bytes), f"{t.rate:.1f} MiB/s",
-                      t.outcome) for t in activity.recent]
+                      t.outcome, t.detail or "-") for t in activity.recent]
     tracker = network.get("tracker")
     tracker_text = "none (LAN and static peers only)" if not tracker else (
         f"{tracker['url']}, {tracker.get('announced_paths') or 0} paths announced"
@@ -81,7 +81,7 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
 {_table(("name", "source", "peer", "addresses", "last seen", "reputation"), peer_rows, "No peers known yet.",
         "peers")}
 <h2>Recent transfers</h2>
-{_table(("when", "direction", "path", "peer", "size", "speed", "result"), transfer_rows, "No transfers yet.",
+{_table(("when", "direction", "path", "peer", "size", "speed", "result", "detail"), transfer_rows, "No transfers yet.",
         "transfers")}
 </body></html>"""
 

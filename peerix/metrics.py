@@ -53,6 +53,9 @@ class Metrics:
         )
         self.peer_received_bytes = Counter("peerix_peer_received_bytes", "NAR bytes received from peers",
                                            registry=r)
+        self.peer_wire_bytes = Counter("peerix_peer_wire_bytes", "NAR bytes on the wire between peers by "
+                                       "direction (sent, received), after zstd where used", ["direction"],
+                                       registry=r)
         self.nar_resumes = Counter("peerix_nar_resumes", "Parts of NARs continued on another peer after one failed "
                                    "in the middle", registry=r)
         self.nar_split_transfers = Counter("peerix_nar_split_transfers", "NARs fetched from several peers at once",

@@ -26,7 +26,7 @@ def test_dashboard_shows_a_real_transfer_and_keeps_its_totals(tmp_path: Path, cl
         c.realise(str(closure))
 
         page = Page(rendered_dom(c.url + "/dashboard", tmp_path / "chromium"))
-        transfers = [row for row in page.rows if len(row) == 7 and row[1] == "from peer"]
+        transfers = [row for row in page.rows if len(row) == 8 and row[1] == "from peer"]
         fetched = {row[2].split("-", 1)[1] for row in transfers if row[6] == "complete"}
         assert fetched == {Path(p).name.split("-", 1)[1] for p in closure_of(closure)}
         assert all(row[3] == a.peer_id[:10] for row in transfers)
@@ -41,6 +41,6 @@ def test_dashboard_shows_a_real_transfer_and_keeps_its_totals(tmp_path: Path, cl
         c.start()
         again = Page(rendered_dom(c.url + "/dashboard", tmp_path / "chromium"))
         assert again.text_by_id["fetched-from-peers"].split() == before
-        assert len([row for row in again.rows if len(row) == 7 and row[1] == "from peer"]) == len(transfers)
+        assert len([row for row in again.rows if len(row) == 8 and row[1] == "from peer"]) == len(transfers)
     finally:
         fleet.close()

@@ -21,14 +21,18 @@ from ..store.policy import Policy
 from ..store.substituter import Substituter, Unavailable, narinfo_text
 from ..throttle import Throttle
 from . import wire
+from .compression import BlockCompressor
 from .endpoint import StreamHandler
 
 log = logging.getLogger(__name__)
 
+SLOW_UPLOAD = 64 << 20  # bytes/s: an upload capped under this compresses for receivers that accept it
+
 
 class PeerService:
     def __init__(self, substituter: Substituter, policy: Policy, metrics: Metrics, timeout: float = 30.0,
-                 uploads: Throttle | None = None) -> None:
+                 uploads: Throttle | None = None, compression: str = "auto") -> None:
+        self.compression = compression  # auto, always or never
         self.substituter = substituter
         self.policy = policy
         self.metrics = metrics
@@ -60,22 +64,37 @@ class PeerService:
             return await self._refuse(stream, peer_id, "bad-request", "offset beyond the end of the NAR")
         end = info.nar_size if request.length is None else min(info.nar_size, request.offset + request.length)
         send = stream.send()
-        await self._send(send, wire.encode_frame({"status": "ok", "size": end - request.offset}))
+        blocks = BlockCompressor() if self._compress(request) else None
+        header = {"status": "ok", "size": end - request.offset} | ({"encoding": wire.ZSTD_BLOCKS} if blocks else {})
+        await self._send(send, wire.encode_frame(header))
         sent, outcome = 0, "failed"
         try:
             async with contextlib.aclosing(self.substituter.nar_chunks(info, request.offset, end)) as chunks:
                 async for chunk in chunks:
-                    await self.uploads.take(len(chunk))
-                    await self._send(send, chunk)
+                    data = b"".join(await asyncio.to_thread(blocks.blocks, chunk)) if blocks else chunk
+                    await self.uploads.take(len(data))
+                    await self._send(send, data)
                     sent += len(chunk)
                     self.metrics.peer_sent_bytes.inc(len(chunk))
+                    self.metrics.peer_wire_bytes.labels("sent").inc(len(data))
             await self._finish(send)
             outcome = "complete"
         finally:
             seconds = time.monotonic() - started
-            self.metrics.activity.transfer("to peer", str(info.store_path), peer_id[:10], sent, seconds, outcome)
-            log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f", outcome, peer_id[:10],
-                     info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6))
+            detail = f"zstd {blocks.raw_bytes / max(blocks.stored_bytes, 1):.1f}x" if blocks else ""
+            self.metrics.activity.transfer("to peer", str(info.store_path), peer_id[:10], sent, seconds, outcome,
+                                           detail)
+            log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, peer_id[:10],
+                     info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6),
+                     f" {detail}" if detail else "")
+
+    def _compress(self, request: wire.NarRequest) -> bool:
+        """zstd when the receiver prefers it, or accepts it and our own upload is slow (capped under
+        SLOW_UPLOAD); never with compression = never."""
+        if self.compression == "never" or request.zstd is None:
+            return False
+        slow = 0 < self.uploads.rate < SLOW_UPLOAD
+        return request.zstd == "prefer" or self.compression == "always" or slow
 
     async def _request(self, stream: iroh.BiStream) -> dict[str, Any]:
         async with asyncio.timeout(self.timeout):

@@ -5,12 +5,16 @@ object. A request opens a bidirectional stream; the answer comes back on it.
 
 `/peerix/narinfo/1`  request `{"hash": <store path hash part>}`
                      answer  `{"status": "ok", "narinfo": <text>}` or `{"status": "not-found"}`
-`/peerix/nar/1`      request `{"hash": <hash part>, "nar_hash": <nix32>, "offset": n, "length": n|null}`
+`/peerix/nar/1`      request `{"hash": <hash part>, "nar_hash": <nix32>, "offset": n, "length": n|null,
+                              "zstd": "prefer"|"accept" (optional)}`
                      answer  `{"status": "ok", "size": n}` followed by exactly n raw NAR bytes (the
-                     requested range), or `{"status": "not-found"}`; the stream then finishes.
+                     requested range), or with `"encoding": "zstd-blocks"` the same n bytes as
+                     blocks (compression.py); or `{"status": "not-found"}`; the stream then finishes.
 
-A range is asked for so that a transfer can resume, or be split between peers, later; a peer
-that answers with fewer bytes than it announced has failed. Status values other than "ok" carry
+A range is asked for so that a transfer can resume, or be split between peers; a peer that
+answers with fewer bytes than it announced has failed. `zstd`: "prefer" asks for compression (a
+slow link), "accept" leaves it to the sender (which compresses when its own upload is slow);
+absent, the bytes come raw. Status values other than "ok" carry
 an optional "message". Unknown fields are ignored, so fields can be added within version 1.
 """
 
@@ -21,6 +25,7 @@ from typing import Any, Protocol
 
 NARINFO_ALPN = b"/peerix/narinfo/1"
 NAR_ALPN = b"/peerix/nar/1"
+ZSTD_BLOCKS = "zstd-blocks"
 
 MAX_FRAME = 1 << 20  # a narinfo with thousands of references still fits
 _LENGTH = struct.Struct(">I")
@@ -60,10 +65,11 @@ class NarRequest:
     nar_hash: str  # nix32
     offset: int = 0
     length: int | None = None  # None: to the end
+    zstd: str | None = None  # "prefer", "accept" or None
 
     def to_frame(self) -> bytes:
-        return encode_frame({"hash": self.hash_part, "nar_hash": self.nar_hash, "offset": self.offset,
-                             "length": self.length})
+        message = {"hash": self.hash_part, "nar_hash": self.nar_hash, "offset": self.offset, "length": self.length}
+        return encode_frame(message | ({"zstd": self.zstd} if self.zstd else {}))
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> "NarRequest":
@@ -73,7 +79,8 @@ class NarRequest:
             raise WireError("nar request needs string fields hash and nar_hash")
         if not _is_count(offset) or not (length is None or _is_count(length)):
             raise WireError("nar request offset and length must be non-negative integers")
-        return cls(hash_part, nar_hash, offset, length)
+        zstd = message.get("zstd")
+        return cls(hash_part, nar_hash, offset, length, zstd if zstd in ("prefer", "accept") else None)
 
 
 def _is_count(value: object) -> bool:

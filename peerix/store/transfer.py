@@ -16,18 +16,20 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 import iroh
 
-from ..net import wire
+from ..net import compression, wire
+from ..net.compression import CompressionError
 from ..net.endpoint import PeerUnreachable
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
@@ -54,32 +56,46 @@ class TransferSettings:
     min_steal: int = 1 << 20  # a running piece is split only if both halves are at least this large
     stall_timeout: float = 2.0  # split: a peer silent this long while others deliver loses its piece
     temporary_dir: str | None = None  # where split transfers keep their pieces
+    compression: str = "auto"  # zstd: auto (asked of remote peers, accepted from near ones), always, never
 
 
 class PeerRange:
-    """Bytes [start, end) of a NAR streaming from one peer."""
+    """Bytes [start, end) of a NAR streaming from one peer, raw or as zstd blocks."""
 
     def __init__(self, candidate: "Candidate", recv: iroh.RecvStream, start: int, end: int,
-                 read_timeout: float) -> None:
+                 read_timeout: float, blocks: bool, on_wire: Callable[[int], None]) -> None:
         self.candidate = candidate
         self.recv = recv
         self.position = start
         self.end = end
         self.read_timeout = read_timeout
+        self.blocks = blocks
+        self.on_wire = on_wire  # bytes as they crossed the network
 
     async def read(self, limit: int = READ_SIZE) -> bytes:
-        """The next chunk; raises NarFetchError when the peer goes silent, breaks or ends early."""
+        """The next chunk (a whole block when compressed, whatever `limit`); raises NarFetchError
+        when the peer goes silent, breaks, sends a bad block or ends early."""
         try:
             async with asyncio.timeout(self.read_timeout):
-                chunk = await self.recv.read(min(READ_SIZE, limit, self.end - self.position))
+                chunk = await (self._block() if self.blocks else
+                               self.recv.read(min(READ_SIZE, limit, self.end - self.position)))
         except TimeoutError:
             raise NarFetchError(f"silent for {self.read_timeout:g}s at byte {self.position}") from None
-        except iroh.IrohError as error:
+        except (iroh.IrohError, CompressionError) as error:
             raise NarFetchError(f"at byte {self.position}: {describe(error)}") from None
         if not chunk:
             raise NarFetchError(f"stream ended at byte {self.position} of {self.end}")
+        if not self.blocks:
+            self.on_wire(len(chunk))
         self.position += len(chunk)
         return chunk
+
+    async def _block(self) -> bytes:
+        stored, size = compression.parse_header(await self.recv.read_exact(compression.BLOCK.size),
+                                                self.end - self.position)
+        data = await self.recv.read_exact(stored)
+        self.on_wire(compression.BLOCK.size + stored)
+        return compression.unpack(data, size)
 
     async def close(self) -> None:
         """Tell the peer to stop sending: the rest is not needed (finished, or given to another peer)."""
@@ -113,6 +129,7 @@ class NarTransfer:
         self.split = info.nar_size >= settings.split_threshold and settings.max_sources > 1
         self.contributed: Counter[str] = Counter()  # peer id -> bytes of the NAR it supplied
         self.resumes = 0
+        self.wire_bytes = 0
         self._queue = list(peers)
         self._looked_up = False
         self._tried: set[str] = set()
@@ -130,12 +147,18 @@ class NarTransfer:
     async def start(self) -> AsyncIterator[bytes]:
         """Open the front of the NAR on the first peer that has it; raises NarFetchError when none
         does, before a byte has been promised to anyone."""
+        if self.split:
+            try:
+                self._file = tempfile.TemporaryFile(dir=self.settings.temporary_dir, prefix="peerix-nar-")
+                self._fd = self._file.fileno()
+            except OSError as error:
+                log.warning("no temporary file for a split transfer (%s): one peer at a time", error)
+                self.split = False
         first = await self._open_next(0, self._all[0].end if self.split else self.info.nar_size)
         if first is None:
+            if self._file:
+                self._file.close()
             raise NarFetchError(f"no peer could send {self.info.store_path}")
-        if self.split:
-            self._file = tempfile.TemporaryFile(dir=self.settings.temporary_dir, prefix="peerix-nar-")
-            self._fd = self._file.fileno()
         return self._verified(self._pieces(first) if self.split else self._sequential(first))
 
     async def _next_candidate(self, last_resort: bool = True) -> "Candidate | None":
@@ -174,7 +197,8 @@ class NarTransfer:
     async def _open(self, candidate: "Candidate", start: int, end: int) -> PeerRange | None:
         """A range from one peer; None when it does not have the NAR; NarFetchError when it fails."""
         peer = candidate.peer_id
-        request = wire.NarRequest(self.info.store_path.hash_part, nix32.encode(self.info.nar_hash), start, end - start)
+        request = wire.NarRequest(self.info.store_path.hash_part, nix32.encode(self.info.nar_hash), start, end - start,
+                                  zstd_request(self.settings.compression, candidate))
         remote = self.remote
         began = time.monotonic()
         try:
@@ -193,7 +217,15 @@ class NarTransfer:
             remote.peer_failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
             raise NarFetchError("wrong size")
         remote.reputation.succeeded(peer, time.monotonic() - began)
-        return PeerRange(candidate, stream.recv(), start, end, self.settings.read_timeout)
+        blocks = header.get("encoding") == wire.ZSTD_BLOCKS
+        if blocks and request.zstd is None:
+            remote.peer_failed(peer, "nar", "rejected", "compressed although not asked to")
+            raise NarFetchError("unasked compression")
+        return PeerRange(candidate, stream.recv(), start, end, self.settings.read_timeout, blocks, self._on_wire)
+
+    def _on_wire(self, size: int) -> None:
+        self.wire_bytes += size
+        self.remote.metrics.peer_wire_bytes.labels("received").inc(size)
 
     async def _received(self, chunk: bytes) -> None:
         await self.remote.downloads.take(len(chunk))
@@ -378,15 +410,15 @@ class NarTransfer:
             outcome = "complete"
             remote.metrics.peer_fetches.labels("nar", "ok").inc()
             seconds = time.monotonic() - self.started
-            log.info("fetched nar path=%s peers=%s bytes=%d seconds=%.3f mib_per_s=%.1f resumes=%d",
+            log.info("fetched nar path=%s peers=%s bytes=%d seconds=%.3f mib_per_s=%.1f resumes=%d wire_bytes=%d",
                      info.store_path, self._sources(), received, seconds,
-                     received / (1 << 20) / max(seconds, 1e-6), self.resumes)
+                     received / (1 << 20) / max(seconds, 1e-6), self.resumes, self.wire_bytes)
             yield held
         finally:
             if self._file:
                 self._file.close()
             remote.metrics.activity.transfer("from peer", str(info.store_path), self._sources(), received,
-                                             time.monotonic() - self.started, outcome)
+                                             time.monotonic() - self.started, outcome, self._detail(received))
 
     async def _mismatch(self) -> None:
         """Mark the peers that lied. One peer alone is the liar; of several, the audit tells."""
@@ -442,6 +474,36 @@ class NarTransfer:
         if len(self.contributed) == 1:
             return next(iter(self.contributed))[:10]
         return ",".join(f"{peer[:10]}:{count * 100 // total}%" for peer, count in self.contributed.most_common())
+
+
+    def _detail(self, received: int) -> str:
+        """For the dashboard: how many peers, resumes, and what zstd saved."""
+        parts = [f"{len(self.contributed)} peers"] if len(self.contributed) > 1 else []
+        if self.resumes:
+            parts.append(f"{self.resumes} resumed")
+        if self.wire_bytes and self.wire_bytes < 0.95 * received:
+            parts.append(f"zstd {received / self.wire_bytes:.1f}x")
+        return ", ".join(parts)
+
+
+def zstd_request(mode: str, candidate: "Candidate") -> str | None:
+    """What to ask a peer for: nothing with `never`; `prefer` with `always` and, with `auto`, from a
+    peer with no address on this machine or a private network (its link is likely slow); else
+    `accept`, leaving it to a peer whose own upload is slow."""
+    if mode == "never":
+        return None
+    if mode == "always" or not any(_nearby(address) for address in candidate.address.direct):
+        return "prefer"
+    return "accept"
+
+
+def _nearby(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
 def describe(error: BaseException) -> str:
