@@ -233,6 +233,26 @@ async def test_the_client_in_a_private_network(start_tracker, tmp_path: Path) ->
         await observer.aclose()
 
 
+async def test_advice_follows_the_tracker_and_goes_when_it_stops_advising(start_tracker, tmp_path: Path) -> None:
+    tracker = start_tracker("--advised-upload-rate", "5M", "--advised-download-rate", "20M")
+    limits = tracker.args[:-4]
+    client = TrackerClient(tracker.url, os.urandom(32), tmp_path)
+    hashes = random_hashes(3)
+    await client.announce(hashes, addresses(client), "advised")
+    assert client.advice == {"max_upload_rate": 5 << 20, "max_download_rate": 20 << 20}
+
+    tracker.args = (*limits, "--advised-upload-rate", "1M")  # the same database and port
+    tracker.restart()
+    await client.announce(hashes, addresses(client), "advised")  # a heartbeat
+    assert client.advice == {"max_upload_rate": 1 << 20}
+
+    tracker.args = limits
+    tracker.restart()
+    await client.heartbeat()
+    assert client.advice == {}  # an answer without advice withdraws it
+    await client.aclose()
+
+
 async def test_a_wrong_clock_is_corrected_once(start_tracker, tmp_path: Path) -> None:
     tracker = start_tracker()
     client = TrackerClient(tracker.url, os.urandom(32), tmp_path)

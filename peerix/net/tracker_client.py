@@ -129,7 +129,7 @@ class TrackerClient:
         self._failures = 0
         self._backoff_until = 0.0
         self._clock_offset = 0.0
-        self.advice: dict[str, int] = {}  # what the tracker advises for the network, e.g. max_upload_rate
+        self.advice: dict[str, int] = {}  # what the tracker's last announce answer advised, e.g. max_upload_rate
 
     # Backoff
 
@@ -224,9 +224,9 @@ class TrackerClient:
         return await self._request("POST", ANNOUNCE_PATH, {"name": name, "addresses": addresses.to_json(), **change})
 
     def _acknowledge(self, answer: dict) -> None:
-        advice = answer.get("advice")
-        if isinstance(advice, dict):
-            self.advice = {k: v for k, v in advice.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+        advice = answer.get("advice")  # an answer without it withdraws what the tracker advised before
+        self.advice = {k: v for k, v in advice.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
+                       } if isinstance(advice, dict) else {}
         try:
             self._seq, self._paths = int(answer["seq"]), int(answer["paths"])
         except (KeyError, TypeError, ValueError):

@@ -90,7 +90,10 @@ class Announcer:
                                    self.name)
         self.announced, self.last_success = len(hashes), time.time()
         for name, throttle in self.advised.items():
-            rate = self.client.advice.get(name, 0)
+            rate = self.client.advice.get(name, 0)  # no advice: unlimited, as without a tracker
             if rate != throttle.rate:
-                log.info("tracker advice applied %s=%d", name, rate)
+                if rate:
+                    log.info("tracker advice applied %s=%d", name, rate)
+                else:
+                    log.info("tracker advice withdrawn %s, unlimited now", name)
                 throttle.set_rate(rate)
