@@ -209,3 +209,28 @@ def test_a_daemon_takes_the_first_token_of_its_token_file(tmp_path: Path, closur
         assert "holds no token" in b.log
     finally:
         fleet.close()
+
+
+def test_a_refused_daemon_asks_again_in_minutes_and_says_so_once(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    try:
+        fleet.start_tracker("--allow", "ab" * 32)  # someone else's fleet
+        a = fleet.host("a")
+        a.start(*FAST)
+
+        def refusals() -> float:
+            for line in httpx.get(fleet.tracker_url + "/metrics", timeout=5).text.splitlines():
+                if line.startswith('peerix_tracker_refusals_total{code="not_member"} '):
+                    return float(line.split()[-1])
+            return 0.0
+
+        wait_until(lambda: refusals() >= 1, "the tracker to refuse a")
+        time.sleep(3)  # a daemon that retried every second would have been refused three more times
+        assert refusals() == 1
+        [line] = [line for line in a.log.splitlines() if "tracker refused this peer" in line]
+        assert " ERROR " in line and f"peer={a.peer_id}" in line and "code=not_member" in line
+        assert "not asking again for" in line and "allowlist" in line
+        assert "announce failed" not in a.log
+        assert a.health()["network"]["tracker"]["in_backoff"] is True
+    finally:
+        fleet.close()

@@ -72,13 +72,17 @@ class Announcer:
         generation, last = None, 0.0
         while True:
             current = self.local.generation()
-            if current != generation or time.monotonic() - last >= self.heartbeat:
+            due = current != generation or time.monotonic() - last >= self.heartbeat
+            if due and not self.client.in_backoff:  # a backed-off client would fail at once: one try a period
                 try:
                     await self.announce()
                     generation, last = current, time.monotonic()
                 except TrackerError as error:
                     self.metrics.source_errors.labels("tracker").inc()
-                    log.warning("announce failed error=%s", error)
+                    if error.lasting:  # the client logged it, once for its whole backoff
+                        log.debug("announce refused error=%s", error)
+                    else:
+                        log.warning("announce failed error=%s", error)
                 except Exception:  # a bug must be loud, and must not end announcing for good
                     log.exception("announce crashed")
             await asyncio.sleep(self.poll)
