@@ -114,7 +114,8 @@ class Config:
                         factory=socket.gethostname)
     tracker: str | None = setting(None, "tracker URL; none: no tracker", _optional_url, "URL")
     tracker_token_file: Path | None = setting(None, "file holding the network token of a token-membership "
-                                              "tracker (mode 0600)", Path, "FILE")
+                                              "tracker (mode 0600): the first line that is neither "
+                                              "blank nor a # comment", Path, "FILE")
     trusted_public_keys: tuple[str, ...] = setting((CACHE_NIXOS_ORG_KEY,), "keys whose signatures make a "
                                                    "peer's path acceptable and our own path shareable "
                                                    "(repeatable)", str, "KEY", many=True)

@@ -21,7 +21,7 @@ from .net.lan import LanDiscovery, LanSettings
 from .net.peer_service import PeerService
 from .net.reputation import Reputation
 from .nix.signing import PublicKey, SecretKey
-from .secrets import load_secret_key, read_secret, write_secret
+from .secrets import load_secret_key, read_token, write_secret
 from .store.local import LocalStore
 from .store.narcache import NarCache
 from .store.policy import Policy, Upstream
@@ -96,7 +96,7 @@ async def run(config: Config, key: SecretKey) -> None:
             from .net.tracker_client import TrackerClient
             from .net.tracker_sync import Announcer, TrackerSource
 
-            token = read_secret(config.tracker_token_file).strip() if config.tracker_token_file else None
+            token = read_token(config.tracker_token_file) if config.tracker_token_file else None
             tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
             stack.push_async_callback(tracker.aclose)
             tracker_source = TrackerSource(tracker, metrics)

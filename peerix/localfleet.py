@@ -160,8 +160,8 @@ class LocalFleet:
                 process.kill()
                 process.wait()
 
-    def start_tracker(self, *extra: str) -> None:
-        port = free_port()
+    def start_tracker(self, *extra: str, port: int | None = None) -> None:
+        port = port or free_port()
         self.tracker_url = f"http://127.0.0.1:{port}"
         self.tracker_process = self.spawn(
             [sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
@@ -171,6 +171,11 @@ class LocalFleet:
 
     def stop_tracker(self) -> None:
         self.terminate(self.tracker_process)
+
+    def restart_tracker(self, *extra: str) -> None:
+        """Stop the tracker and start it again with these settings, on the same database and port."""
+        self.stop_tracker()
+        self.start_tracker(*extra, port=int(self.tracker_url.rsplit(":", 1)[1]))
 
     def host(self, name: str) -> Host:
         self.hosts[name] = host = Host(self, name)

@@ -39,6 +39,20 @@ def read_secret(path: Path) -> str:
         raise SecretFileError(f"cannot read {path}: {error.strerror}") from None
 
 
+def read_token(path: Path) -> str:
+    """The token in a token file: its first line that is neither blank nor a `#` comment.
+
+    The tracker's token files hold one token a line (a rotation lists the new one beside the old), so
+    the same file can serve the daemon, which sends the first."""
+    for line in read_secret(path).splitlines():
+        token = line.strip()
+        if token and not token.startswith("#"):
+            if not all(" " <= char <= "~" for char in token):
+                raise SecretFileError(f"{path}: the token has characters an HTTP header cannot carry")
+            return token
+    raise SecretFileError(f"{path} holds no token (one a line; blank lines and # comments are skipped)")
+
+
 def load_secret_key(path: Path) -> SecretKey:
     """A Nix secret key file, with the file named in any error."""
     try:

@@ -133,9 +133,9 @@ def start_tracker(tmp_path: Path) -> Iterator:
 
     trackers: list[TrackerProcess] = []
 
-    def start(*args: str, limits: tuple[str, ...] = UNLIMITED) -> TrackerProcess:
+    def start(*args: str, limits: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1") -> TrackerProcess:
         name = f"tracker-{len(trackers)}"
-        tracker = TrackerProcess(tmp_path / f"{name}.db", tmp_path / f"{name}.log", (*limits, *args))
+        tracker = TrackerProcess(tmp_path / f"{name}.db", tmp_path / f"{name}.log", (*limits, *args), host)
         trackers.append(tracker)
         return tracker
 

@@ -56,3 +56,26 @@ def test_the_tracker_advises_rates_and_a_local_setting_wins(tmp_path: Path) -> N
         assert independent.health()["network"]["max_upload_rate"] is None  # its own 0: unlimited
     finally:
         fleet.close()
+
+
+def test_advice_withdrawn_by_the_tracker_lifts_the_advised_caps(tmp_path: Path, closure: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    try:
+        fleet.start_tracker("--advised-upload-rate", "5M", "--advised-download-rate", "20M")
+        follower, independent = fleet.host("follower"), fleet.host("independent")
+        follower.start()
+        independent.start("--max-upload-rate", "3M")
+        wait_until(lambda: follower.health()["network"]["max_upload_rate"] == 5 << 20, "the advice")
+        wait_until(lambda: independent.health()["network"]["max_download_rate"] == 20 << 20, "the advice")
+
+        fleet.restart_tracker()  # no advice any more
+        for host in (follower, independent):
+            host.give(str(closure))  # a change of the store: an announce at once, not after the 60 s heartbeat
+            fleet.wait_announced(host, [str(closure)])
+        wait_until(lambda: follower.health()["network"]["max_upload_rate"] is None, "the advice to go")
+        wait_until(lambda: independent.health()["network"]["max_download_rate"] is None, "the advice to go")
+        assert follower.health()["network"]["max_download_rate"] is None
+        assert independent.health()["network"]["max_upload_rate"] == 3 << 20  # its own setting stays
+        assert "tracker advice withdrawn max_upload_rate" in follower.log
+    finally:
+        fleet.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from peerix.localfleet import Host, LocalFleet, wait_until
+from peerix.localfleet import FleetError, Host, LocalFleet, wait_until
 from peerix.net.tracker_client import PeerAddresses, TrackerClient
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import SecretKey, sign_info
@@ -180,3 +180,57 @@ def test_restart_sends_a_delta_not_everything(fleet: LocalFleet, closure: Path) 
     wait_until(lambda: fleet.tracker_log.count("announce peer=") > announces, "the announce after the restart")
     assert fleet.tracker_log.count("kind=full") == 1
     fleet.wait_announced(a, [str(closure)])
+
+
+def test_a_daemon_takes_the_first_token_of_its_token_file(tmp_path: Path, closure: Path) -> None:
+    """The daemon reads its tracker_token_file as the tracker reads token files: one token a line, blank
+    lines and # comments skipped; it sends the first."""
+    fleet = LocalFleet(tmp_path)
+    try:
+        tracker_tokens = tmp_path / "tracker.tokens"
+        tracker_tokens.write_text("new-fleet-token-0123456789\nold-fleet-token-0123456789\n")
+        tracker_tokens.chmod(0o600)
+        fleet.start_tracker("--token-file", str(tracker_tokens))
+        a = fleet.host("a")
+        a.give(str(closure))
+        (a.home / "tracker.token").write_text("# rotated: the new token first, the old one for a while\n\n"
+                                              "  new-fleet-token-0123456789  \nold-fleet-token-0123456789\n")
+        (a.home / "tracker.token").chmod(0o600)
+        a.start(*FAST, "--tracker-token-file", str(a.home / "tracker.token"))
+        wait_until(lambda: (a.health()["network"]["tracker"] or {}).get("announced_paths"), "a's announce", 15)
+        assert f"announce peer={a.peer_id} name='a' kind=full" in fleet.tracker_log
+        assert "refused" not in fleet.tracker_log
+
+        b = fleet.host("b")
+        (b.home / "tracker.token").write_text("# nothing but a comment\n\n")
+        (b.home / "tracker.token").chmod(0o600)
+        with pytest.raises(FleetError, match="exited with 2"):
+            b.start(*FAST, "--tracker-token-file", str(b.home / "tracker.token"))
+        assert "holds no token" in b.log
+    finally:
+        fleet.close()
+
+
+def test_a_refused_daemon_asks_again_in_minutes_and_says_so_once(tmp_path: Path) -> None:
+    fleet = LocalFleet(tmp_path)
+    try:
+        fleet.start_tracker("--allow", "ab" * 32)  # someone else's fleet
+        a = fleet.host("a")
+        a.start(*FAST)
+
+        def refusals() -> float:
+            for line in httpx.get(fleet.tracker_url + "/metrics", timeout=5).text.splitlines():
+                if line.startswith('peerix_tracker_refusals_total{code="not_member"} '):
+                    return float(line.split()[-1])
+            return 0.0
+
+        wait_until(lambda: refusals() >= 1, "the tracker to refuse a")
+        time.sleep(3)  # a daemon that retried every second would have been refused three more times
+        assert refusals() == 1
+        [line] = [line for line in a.log.splitlines() if "tracker refused this peer" in line]
+        assert " ERROR " in line and f"peer={a.peer_id}" in line and "code=not_member" in line
+        assert "not asking again for" in line and "allowlist" in line
+        assert "announce failed" not in a.log
+        assert a.health()["network"]["tracker"]["in_backoff"] is True
+    finally:
+        fleet.close()

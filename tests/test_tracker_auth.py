@@ -144,6 +144,23 @@ def test_allowlist_membership(start_tracker) -> None:
     assert response.status_code == 401 and error_of(response) == "bad_signature"  # the query is signed too
 
 
+def test_forgeries_do_not_tell_who_is_on_the_allowlist(start_tracker) -> None:
+    """The signature is checked before membership: a request not signed by the key it names is 401 whatever
+    id it names, so a stranger cannot probe the allowlist with forged requests."""
+    member, stranger = new_key(), new_key()
+    member_id, unlisted_id = bytes(member.verify_key).hex(), bytes(new_key().verify_key).hex()
+    tracker = start_tracker("--allow", member_id)
+    hash_part = random_hashes(1)[0]
+    for claimed in (member_id, unlisted_id):
+        response = announce(tracker, stranger, hashes=[], headers={"x-peerix-peer": claimed})
+        assert response.status_code == 401 and error_of(response) == "bad_signature", claimed
+        response = signed(tracker, stranger, "GET", f"{LOOKUP_PATH}/{hash_part}", headers={"x-peerix-peer": claimed})
+        assert response.status_code == 401 and error_of(response) == "bad_signature", claimed
+    # A stranger's genuine signature is still refused for what it is: not a member.
+    response = announce(tracker, stranger, hashes=[])
+    assert response.status_code == 403 and error_of(response) == "not_member"
+
+
 def test_token_membership(start_tracker, tmp_path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("current-token-0123456789\nprevious-token-0123456789\n")

@@ -69,6 +69,7 @@ async def test_the_client_resyncs_when_the_tracker_lost_its_set(start_tracker, t
 
     await client.announce(hashes[:250], addresses(client), "host-a")  # delta -> 409 -> full
     assert announces(tracker) == {"full": 2, "delta": 0, "heartbeat": 0}
+    assert not client.in_backoff  # a 409 asks for the full set, at once
     assert tracker.metric('peerix_tracker_refusals_total{code="sequence_mismatch"}') == 1
     assert await held_by(client, hashes, "") == set()  # lookups leave the client itself out
     [record] = await client.peers()
@@ -224,13 +225,65 @@ async def test_the_client_in_a_private_network(start_tracker, tmp_path: Path) ->
             with pytest.raises(TrackerError) as refused:
                 await observer.lookup(hashes[0])
             assert refused.value.status == 403 and refused.value.code == "not_member"
-            assert not observer.in_backoff  # a refusal is an answer, not an outage
+            assert refused.value.lasting and observer.backoff_remaining > 200  # asking again soon would not help
         else:
             assert [peer.name for peer in await observer.lookup(hashes[0])] == ["member"]
         assert [peer.name for peer in (await member.lookup_many(hashes[:1]))[hashes[0]]] == []  # itself left out
         assert [peer.name for peer in await member.peers()] == ["member"]
         await member.aclose()
         await observer.aclose()
+
+
+async def test_advice_follows_the_tracker_and_goes_when_it_stops_advising(start_tracker, tmp_path: Path) -> None:
+    tracker = start_tracker("--advised-upload-rate", "5M", "--advised-download-rate", "20M")
+    limits = tracker.args[:-4]
+    client = TrackerClient(tracker.url, os.urandom(32), tmp_path)
+    hashes = random_hashes(3)
+    await client.announce(hashes, addresses(client), "advised")
+    assert client.advice == {"max_upload_rate": 5 << 20, "max_download_rate": 20 << 20}
+
+    tracker.args = (*limits, "--advised-upload-rate", "1M")  # the same database and port
+    tracker.restart()
+    await client.announce(hashes, addresses(client), "advised")  # a heartbeat
+    assert client.advice == {"max_upload_rate": 1 << 20}
+
+    tracker.args = limits
+    tracker.restart()
+    await client.heartbeat()
+    assert client.advice == {}  # an answer without advice withdraws it
+    await client.aclose()
+
+
+async def test_a_lasting_refusal_backs_off_for_minutes(start_tracker, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("fleet-token-0123456789\n")
+    tokens.chmod(0o600)
+    allowlist = start_tracker("--allow", "ab" * 32)
+    token_network = start_tracker("--token-file", str(tokens))
+    small = start_tracker("--max-announce-hashes", "10")
+    cases = [(allowlist, {}, 403, "not_member"), (token_network, {}, 401, "unauthenticated"),
+             (token_network, {"token": "wrong-token-0123456789"}, 403, "not_member"),
+             (small, {"max_hashes_per_request": 100}, 413, "too_many_hashes")]
+    for number, (tracker, options, status, code) in enumerate(cases):
+        client = TrackerClient(tracker.url, os.urandom(32), tmp_path / str(number), **options)
+        with pytest.raises(TrackerError) as refused:
+            await client.announce(random_hashes(50), addresses(client), "refused")
+        assert (refused.value.status, refused.value.code, refused.value.lasting) == (status, code, True)
+        assert 0.8 * 300 <= client.backoff_remaining <= 1.2 * 300
+        asked = tracker.metric(f'peerix_tracker_refusals_total{{code="{code}"}}')
+        started = time.monotonic()
+        for call in (client.announce(random_hashes(50), addresses(client), "refused"),
+                     client.lookup(random_hashes(1)[0]), client.lookup_many(random_hashes(2))):
+            with pytest.raises(TrackerError, match="backed off"):
+                await call
+        assert time.monotonic() - started < 0.01
+        assert tracker.metric(f'peerix_tracker_refusals_total{{code="{code}"}}') == asked  # nothing was sent
+        await client.aclose()
+    refusals = [record for record in caplog.records if record.getMessage().startswith("tracker refused this peer")]
+    assert [record.levelname for record in refusals] == ["ERROR"] * len(cases)  # one error each, not one a call
+    assert "code=not_member" in refusals[0].getMessage() and "hint=\"is this peer id on the tracker's allowlist" in (
+        refusals[0].getMessage())
 
 
 async def test_a_wrong_clock_is_corrected_once(start_tracker, tmp_path: Path) -> None:

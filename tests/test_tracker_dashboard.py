@@ -1,12 +1,15 @@
 """The dashboard as a person sees it: loaded by headless Chromium from a tracker with real peers."""
 
+import ipaddress
+import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from browser import CHROMIUM, Page, rendered_dom
 
-from trackertools import announce, new_key, random_hashes
+from trackertools import announce, error_of, new_key, random_hashes
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/dev test installs it)")
@@ -48,3 +51,53 @@ def test_the_dashboard_forbids_scripts_and_can_be_turned_off(start_tracker) -> N
     assert response.headers["content-security-policy"].startswith("default-src 'none'")
     assert "No peer has announced yet." in response.text
     assert start_tracker("--no-dashboard").get("/").status_code == 404
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback: connecting to it, a client is not on loopback either."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # sends nothing; the kernel picks the source address of the route
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_a_closed_fleet_shows_its_dashboard_only_on_the_trackers_host(start_tracker, tmp_path: Path) -> None:
+    """Under allowlist or token membership the dashboard, which names every peer with its addresses, is for
+    the tracker's own host: loopback clients, as seen through trusted proxies."""
+    member = new_key()
+    tracker = start_tracker("--allow", bytes(member.verify_key).hex(), host="0.0.0.0")
+    announce(tracker, member, name="secret-builder", hashes=random_hashes(3))
+
+    def refused(response: httpx.Response) -> None:
+        assert response.status_code == 403 and error_of(response) == "dashboard_private", response.text
+        assert "secret-builder" not in response.text and "loopback" in response.json()["error"]["message"]
+
+    local = tracker.get("/")
+    assert local.status_code == 200 and "secret-builder" in local.text
+    # A proxy on the tracker's host that the tracker does not trust, forwarding a stranger:
+    for header, value in (("x-forwarded-for", "203.0.113.9"), ("x-forwarded-for", "127.0.0.1, 203.0.113.9"),
+                          ("x-real-ip", "203.0.113.9"), ("forwarded", 'for="[2001:db8::9]:4711";proto=https')):
+        refused(tracker.get("/", headers={header: value}))
+    assert tracker.get("/", headers={"forwarded": "for=127.0.0.1", "x-forwarded-for": "::1"}).status_code == 200
+    refusals = 4
+    if (address := non_loopback_address()) is not None:  # a client on another address, as a stranger is
+        refused(httpx.get(f"http://{address}:{tracker.port}/", timeout=10))
+        refusals += 1
+        assert httpx.get(f"http://{address}:{tracker.port}/health", timeout=10).status_code == 200  # counts only
+        open_tracker = start_tracker(host="0.0.0.0")
+        assert httpx.get(f"http://{address}:{open_tracker.port}/", timeout=10).status_code == 200
+    assert tracker.metric('peerix_tracker_refusals_total{code="dashboard_private"}') == refusals
+    assert "refused status=403 code=dashboard_private method=GET path=/ client=127.0.0.1" in tracker.log
+
+    # Behind a trusted proxy, the client it names decides.
+    tokens = tmp_path / "tokens"
+    tokens.write_text("fleet-token-0123456789\n")
+    tokens.chmod(0o600)
+    proxied = start_tracker("--token-file", str(tokens), "--trusted-proxy", "127.0.0.1")
+    assert proxied.get("/", headers={"x-forwarded-for": "127.0.0.1"}).status_code == 200
+    refused(proxied.get("/", headers={"x-forwarded-for": "203.0.113.9"}))
+    assert "code=dashboard_private method=GET path=/ client=203.0.113.9" in proxied.log
+    assert start_tracker("--token-file", str(tokens), "--no-dashboard").get("/").status_code == 404

@@ -26,10 +26,11 @@ UNLIMITED = ("--address-rate", "100000", "--address-burst", "100000", "--peer-ra
 class TrackerProcess:
     """`peerix-tracker serve` on a database file; its log is kept for assertions."""
 
-    def __init__(self, db: Path, log_path: Path, args: tuple[str, ...] = UNLIMITED) -> None:
+    def __init__(self, db: Path, log_path: Path, args: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1") -> None:
         self.db = db
         self.args = args
         self.log_path = log_path
+        self.host = host  # the address it listens on; it is always reached at 127.0.0.1 unless told otherwise
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -39,7 +40,7 @@ class TrackerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tracker.cli", "serve", "--db", str(self.db),
-                 "--listen", f"127.0.0.1:{self.port}", *self.args],
+                 "--listen", f"{self.host}:{self.port}", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )
         deadline = time.monotonic() + 20

@@ -4,13 +4,20 @@ Every refusal is `{"error": {"code": ..., "message": ...}}` with a 4xx status, c
 logged in one line; a database failure is a 503 of the same shape. Client addresses are limited
 before anything else is read, peers after their signature is verified, so forged requests cannot
 spend a real peer's budget.
+
+The dashboard names every peer with its addresses, which closed reads (allowlist, token) keep from
+strangers; under those it is shown only to clients on the tracker's own host: a loopback address as
+uvicorn resolves it (through trusted proxies' X-Forwarded-For), with no forwarding header naming
+anyone else, since that is a proxy on this host that the tracker does not trust relaying a stranger.
 """
 
 import asyncio
 import functools
 import hmac
+import ipaddress
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -234,6 +242,11 @@ def create_app(t: Tracker) -> ASGIApp:
         return JSONResponse({"purged": peer.peer_id, "paths": held})
 
     async def home(request: Request) -> Response:
+        if t.auth.membership != "open" and not _on_this_host(request.scope, request.headers):
+            return refuse(request.scope, ApiError(
+                403, "dashboard_private", f"membership is {t.auth.membership}: the dashboard names every peer "
+                "with its addresses, so it is shown only on the tracker's own host (a loopback client, e.g. "
+                "through an SSH tunnel)"))
         now = time.time()
         snapshot = dashboard.Snapshot(
             now=now, version=__version__, membership=t.auth.membership, offline_after=config.offline_after,
@@ -328,6 +341,35 @@ def _rate_limited(wait: float, who: str) -> ApiError:
 def _client(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else "-"
+
+
+_FORWARDED_FOR = re.compile(r'for\s*=\s*"?([^";,]*)', re.IGNORECASE)
+
+
+def _on_this_host(scope: Scope, headers: Headers) -> bool:
+    """A loopback client (after trusted proxies), and every address a forwarding header names loopback too."""
+    named = [_client(scope)]
+    for value in headers.getlist("x-forwarded-for") + headers.getlist("x-real-ip"):
+        named += value.split(",")
+    for value in headers.getlist("forwarded"):
+        named += _FORWARDED_FOR.findall(value)
+    return all(_is_loopback(text) for text in named)
+
+
+def _is_loopback(text: str) -> bool:
+    """Whether an address (IPv4 or IPv6, with or without a port, IPv6 maybe in brackets) is loopback."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False  # unknown, obfuscated or a name: not known to be this host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -7,7 +7,9 @@ too: otherwise a restart would reopen the window for requests captured just befo
 
 Reads are open to anyone under `open` membership. Under `allowlist` or `token` they need what a
 write needs to get in (a signature by a listed key, or a token), so a private fleet does not tell
-strangers which machines hold what and where they listen. Reads are not replay-checked: replaying
+strangers which machines hold what and where they listen. The signature is verified before the
+allowlist is consulted, so a forged request is 401 whatever id it names: the answers do not reveal
+which ids are listed. Reads are not replay-checked: replaying
 one reveals nothing the eavesdropper did not already see.
 """
 
@@ -46,14 +48,16 @@ class Authenticator:
         if signature is None:
             raise ApiError(401, "unauthenticated", "this request must be signed by the peer's key "
                            "(X-Peerix-Peer, X-Peerix-Timestamp, X-Peerix-Nonce, X-Peerix-Signature)")
-        if self.membership == "allowlist" and signature.peer_id not in self.allowlist:
-            raise ApiError(403, "not_member", f"peer {signature.peer_id} is not on this tracker's allowlist")
         skew = self.max_clock_skew
         if not max(now - skew, self._not_before) <= signature.timestamp <= now + skew:
             raise ApiError(401, "stale_timestamp", f"timestamp {signature.timestamp} is not within {skew:g} s of "
                            f"the tracker's clock ({now:.0f}) or predates its start; sign the request again")
         if not signature.verify(method, path, body):
             raise ApiError(401, "bad_signature", "the signature does not match the request and the peer's key")
+        # Membership only after the signature: otherwise a forgery naming a listed id (401) and one naming
+        # an unlisted id (403) would tell a stranger who is on the allowlist.
+        if self.membership == "allowlist" and signature.peer_id not in self.allowlist:
+            raise ApiError(403, "not_member", f"peer {signature.peer_id} is not on this tracker's allowlist")
         if write:
             self._check_nonce(signature, now)
         return signature.peer_id

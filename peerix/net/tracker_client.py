@@ -18,10 +18,14 @@ disagrees with the client's after a delta, the client sends the full set at once
 Failing fast: the daemon must answer Nix within 100 ms when the tracker is down. The connect
 timeout is short, lookups have a deadline of their own (`lookup_timeout`), nothing is retried inside
 a call, and after a failure (unreachable, timeout, 5xx) the client backs off, 1 s doubling to 60 s
-with jitter, or for the tracker's Retry-After on a 429. During a backoff every call raises
-TrackerError at once, without touching the network; `in_backoff` and `backoff_remaining` tell the
-announce loop when to try again. The one retry the client makes by itself is for a request refused
-as stale: it corrects its clock by the tracker's Date header and signs again.
+with jitter, or for the tracker's Retry-After on a 429. A refusal that will not go away by itself
+(400, 401 other than a stale timestamp or a replay, 403, 413: not a member, no token or a wrong one,
+a request too large) is logged once as an error and backs off for REFUSED_BACKOFF, so a refused
+daemon asks once every few minutes, not every second; a 409 is no refusal of that kind, it asks for
+the full set. During a backoff every call raises TrackerError at once, without touching the network;
+`in_backoff` and `backoff_remaining` tell the announce loop when to try again. The one retry the
+client makes by itself is for a request refused as stale: it corrects its clock by the tracker's
+Date header and signs again.
 
 Lookups leave this peer itself out. Invalid hash parts raise ValueError: they are the caller's bug.
 """
@@ -58,6 +62,15 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 60.0  # the tracker's default offline TTL is three of these
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+REFUSED_BACKOFF = 300.0  # after a lasting refusal, with the same jitter
+_LASTING = (400, 401, 403, 413)
+_PASSING = ("stale_timestamp", "replayed")  # 401s that a new signature or a corrected clock may mend
+_HINTS = {
+    "not_member": "is this peer id on the tracker's allowlist, or does tracker_token_file hold the network's token?",
+    "unauthenticated": "does the tracker want a network token (tracker_token_file)?",
+    "body_too_large": "the tracker's max_body is below this daemon's announces",
+    "too_many_hashes": "the tracker's max_announce_hashes is below this daemon's announces",
+}
 LOOKUP_BATCH = 1000
 _STATE_FORMAT = "peerix-tracker-state/1"
 
@@ -98,11 +111,12 @@ class TrackerError(Exception):
     """The tracker refused (status and code say how) or is unreachable (status is None)."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, lasting: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        self.lasting = lasting  # a refusal that asking again soon would not change; the client logged it
 
 
 class TrackerClient:
@@ -129,7 +143,7 @@ class TrackerClient:
         self._failures = 0
         self._backoff_until = 0.0
         self._clock_offset = 0.0
-        self.advice: dict[str, int] = {}  # what the tracker advises for the network, e.g. max_upload_rate
+        self.advice: dict[str, int] = {}  # what the tracker's last announce answer advised, e.g. max_upload_rate
 
     # Backoff
 
@@ -224,9 +238,9 @@ class TrackerClient:
         return await self._request("POST", ANNOUNCE_PATH, {"name": name, "addresses": addresses.to_json(), **change})
 
     def _acknowledge(self, answer: dict) -> None:
-        advice = answer.get("advice")
-        if isinstance(advice, dict):
-            self.advice = {k: v for k, v in advice.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+        advice = answer.get("advice")  # an answer without it withdraws what the tracker advised before
+        self.advice = {k: v for k, v in advice.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
+                       } if isinstance(advice, dict) else {}
         try:
             self._seq, self._paths = int(answer["seq"]), int(answer["paths"])
         except (KeyError, TypeError, ValueError):
@@ -320,11 +334,24 @@ class TrackerClient:
         self._failures = 0
         if status >= 400:
             error = data.get("error", {}) if isinstance(data, dict) else {}
-            raise TrackerError(f"tracker {self.url} refused: {status} {error.get('code')}: {error.get('message')}",
-                               status=status, code=error.get("code"))
+            code, reason = (error.get("code"), error.get("message")) if isinstance(error, dict) else (None, None)
+            if status in _LASTING and code not in _PASSING:
+                raise self._refused(status, code, reason)
+            raise TrackerError(f"tracker {self.url} refused: {status} {code}: {reason}", status=status, code=code)
         if not isinstance(data, dict):
             raise TrackerError(f"tracker {self.url} answered {status} without a JSON object")
         return data
+
+    def _refused(self, status: int, code: str | None, reason: str | None) -> TrackerError:
+        """A lasting refusal: back off for minutes, and say so once (the client asks nothing meanwhile)."""
+        delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
+        self._backoff_until = time.monotonic() + delay
+        hint = _HINTS.get(code or "")
+        log.error("tracker refused this peer, not asking again for %.0f s tracker=%s peer=%s status=%d code=%s "
+                  "message=%r%s", delay, self.url, self.peer_id, status, code, reason,
+                  f" hint={hint!r}" if hint else "")
+        return TrackerError(f"tracker {self.url} refused: {status} {code}: {reason}; not asking again for "
+                            f"{delay:.0f} s", status=status, code=code, retry_after=delay, lasting=True)
 
     def _correct_clock(self, response: httpx.Response) -> None:
         try:

@@ -72,13 +72,17 @@ class Announcer:
         generation, last = None, 0.0
         while True:
             current = self.local.generation()
-            if current != generation or time.monotonic() - last >= self.heartbeat:
+            due = current != generation or time.monotonic() - last >= self.heartbeat
+            if due and not self.client.in_backoff:  # a backed-off client would fail at once: one try a period
                 try:
                     await self.announce()
                     generation, last = current, time.monotonic()
                 except TrackerError as error:
                     self.metrics.source_errors.labels("tracker").inc()
-                    log.warning("announce failed error=%s", error)
+                    if error.lasting:  # the client logged it, once for its whole backoff
+                        log.debug("announce refused error=%s", error)
+                    else:
+                        log.warning("announce failed error=%s", error)
                 except Exception:  # a bug must be loud, and must not end announcing for good
                     log.exception("announce crashed")
             await asyncio.sleep(self.poll)
@@ -90,7 +94,10 @@ class Announcer:
                                    self.name)
         self.announced, self.last_success = len(hashes), time.time()
         for name, throttle in self.advised.items():
-            rate = self.client.advice.get(name, 0)
+            rate = self.client.advice.get(name, 0)  # no advice: unlimited, as without a tracker
             if rate != throttle.rate:
-                log.info("tracker advice applied %s=%d", name, rate)
+                if rate:
+                    log.info("tracker advice applied %s=%d", name, rate)
+                else:
+                    log.info("tracker advice withdrawn %s, unlimited now", name)
                 throttle.set_rate(rate)
