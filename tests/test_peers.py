@@ -96,10 +96,18 @@ def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closu
     corrupter = start_liar(fleet, "corrupter", narinfo={hash_part(data): a_info[data].to_text()},
                            nar={hash_part(data): str(fleet.root / "tampered.nar")})
     try:
-        # The forged narinfo is refused whoever answers first; A's honest one is accepted.
+        # With A away, only the forger offers `lib`: its narinfo is refused, Nix gets a 404.
+        a_id = a.peer_id
+        a.stop()
+        wait_until(lambda: a_id not in fleet.holders(str(lib)), "A's departure")
+        assert httpx.get(f"{c.url}/{hash_part(lib)}.narinfo").status_code == 404
+        assert c.metric('peerix_verification_failures_total{kind="narinfo"}') == 1
+        # A back: whoever answers first, only A's honest narinfo is accepted.
+        a.start(*FAST)
+        fleet.wait_announced(a, [str(lib)])
+        time.sleep(0.6)  # the miss is remembered for --miss-ttl 0.5
         answer = httpx.get(f"{c.url}/{hash_part(lib)}.narinfo")
         assert answer.status_code == 200 and NarInfo.parse(answer.text).nar_hash == a_info[lib].nar_hash
-        assert c.metric('peerix_verification_failures_total{kind="narinfo"}') == 1
         # Only the corrupter has `data` now: its narinfo is genuine, its NAR is not.
         run("nix-store", "--store", str(a.store), "--delete", str(app), str(data))
         wait_until(lambda: a.peer_id not in fleet.holders(str(data)), "A's delta")
