@@ -145,7 +145,8 @@ async def run(config: Config, key: SecretKey) -> None:
                 entry["reputation"] = None if stats is None else {
                     "successes": stats.successes, "failures": stats.failures,
                     "latency_ms": None if stats.latency is None else round(stats.latency * 1000, 1),
-                    "backing_off": not reputation.available(peer_id), "last_error": stats.last_error or None,
+                    "backing_off": not reputation.available(peer_id), "banned": reputation.banned(peer_id),
+                    "last_error": stats.last_error or None,
                 }
             return sorted(listed.values(), key=lambda e: (e["source"], e["name"] or "", e["peer_id"]))
 

@@ -32,7 +32,9 @@ def reputation_text(rep: dict[str, Any] | None) -> str:
     text = f"{rep['successes']} ok, {rep['failures']} failed"
     if rep.get("latency_ms") is not None:
         text += f", {rep['latency_ms']} ms"
-    if rep.get("backing_off"):
+    if rep.get("banned"):
+        text += ", banned: sent wrong bytes"
+    elif rep.get("backing_off"):
         text += ", backing off"
     return text
 

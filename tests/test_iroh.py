@@ -86,6 +86,20 @@ async def test_dead_and_wrong_peers_fail_within_the_timeout(pair) -> None:
         await client.open_stream(impostor, ECHO)
 
 
+async def test_a_cancelled_caller_leaves_a_shared_dial_to_the_others(pair) -> None:
+    """Two requests to the same peer share one dial; cancelling the first (a lost race, a stalled
+    transfer) must not cancel the second's: it gets the dial's own outcome."""
+    _, client = pair
+    dead = EndpointAddress(str(iroh.SecretKey.generate().public()), ("127.0.0.1:9",))
+    first = asyncio.create_task(client.open_stream(dead, ECHO))
+    second = asyncio.create_task(client.open_stream(dead, ECHO))
+    await asyncio.sleep(0.2)
+    first.cancel()
+    with pytest.raises(PeerUnreachable):
+        await second
+    assert first.cancelled()
+
+
 class Bytes:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -100,7 +114,9 @@ class Bytes:
 async def test_wire_frames() -> None:
     request = wire.NarRequest("0" * 32, "1" * 52, 10, None)
     assert wire.NarRequest.from_message(await wire.read_frame(Bytes(request.to_frame()))) == request
-    for bad in (b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x03{x}", b"\xff\xff\xff\xff{}"):
+    nested = b"[" * 200_000  # deeper than the JSON parser's recursion limit
+    deep = len(nested).to_bytes(4, "big") + nested
+    for bad in (b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x03{x}", b"\xff\xff\xff\xff{}", deep):
         with pytest.raises(wire.WireError):
             await wire.read_frame(Bytes(bad))
     for message in ({"hash": 1, "nar_hash": "x"}, {"hash": "x", "nar_hash": "y", "offset": -1},

@@ -35,3 +35,15 @@ def test_order_prefers_reliable_then_fast_then_recent() -> None:
     clock.now += 10_000  # let flaky's backoff expire
     assert rep.order(["flaky", "slow", "fast", "unknown"]) == ["fast", "slow", "unknown", "flaky"]
     assert rep.order(["fast", "fast"]) == ["fast"]
+
+
+def test_a_ban_outlasts_later_successes() -> None:
+    clock = Clock()
+    rep = Reputation(clock=clock)
+    rep.failed("liar", "mismatch")
+    rep.ban("liar", 3600, "mismatch")
+    clock.now += 10
+    rep.succeeded("liar", 0.01)  # it still answers narinfo requests quickly
+    assert rep.banned("liar") and not rep.available("liar") and rep.order(["liar"]) == []
+    clock.now += 3600
+    assert not rep.banned("liar") and rep.available("liar")

@@ -105,6 +105,8 @@ def test_a_liar_in_a_split_transfer_is_found_and_the_nar_refetched(fleet: LocalF
         assert peers["a"]["reputation"]["failures"] == 0  # the honest peer keeps its standing
         c.realise(str(big_path))  # refetched from the honest peer
         verify(c, big_path)
+        peers = {p["name"]: p for p in httpx.get(f"{c.url}/api/v1/peers").json()["peers"]}
+        assert peers["liar"]["reputation"]["banned"] and not peers["a"]["reputation"]["banned"]
     finally:
         liar.send_signal(signal.SIGTERM)
         liar.wait(10)

@@ -48,7 +48,7 @@ class EndpointAddress:
 @dataclass
 class _Pool:
     connections: dict[tuple[str, bytes], iroh.Connection] = field(default_factory=dict)
-    dialing: dict[tuple[str, bytes], asyncio.Future] = field(default_factory=dict)
+    dialing: dict[tuple[str, bytes], asyncio.Task] = field(default_factory=dict)
 
 
 class PeerEndpoint:
@@ -104,20 +104,18 @@ class PeerEndpoint:
         connection = self._pool.connections.get(key)
         if connection is not None and connection.close_reason() is None:
             return connection
-        if (dialing := self._pool.dialing.get(key)) is not None:
-            return await asyncio.shield(dialing)
-        dialing = self._pool.dialing[key] = asyncio.get_running_loop().create_future()
-        try:
-            connection = await self._dial(peer, alpn)
-        except BaseException as error:
-            dialing.set_exception(error)
-            dialing.exception()  # retrieved: waiters get it, nobody else must
-            raise
-        finally:
-            del self._pool.dialing[key]
-        self._pool.connections[key] = connection
-        dialing.set_result(connection)
-        return connection
+        # One dial per peer and ALPN, owned by the pool: a caller that is cancelled (a lost race, a
+        # stalled transfer) leaves it running for the others instead of cancelling it under them.
+        dialing = self._pool.dialing.get(key)
+        if dialing is None:
+            dialing = self._pool.dialing[key] = asyncio.create_task(self._dial(peer, alpn))
+            dialing.add_done_callback(lambda task: self._dialed(key, task))
+        return await asyncio.shield(dialing)
+
+    def _dialed(self, key: tuple[str, bytes], task: asyncio.Task) -> None:
+        del self._pool.dialing[key]
+        if not task.cancelled() and task.exception() is None:
+            self._pool.connections[key] = task.result()
 
     async def _dial(self, peer: EndpointAddress, alpn: bytes) -> iroh.Connection:
         try:
@@ -146,6 +144,8 @@ class PeerEndpoint:
                 self._drop(pid, alpn, connection)
 
     async def close(self) -> None:
+        for dialing in list(self._pool.dialing.values()):
+            dialing.cancel()
         for (pid, alpn), connection in list(self._pool.connections.items()):
             self._drop(pid, alpn, connection)
         await self._endpoint.close()

@@ -20,6 +20,7 @@ class PeerStats:
     last_failure: float = 0.0
     last_error: str = ""
     backoff_until: float = 0.0
+    banned_until: float = 0.0  # proven to have sent wrong bytes: not asked until then, whatever it answers
 
     @property
     def success_rate(self) -> float:
@@ -54,9 +55,18 @@ class Reputation:
         delay = min(self.max_backoff, self.base_backoff * 2 ** (stats.consecutive_failures - 1))
         stats.backoff_until = now + delay
 
+    def ban(self, peer_id: str, seconds: float, error: str) -> None:
+        """A peer caught sending bytes that fail their hash: a backoff that no later success lifts
+        (the failure itself is recorded with `failed`)."""
+        self._stats(peer_id).banned_until = self.clock() + seconds
+
+    def banned(self, peer_id: str) -> bool:
+        stats = self.peers.get(peer_id)
+        return stats is not None and stats.banned_until > self.clock()
+
     def available(self, peer_id: str) -> bool:
         stats = self.peers.get(peer_id)
-        return stats is None or stats.backoff_until <= self.clock()
+        return stats is None or max(stats.backoff_until, stats.banned_until) <= self.clock()
 
     def order(self, peer_ids: Iterable[str]) -> list[str]:
         """Peers not in backoff, best first: those whose last attempt did not fail, then by success

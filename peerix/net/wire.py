@@ -52,7 +52,7 @@ async def read_frame(stream: Readable) -> dict[str, Any]:
         raise WireError(f"frame of {size} bytes exceeds {MAX_FRAME}")
     try:
         message = json.loads(await stream.read_exact(size))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # bad UTF-8, bad JSON, or nested past the parser's depth
         raise WireError(f"frame is not JSON: {error}") from None
     if not isinstance(message, dict):
         raise WireError("frame is not a JSON object")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 4 << 20
+LIAR_BAN = 3600.0  # seconds a peer proven to send wrong bytes is not asked again
 
 
 class NarFetchError(OSError):
@@ -109,6 +110,7 @@ class _Piece:
     end: int  # shrinks when another peer takes the second half
     written: int = 0  # bytes [start, start + written) are in the file
     owner: str | None = None
+    streaming: bool = False  # the owner's range is open: from then on its silence counts
     last_progress: float = field(default_factory=time.monotonic)
 
     @property
@@ -126,7 +128,10 @@ class NarTransfer:
         self.remote = remote
         self.info = info
         self.settings = settings
-        self.split = info.nar_size >= settings.split_threshold and settings.max_sources > 1
+        # One known peer makes a split pointless: one range after another from the same peer.
+        self.split = (info.nar_size >= settings.split_threshold and settings.max_sources > 1
+                      and len({p.peer_id for p in peers}) > 1)
+        self._disk_error: OSError | None = None
         self.contributed: Counter[str] = Counter()  # peer id -> bytes of the NAR it supplied
         self.resumes = 0
         self.wire_bytes = 0
@@ -276,6 +281,8 @@ class NarTransfer:
                     delivered += len(chunk)
                     yield chunk
                     continue
+                if self._disk_error:
+                    raise NarFetchError(f"the temporary file of {self.info.store_path} failed: {self._disk_error}")
                 self._take_from_stalled()
                 await self._add_workers()
                 if not self._workers:
@@ -333,18 +340,24 @@ class NarTransfer:
         try:
             while piece is not None:
                 if source is None:
-                    source = await self._open(candidate, piece.position, piece.end)
+                    try:
+                        source = await self._open(candidate, piece.position, piece.end)
+                    except NarFetchError:
+                        return  # counted by _open
                     if source is None:
                         return  # this peer does not have the NAR after all
+                piece.streaming, piece.last_progress = True, time.monotonic()
                 await self._fill(piece, source)
                 piece.owner, source = None, None
                 piece = self._claim(peer)
             self._idle.append(candidate)
         except NarFetchError as error:
             self._failed(candidate, "failed", str(error))
+        except OSError as error:  # writing the temporary file: not the peer's fault, the transfer's end
+            self._disk_error = error
         finally:
             if piece is not None:
-                piece.owner = None
+                piece.owner, piece.streaming = None, False
                 if piece.written:
                     self.remote.metrics.nar_resumes.inc()
                     self.resumes += 1
@@ -358,12 +371,12 @@ class NarTransfer:
         peer = source.candidate.peer_id
         while piece.remaining:
             chunk = await source.read(piece.remaining)
+            piece.last_progress = time.monotonic()  # before the download cap's wait, which is not silence
             await self._received(chunk)
             used = memoryview(chunk)[: piece.remaining]  # it may have shrunk while we waited
-            os.pwrite(self._fd, used, piece.position)
+            _write_all(self._fd, used, piece.position)
             self._record_write(piece.position, len(used), source.candidate)
             piece.written += len(used)
-            piece.last_progress = time.monotonic()
             self.contributed[peer] += len(used)
             self._changed.set()
         if source.position < source.end:
@@ -379,7 +392,7 @@ class NarTransfer:
     def _take_from_stalled(self) -> None:
         """A peer silent for stall_timeout while another delivered loses its piece and its turn."""
         now = time.monotonic()
-        running = [p for p in self._all if p.owner is not None]
+        running = [p for p in self._all if p.owner is not None and p.streaming]
         if not any(now - p.last_progress < self.settings.stall_timeout for p in running) and not self._idle:
             return  # nobody else is doing better
         for piece in running:
@@ -421,11 +434,24 @@ class NarTransfer:
                                              time.monotonic() - self.started, outcome, self._detail(received))
 
     async def _mismatch(self) -> None:
-        """Mark the peers that lied. One peer alone is the liar; of several, the audit tells."""
+        """Mark the peers that lied: one peer alone is the liar; of several in a split transfer, the
+        audit tells. Liars are banned for LIAR_BAN; when nobody can tell (a resumed transfer), all
+        contributors only back off."""
         remote = self.remote
         remote.metrics.verification_failures.labels("nar").inc()
         remote.metrics.activity.count("verification_failures")
-        liars = await self._audit() if len(self.contributed) > 1 and self._file else set(self.contributed)
+        if len(self.contributed) == 1:
+            liars = set(self.contributed)
+        elif self._file:
+            try:
+                async with asyncio.timeout(max(60.0, self.info.nar_size / (1 << 20))):  # at 1 MiB/s at worst
+                    liars = await self._audit()
+            except TimeoutError:
+                liars = set()
+        else:
+            liars = set()
+        for peer in liars:
+            remote.reputation.ban(peer, LIAR_BAN, "sent bytes that do not match the NarHash")
         for peer in liars or self.contributed:
             remote.peer_failed(peer, "nar", "mismatch", "sent bytes that do not match the NarHash")
             remote.endpoint.forget(peer)
@@ -439,7 +465,8 @@ class NarTransfer:
         NAR, and only after a peer lied; a peer whose own whole copy fails is a liar too."""
         liars: set[str] = set()
         size, wrote = self.info.nar_size, self._written_by
-        for candidate in {c.peer_id: c for _, _, c in wrote}.values():
+        contributors = list({c.peer_id: c for _, _, c in wrote}.values())
+        for candidate in contributors[:self.settings.max_sources + 1]:
             differs: set[str] = set()
             sha256, position = hashlib.sha256(), 0
             try:
@@ -447,6 +474,7 @@ class NarTransfer:
                     continue
                 while position < size:
                     chunk = await source.read()
+                    await self.remote.downloads.take(len(chunk))
                     sha256.update(chunk)
                     end = position + len(chunk)
                     differs.update(self._differing(chunk, position))
@@ -492,9 +520,16 @@ def zstd_request(mode: str, candidate: "Candidate") -> str | None:
     `accept`, leaving it to a peer whose own upload is slow."""
     if mode == "never":
         return None
-    if mode == "always" or not any(_nearby(address) for address in candidate.address.direct):
+    nearby = candidate.source in ("lan", "static") or any(_nearby(a) for a in candidate.address.direct)
+    if mode == "always" or not nearby:
         return "prefer"
     return "accept"
+
+
+def _write_all(fd: int, data: memoryview, position: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, position)
+        data, position = data[written:], position + written
 
 
 def _nearby(address: str) -> bool:
