@@ -50,7 +50,7 @@ class Activity:
     def transfer(self, direction: str, path: str, peer: str, size: int, seconds: float, outcome: str,
                  detail: str = "") -> None:
         self.recent.appendleft(Transfer(time.time(), direction, path, peer, size, seconds, outcome, detail))
-        self.totals["transfers_complete" if outcome == "complete" else "transfers_failed"] += 1
+        self.totals["transfers_complete" if outcome in ("complete", "stopped") else "transfers_failed"] += 1
         total = {"to nix": "bytes_to_nix", "to peer": "bytes_to_peers", "from peer": "bytes_from_peers"}[direction]
         self.totals[total] += size
 

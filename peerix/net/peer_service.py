@@ -26,6 +26,7 @@ from .endpoint import StreamHandler
 
 log = logging.getLogger(__name__)
 
+STOPPED_BY_RECEIVER = "Stopped(0)"  # how iroh reports the receiver's stop(0) to a writer
 SLOW_UPLOAD = 64 << 20  # bytes/s: an upload capped under this compresses for receivers that accept it
 
 
@@ -79,6 +80,10 @@ class PeerService:
                     self.metrics.peer_wire_bytes.labels("sent").inc(len(data))
             await self._finish(send)
             outcome = "complete"
+        except iroh.IrohError as error:
+            if error.message() != STOPPED_BY_RECEIVER:
+                raise
+            outcome = "stopped"  # the receiver has what it needs from us (another peer took the rest)
         finally:
             seconds = time.monotonic() - started
             detail = f"zstd {blocks.raw_bytes / max(blocks.stored_bytes, 1):.1f}x" if blocks else ""

@@ -135,6 +135,7 @@ class NarTransfer:
         self.contributed: Counter[str] = Counter()  # peer id -> bytes of the NAR it supplied
         self.resumes = 0
         self.wire_bytes = 0
+        self._unthrottled = 0  # wire bytes not yet taken from the download cap
         self._queue = list(peers)
         self._looked_up = False
         self._tried: set[str] = set()
@@ -230,11 +231,17 @@ class NarTransfer:
 
     def _on_wire(self, size: int) -> None:
         self.wire_bytes += size
+        self._unthrottled += size
         self.remote.metrics.peer_wire_bytes.labels("received").inc(size)
 
     async def _received(self, chunk: bytes) -> None:
-        await self.remote.downloads.take(len(chunk))
+        await self._under_cap()
         self.remote.metrics.peer_received_bytes.inc(len(chunk))
+
+    async def _under_cap(self) -> None:
+        """The download cap applies to what crossed the network (zstd blocks, not their contents)."""
+        wire_bytes, self._unthrottled = self._unthrottled, 0
+        await self.remote.downloads.take(wire_bytes)
 
     async def _sequential(self, source: PeerRange) -> AsyncIterator[bytes]:
         """One peer at a time; the next one resumes where a failed one stopped."""
@@ -474,7 +481,7 @@ class NarTransfer:
                     continue
                 while position < size:
                     chunk = await source.read()
-                    await self.remote.downloads.take(len(chunk))
+                    await self._under_cap()
                     sha256.update(chunk)
                     end = position + len(chunk)
                     differs.update(self._differing(chunk, position))
