@@ -1,10 +1,12 @@
 """The NAR writer against `nix-store --dump`, byte for byte, on trees that trip up writers."""
 
 import hashlib
+import itertools
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,25 @@ def test_byte_ranges_match_slices_of_nix_store_dump(tmp_path: Path) -> None:
             got = list(nar.byte_range(nar.segments(os.fsencode(tree)), start, end, chunk_size))
             assert b"".join(got) == expected[start:end], (start, end, chunk_size)
             assert all(len(chunk) < 2 * chunk_size for chunk in got)
+
+
+def test_consecutive_ranges_on_a_cursor_walk_the_tree_once(tmp_path: Path) -> None:
+    tree = make_tricky_tree(tmp_path)
+    expected = nix_dump(tree)
+    walked = []
+
+    def counted() -> Iterator[nar.Segment]:
+        for part in nar.segments(os.fsencode(tree)):
+            walked.append(part)
+            yield part
+
+    cursor = nar.SegmentCursor(counted())
+    cuts = [0, 5, 777, 12_000, 500_000, 1_000_500, len(expected)]
+    ranges = list(itertools.pairwise(cuts))
+    assert [b"".join(nar.byte_range(cursor, a, b, 4096)) for a, b in ranges] == [expected[a:b] for a, b in ranges]
+    assert len(walked) == len(list(nar.segments(os.fsencode(tree))))  # every segment taken once
+    with pytest.raises(ValueError):
+        list(nar.byte_range(cursor, 10, 20))  # behind the cursor: the caller starts a new walk
 
 
 def test_byte_range_never_opens_files_outside_the_range() -> None:

@@ -142,14 +142,48 @@ def read_file(part: FileContents, chunk_size: int = CHUNK_SIZE, start: int = 0,
         os.close(fd)
 
 
-def byte_range(parts: Iterable[Segment], start: int, end: int, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """The bytes [start, end) of the NAR made of `parts` (uncoalesced segments), in chunks of about
-    `chunk_size`: files before `start` are skipped by their size, never opened, and only the part
-    of a file inside the range is read, so resuming or splitting a transfer costs no extra I/O."""
+class SegmentCursor:
+    """The segments of one NAR consumed forward, with the offset where the current one starts: a
+    range that begins at or after where the previous one ended continues the same walk, so the
+    pieces of a split transfer cost one walk of the tree, not one each."""
+
+    def __init__(self, parts: Iterable[Segment]) -> None:
+        self._parts = iter(parts)
+        self._started = False
+        self.offset = 0
+        self.current: Segment | None = None
+
+    def start(self) -> None:
+        """Take the first segment: file system work, so on the caller's worker thread, not here."""
+        if not self._started:
+            self._started = True
+            self.current = next(self._parts, None)
+
+    def advance(self) -> None:
+        assert self.current is not None
+        self.offset += _size(self.current)
+        self.current = next(self._parts, None)
+
+    def close(self) -> None:
+        close = getattr(self._parts, "close", None)
+        if close:
+            close()
+
+
+def byte_range(parts: "SegmentCursor | Iterable[Segment]", start: int, end: int,
+               chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The bytes [start, end) of the NAR made of `parts` (uncoalesced segments, or a cursor at or
+    before `start`), in chunks of about `chunk_size`: files before `start` are skipped by their
+    size, never opened, and only the part of a file inside the range is read. A cursor is left on
+    the segment holding `end`, for the next range."""
+    cursor = parts if isinstance(parts, SegmentCursor) else SegmentCursor(parts)
+    if start < cursor.offset:
+        raise ValueError(f"the cursor is already at {cursor.offset}, past {start}")
+    cursor.start()
     pending: list[bytes] = []
-    pending_size = position = 0
-    for part in parts:
-        size = len(part) if isinstance(part, bytes) else part.size
+    pending_size = 0
+    while (part := cursor.current) is not None and cursor.offset < end:
+        position, size = cursor.offset, _size(part)
         if position + size > start:
             low, high = max(start - position, 0), min(end - position, size)
             if isinstance(part, bytes):
@@ -162,11 +196,15 @@ def byte_range(parts: Iterable[Segment], start: int, end: int, chunk_size: int =
                 if pending_size >= chunk_size:
                     yield b"".join(pending)
                     pending, pending_size = [], 0
-        position += size
-        if position >= end:
-            break
+        if position + size > end:
+            break  # the next range may start inside this segment
+        cursor.advance()
     if pending:
         yield b"".join(pending)
+
+
+def _size(part: Segment) -> int:
+    return len(part) if isinstance(part, bytes) else part.size
 
 
 def open_file(part: FileContents) -> BinaryIO:

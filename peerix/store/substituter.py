@@ -20,6 +20,7 @@ from .remote import NarFetchError, RemoteStore
 log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 16384
+RANGE_CURSORS = 8  # NAR walks kept where the last range ended, for the next piece of a split
 T = TypeVar("T")
 
 
@@ -50,6 +51,7 @@ class Substituter:
         self._sign = functools.lru_cache(maxsize=CACHE_ENTRIES)(key.sign) if key else None
         self._cache: OrderedDict[str, PathInfo] = OrderedDict()
         self._cache_generation: object = None
+        self._cursors: OrderedDict[bytes, nar.SegmentCursor] = OrderedDict()
         self._walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-walker")
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
@@ -137,12 +139,19 @@ class Substituter:
         lies before it."""
         end = info.nar_size if end is None else end
         if (start, end) != (0, info.nar_size):
-            cached = self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
-            parts = [nar.FileContents(cached, info.nar_size)] if cached else \
-                nar.segments(self.local.real_path(info.store_path))
-            async with contextlib.aclosing(self._on_walker(nar.byte_range(parts, start, end))) as chunks:
+            cursor = self._cursors.pop(info.nar_hash, None)
+            if cursor is None or cursor.offset > start:
+                if cursor:
+                    self._walker.submit(cursor.close)
+                cached = self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
+                cursor = nar.SegmentCursor([nar.FileContents(cached, info.nar_size)] if cached else
+                                           nar.segments(self.local.real_path(info.store_path)))
+            async with contextlib.aclosing(self._on_walker(nar.byte_range(cursor, start, end))) as chunks:
                 async for chunk in chunks:
                     yield chunk
+            self._cursors[info.nar_hash] = cursor  # only after a whole range: the walk is where it says
+            while len(self._cursors) > RANGE_CURSORS:
+                self._walker.submit(self._cursors.popitem(last=False)[1].close)
             return
         async with contextlib.aclosing(self.nar(info)) as parts:
             async for part in parts:
