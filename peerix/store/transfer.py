@@ -222,11 +222,11 @@ class NarTransfer:
         if header.get("size") != end - start:
             remote.peer_failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
             raise NarFetchError("wrong size")
-        remote.reputation.succeeded(peer, time.monotonic() - began)
         blocks = header.get("encoding") == wire.ZSTD_BLOCKS
         if blocks and request.zstd is None:
             remote.peer_failed(peer, "nar", "rejected", "compressed although not asked to")
             raise NarFetchError("unasked compression")
+        remote.reputation.succeeded(peer, time.monotonic() - began)
         return PeerRange(candidate, stream.recv(), start, end, self.settings.read_timeout, blocks, self._on_wire)
 
     def _on_wire(self, size: int) -> None:
