@@ -20,7 +20,7 @@ def admin(tracker, token_file: Path | None, *args: str) -> subprocess.CompletedP
 
 def test_admin_lists_purges_and_removes(start_tracker, tmp_path: Path) -> None:
     token = tmp_path / "admin.token"
-    token.write_text("a-long-admin-token-0123456789\n")
+    token.write_text("# rotated 2026-11\n\na-long-admin-token-0123456789\n")  # read as the tracker reads it
     token.chmod(0o600)
     tracker = start_tracker("--admin-token-file", str(token))
     alice, bob = new_key(), new_key()

@@ -8,7 +8,7 @@ import httpx
 
 from peerix.dashboard import ago
 from peerix.net.tracker_protocol import ADMIN_PEERS_PATH
-from peerix.secrets import SecretFileError, read_secret
+from peerix.secrets import SecretFileError, read_token
 
 
 class AdminError(Exception):
@@ -18,9 +18,9 @@ class AdminError(Exception):
 class Admin:
     def __init__(self, url: str, token_file: Path | None) -> None:
         try:
-            token = read_secret(token_file).split()[0] if token_file else ""
-        except (SecretFileError, IndexError) as error:
-            raise AdminError(f"admin token: {error or f'{token_file} is empty'}") from None
+            token = read_token(token_file) if token_file else ""  # read as the tracker reads its token files
+        except SecretFileError as error:
+            raise AdminError(f"admin token: {error}") from None
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=30,
                                  headers={"authorization": f"Bearer {token}"} if token else {})
