@@ -83,6 +83,7 @@ async def run(config: Config, key: SecretKey) -> None:
         if config.lan or config.static_peers:
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
+                broadcast=config.lan,
                 interval=config.lan_interval, expiry=config.lan_expiry,
             ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc())
             await lan.start()

@@ -40,7 +40,7 @@ class Site:
         nix("store", "sign", "--store", str(self.store("a")), "--key-file", str(root / "cluster.sec"), "-r",
             str(closure))
         for name in self.hosts:
-            self.start(name, *(["--peer", "10.232.0.1"] if name == "d" else []))
+            self.start(name, *(["--no-lan", "--peer", "10.232.0.1"] if name == "d" else []))  # a VPN: unicast
 
     def store(self, name: str) -> Path:
         return self.root / name / "store"
@@ -112,6 +112,7 @@ def test_closure_on_one_host_is_substituted_by_nix_on_another(site: Site, closur
 
 def test_host_outside_the_switch_is_reached_through_peer(site: Site, closure: Path, tmp_path: Path) -> None:
     wait_for(lambda: "host-a" in site.peers("d"), timeout=10)
+    assert "targets=- static=10.232.0.1" in site.log("d")  # --no-lan: no multicast, no broadcast
     assert site.peers("d")["host-a"]["source"] == "static"
     assert set(site.peers("d")) == {"host-a"}
     result = substitute(site, "d", closure, tmp_path)

@@ -107,6 +107,7 @@ class LanSettings:
     group: str = "239.255.77.77"
     interface: str | None = None  # default: the interface of the default route
     static_peers: tuple[str, ...] = ()  # HOST:PORT, for networks without broadcast (VPNs)
+    broadcast: bool = True  # multicast and subnet broadcast; off: static peers only (unicast)
     interval: float = 10.0
     expiry: float = 35.0
     max_skew: float = 300.0
@@ -136,11 +137,11 @@ class LanDiscovery(asyncio.DatagramProtocol):
         sock = _socket(self.settings, interface)
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self._targets = [(self.settings.group, self.settings.port)]
-        if interface is not None:
+        self._targets = [(self.settings.group, self.settings.port)] if self.settings.broadcast else []
+        if interface is not None and self.settings.broadcast:
             self._targets.append((str(interface.network.network.broadcast_address), self.settings.port))
         log.info("lan discovery port=%d interface=%s targets=%s static=%s", self.settings.port,
-                 interface and interface.name, ",".join(f"{h}:{p}" for h, p in self._targets),
+                 interface and interface.name, ",".join(f"{h}:{p}" for h, p in self._targets) or "-",
                  ",".join(self.settings.static_peers) or "-")
         self._task = asyncio.create_task(self._announce_forever())
 
@@ -266,7 +267,8 @@ def _socket(settings: LanSettings, interface: Interface | None) -> socket.socket
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
     try:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(settings.group) + local)
+        if settings.broadcast:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(settings.group) + local)
     except OSError as error:  # no multicast route: broadcast and static peers still work
         log.warning("lan multicast unavailable group=%s error=%s", settings.group, error)
     sock.setblocking(False)
