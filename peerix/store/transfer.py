@@ -250,7 +250,7 @@ class NarTransfer:
             try:
                 chunk = await source.read()
             except NarFetchError as error:
-                self._failed(source.candidate, "failed", str(error))
+                self.remote.peer_failed(source.candidate.peer_id, "nar", "failed", str(error))
                 resumed = await self._open_next(position, size)
                 if resumed is None:
                     raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte "
@@ -269,9 +269,6 @@ class NarTransfer:
         self.remote.metrics.nar_resumes.inc()
         log.info("resuming nar path=%s peer=%s at byte %d of %d", self.info.store_path,
                  source.candidate.peer_id[:10], position, self.info.nar_size)
-
-    def _failed(self, candidate: "Candidate", result: str, detail: str) -> None:
-        self.remote.peer_failed(candidate.peer_id, "nar", result, detail)
 
     async def _pieces(self, first: PeerRange) -> AsyncIterator[bytes]:
         """Several peers at once into the temporary file; the front is read as it completes."""
@@ -353,21 +350,20 @@ class NarTransfer:
                         return  # counted by _open
                     if source is None:
                         return  # this peer does not have the NAR after all
+                    if piece.written:
+                        self._resumed(source, piece.position)
                 piece.streaming, piece.last_progress = True, time.monotonic()
                 await self._fill(piece, source)
                 piece.owner, source = None, None
                 piece = self._claim(peer)
             self._idle.append(candidate)
         except NarFetchError as error:
-            self._failed(candidate, "failed", str(error))
+            self.remote.peer_failed(peer, "nar", "failed", str(error))
         except OSError as error:  # writing the temporary file: not the peer's fault, the transfer's end
             self._disk_error = error
         finally:
             if piece is not None:
                 piece.owner, piece.streaming = None, False
-                if piece.written:
-                    self.remote.metrics.nar_resumes.inc()
-                    self.resumes += 1
             del self._workers[peer]
             self._changed.set()
 
@@ -483,9 +479,8 @@ class NarTransfer:
                     chunk = await source.read()
                     await self._under_cap()
                     sha256.update(chunk)
-                    end = position + len(chunk)
                     differs.update(self._differing(chunk, position))
-                    position = end
+                    position += len(chunk)
             except NarFetchError:
                 continue
             if sha256.digest() == self.info.nar_hash:
@@ -505,11 +500,10 @@ class NarTransfer:
     def _sources(self) -> str:
         """Who supplied how much, for logs and the dashboard: `ab12cd34ef` alone, else
         `ab12cd34ef:60%,0123456789:40%`."""
-        total = sum(self.contributed.values()) or 1
         if len(self.contributed) == 1:
             return next(iter(self.contributed))[:10]
+        total = sum(self.contributed.values()) or 1
         return ",".join(f"{peer[:10]}:{count * 100 // total}%" for peer, count in self.contributed.most_common())
-
 
     def _detail(self, received: int) -> str:
         """For the dashboard: how many peers, resumes, and what zstd saved."""
