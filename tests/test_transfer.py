@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_peers import host, is_valid, start_liar, verify
+from test_peers import FAST, host, is_valid, start_liar, verify
 
 from peerix.localfleet import Host, LocalFleet, wait_until
 from peerix.nix.narinfo import NarInfo
@@ -39,20 +39,26 @@ def temporary_files(on: Host) -> list[str]:
     return found
 
 
+def capped_senders(fleet: LocalFleet, path: Path) -> tuple[Host, Host]:
+    """Hosts a and b holding `path`, each uploading at most 40 MiB/s: slow enough to act mid-transfer."""
+    senders = fleet.host("a"), fleet.host("b")
+    for sending in senders:
+        sending.give(str(path))
+        sending.start(*FAST, *CAPPED)
+    for sending in senders:
+        fleet.wait_announced(sending, [str(path)])
+    return senders
+
+
 def sender(*hosts: Host) -> Host:
     return max(hosts, key=lambda h: h.metric("peerix_peer_sent_bytes_total"))
 
 
 @pytest.mark.parametrize("mode", ["split", "one peer at a time"])
 def test_peer_killed_halfway_nix_gets_the_rest_from_another(fleet: LocalFleet, big200: Path, mode: str) -> None:
-    a, b = host(fleet, "a", big200), host(fleet, "b", big200)
-    for sending in (a, b):
-        sending.stop()
-        sending.start("--connect-timeout", "1", "--peer-timeout", "2", *CAPPED)
-    fleet.wait_announced(b, [str(big200)])
-    c = host(fleet, "c") if mode == "split" else fleet.host("c")
-    if mode != "split":
-        c.start("--connect-timeout", "1", "--peer-timeout", "2", "--max-sources", "1")
+    a, b = capped_senders(fleet, big200)
+    c = fleet.host("c")
+    c.start(*FAST, *(() if mode == "split" else ("--max-sources", "1")))
     size = nar_size(big200)
     nix_process = c.nix_realise(str(big200))
     wait_until(lambda: c.metric("peerix_peer_received_bytes_total") > size / 2, "half of the NAR", timeout=60)
@@ -113,11 +119,7 @@ def test_a_liar_in_a_split_transfer_is_found_and_the_nar_refetched(fleet: LocalF
 
 
 def test_cancelled_split_transfer_leaves_no_temporary_file(fleet: LocalFleet, big200: Path) -> None:
-    for name in ("a", "b"):
-        sending = fleet.host(name)
-        sending.give(str(big200))
-        sending.start(*CAPPED)
-        fleet.wait_announced(sending, [str(big200)])
+    capped_senders(fleet, big200)
     c = host(fleet, "c")
     nix_process = c.nix_realise(str(big200))
     wait_until(lambda: temporary_files(c) != [], "the split transfer to start", timeout=30)
