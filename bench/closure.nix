@@ -2,7 +2,7 @@
 # ones, and many small paths full of small files; derivation outputs that reference each other.
 { seed ? "bench-1", smallPaths ? 276, scale ? 1 }:
 let
-  mk = import ../peerix/mk-derivation.nix seed;
+  mk = import ../peerix/cli/mk-derivation.nix seed;
   mb = n: toString (n * scale * 1048576);
   large = map (i: mk "large-${toString i}" ''/usr/bin/head -c ${mb (builtins.elemAt [ 200 150 100 80 ] i)} /dev/urandom > $out'') [ 0 1 2 3 ];
   medium = builtins.genList (i: mk "medium-${toString i}" ''

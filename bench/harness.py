@@ -110,8 +110,8 @@ http {{
 
 @contextmanager
 def peerix_serve(store_root: str, work: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    from peerix.common.secrets import write_secret
     from peerix.nix.signing import SecretKey
-    from peerix.secrets import write_secret
 
     key_file = work / f"bench-{time.monotonic_ns()}.sec"
     write_secret(key_file, SecretKey.generate("bench-1").to_text())

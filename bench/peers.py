@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import iroh_raw  # noqa: E402
 
-from peerix.localfleet import LocalFleet  # noqa: E402
+from peerix.cli.localfleet import LocalFleet  # noqa: E402
 from peerix.nix import nix32  # noqa: E402
 
 from harness import BENCH, build_closure, curl, median, nginx, peak_rss_mib, run, workdir  # noqa: E402

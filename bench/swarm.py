@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from peerix.localfleet import Host, LocalFleet, wait_until  # noqa: E402
+from peerix.cli.localfleet import Host, LocalFleet, wait_until  # noqa: E402
 
 from harness import BENCH, curl, median, run, workdir  # noqa: E402
 

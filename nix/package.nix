@@ -35,7 +35,7 @@ python3Packages.buildPythonApplication {
   # has none of: it runs with `scripts/dev test`, and the flake's `checks` run the NixOS VM test.
   doCheck = false;
   pythonImportsCheck = [
-    "peerix.cli"
+    "peerix.cli.main"
     "tracker.cli"
   ];
   meta = {

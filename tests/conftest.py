@@ -147,7 +147,7 @@ def start_tracker(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def fleet(tmp_path: Path):
     """A local fleet with a running tracker; hosts are added by the test."""
-    from peerix.localfleet import LocalFleet
+    from peerix.cli.localfleet import LocalFleet
     fleet = LocalFleet(tmp_path)
     fleet.start_tracker()
     yield fleet

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from peerix.localfleet import LocalFleet, wait_until
+from peerix.cli.localfleet import LocalFleet, wait_until
 from peerix.nix.narinfo import NarInfo
 
 from conftest import requires_nix

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from peerix.localfleet import LocalFleet
+from peerix.cli.localfleet import LocalFleet
 from peerix.nix.signing import SecretKey
 
 from conftest import peerix, requires_nix

@@ -8,7 +8,7 @@ import pytest
 import zstandard
 from test_peers import verify
 
-from peerix.localfleet import Host, LocalFleet
+from peerix.cli.localfleet import Host, LocalFleet
 from peerix.net import compression, wire
 
 from conftest import requires_nix

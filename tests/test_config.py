@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from peerix import config
-from peerix.cli import build_parser
-from peerix.store.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
+from peerix.cli.main import build_parser
+from peerix.daemon import config
+from peerix.swarm.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
 
 
 def load(*argv: str) -> config.Config:

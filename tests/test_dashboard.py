@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from browser import CHROMIUM, Page, rendered_dom
 
-from peerix.localfleet import LocalFleet
+from peerix.cli.localfleet import LocalFleet
 
 from conftest import requires_nix
 from nixtools import closure_of

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peerix.localfleet import LocalFleet
+from peerix.cli.localfleet import LocalFleet
 
 from conftest import ROOT, requires_nix
 from nixtools import closure_of, path_info, run

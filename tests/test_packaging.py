@@ -53,7 +53,7 @@ def test_readme_documents_every_module_option_and_its_default() -> None:
 
 
 def test_readme_documents_every_daemon_setting() -> None:
-    from peerix.config import SETTINGS
+    from peerix.daemon.config import SETTINGS
 
     readme = (ROOT / "README.md").read_text()
     missing = [name for name, f in SETTINGS.items() if f"`{name}`" not in readme]

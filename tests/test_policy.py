@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from peerix.net.upstream import Upstream
 from peerix.nix.signing import SecretKey, sign_info
 from peerix.store.local import LocalStore
-from peerix.store.policy import Accept, Policy, Serve, Upstream
+from peerix.swarm.policy import Accept, Policy, Serve
 
 from conftest import offline, requires_nix
 from nixtools import closure_of, hash_part

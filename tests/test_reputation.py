@@ -1,4 +1,4 @@
-from peerix.net.reputation import Reputation
+from peerix.swarm.reputation import Reputation
 
 
 class Clock:

@@ -205,10 +205,10 @@ def test_store_file_changed_behind_nix_cuts_the_nar_short(served, host_a: Path, 
 
 async def test_nar_under_a_server_without_zero_copy(host_a: Path, closure: Path) -> None:
     """Other ASGI servers lack the zero-copy extension: the same NAR comes through plain body chunks."""
-    from peerix.app import CacheSettings, create_app
-    from peerix.metrics import Metrics
+    from peerix.http.app import CacheSettings, create_app
     from peerix.store.local import LocalStore
     from peerix.store.substituter import Substituter
+    from peerix.telemetry.metrics import Metrics
 
     async with LocalStore(host_a) as local:
         substituter = Substituter(local, SecretKey.generate("k-1"))

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from test_peers import FAST, host, is_valid, start_liar, verify
 
-from peerix.localfleet import Host, LocalFleet, wait_until
+from peerix.cli.localfleet import Host, LocalFleet, wait_until
 from peerix.nix.narinfo import NarInfo
 
 from conftest import requires_nix

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import httpx
 
-from peerix.dashboard import ago
+from peerix.common.secrets import SecretFileError, read_token
+from peerix.common.units import ago
 from peerix.net.tracker_protocol import ADMIN_PEERS_PATH
-from peerix.secrets import SecretFileError, read_token
 
 
 class AdminError(Exception):

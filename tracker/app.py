@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from peerix import __version__
-from peerix.app import MetricsMiddleware
+from peerix.common.asgi import MetricsMiddleware
 from peerix.net.tracker_protocol import (
     ADMIN_PEERS_PATH,
     ANNOUNCE_PATH,

@@ -5,7 +5,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from peerix import __version__, logs
+from peerix import __version__
+from peerix.common import logs
 
 from . import config
 from .admin import AdminError

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerix.config import parse_listen, parse_size
+from peerix.common.secrets import SecretFileError, read_secret
+from peerix.common.units import parse_listen, parse_size
 from peerix.net.tracker_protocol import is_peer_id
-from peerix.secrets import SecretFileError, read_secret
 
 DEFAULT_PORT = 12305
 MEMBERSHIPS = ("open", "allowlist", "token")

@@ -66,7 +66,7 @@ class Metrics:
         self._hits, self._misses = (self.lookup_hashes.labels(result) for result in ("hit", "miss"))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
-        """The interface of peerix.app.MetricsMiddleware."""
+        """The interface of peerix.common.asgi.MetricsMiddleware."""
         method = method if method in _METHODS else "OTHER"
         children = self._request_children.get((route, method, status))
         if children is None:

@@ -5,7 +5,7 @@ import time
 
 import uvicorn
 
-from peerix.uvicorn_server import Server
+from peerix.common.server import Server
 
 from .app import Tracker, create_app
 from .auth import Authenticator

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from ..store.remote import Candidate
 from .endpoint import EndpointAddress
 
 log = logging.getLogger(__name__)
@@ -114,8 +113,6 @@ class LanSettings:
 
 
 class LanDiscovery(asyncio.DatagramProtocol):
-    name = "lan"
-
     def __init__(self, seed: bytes, settings: LanSettings, address: Callable[[], EndpointAddress], name: str,
                  on_drop: Callable[[str], None] = lambda reason: None) -> None:
         self.key = nacl.signing.SigningKey(seed)
@@ -210,10 +207,10 @@ class LanDiscovery(asyncio.DatagramProtocol):
                 del self.peers[peer_id]
                 log.info("lan peer expired peer=%s name=%s", peer_id[:10], peer.announcement.name)
 
-    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
-        """Every live LAN peer: without a store summary, any of them may have the path."""
+    def live_peers(self) -> list[LanPeer]:
+        """The peers heard from within `expiry`."""
         self._expire()
-        return [Candidate(p.announcement.address, p.source) for p in self.peers.values()]
+        return list(self.peers.values())
 
 
 @dataclass(frozen=True)

@@ -3,21 +3,17 @@
 import asyncio
 import contextlib
 import functools
-import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..nix import nar, nix32
 from ..nix.narinfo import NarInfo, PathInfo
 from ..nix.signing import Info, SecretKey, add_signature
 from .local import LocalStore
 from .narcache import NarCache, NarCacheWriter
-from .remote import NarFetchError, RemoteStore
-
-log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 16384
 RANGE_CURSORS = 8  # NAR walks kept where the last range ended, for the next piece of a split
@@ -39,9 +35,23 @@ class Unavailable(Exception):
     """The store cannot answer right now (its database is locked, missing or corrupt)."""
 
 
+class NarUnavailable(OSError):
+    """A NAR that cannot be sent: its path is gone, or no peer could start sending it."""
+
+
+class Network(Protocol):
+    """Where the paths this host lacks come from: the peer network (swarm.remote.RemoteStore)."""
+
+    async def find(self, hash_part: str) -> PathInfo | None:
+        """The path's info as accepted from a peer (trusted signatures only), or None."""
+
+    async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
+        """The verified NAR of a path `find` returned; raises NarUnavailable when it cannot start."""
+
+
 class Substituter:
     def __init__(self, local: LocalStore, key: SecretKey | None, nar_cache: NarCache | None = None,
-                 remote: RemoteStore | None = None) -> None:
+                 remote: Network | None = None) -> None:
         self.local = local
         self.key = key
         self.nar_cache = nar_cache
@@ -59,24 +69,21 @@ class Substituter:
         """Signed info for a path Nix can have: from the local store, else from the peer network."""
         info = await self.path_info(hash_part)
         if info is None and self.remote is not None:
-            found = await self.remote.path_info(hash_part)
+            found = await self.remote.find(hash_part)
             if found is not None:
-                info = self._signed(found.info)
+                info = self._signed(found)
         return info
 
     async def open_nar(self, info: PathInfo) -> AsyncIterator[nar.Segment]:
         """The NAR of a path `lookup` returned: local if the store has it, else from a peer.
 
-        Raises NarFetchError (an OSError) when no peer starts sending it.
+        Raises NarUnavailable when it cannot start.
         """
-        hash_part = info.store_path.hash_part
-        if await self.path_info(hash_part) is not None:
+        if await self.path_info(info.store_path.hash_part) is not None:
             return self.nar(info)
-        # Nix keeps narinfo for a long time, so the NAR may be asked for long after the narinfo.
-        found = (self.remote.known(hash_part) or await self.remote.path_info(hash_part)) if self.remote else None
-        if found is None or found.info.nar_hash != info.nar_hash:
-            raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
-        return await self.remote.open_nar(found)
+        if self.remote is None:
+            raise NarUnavailable(f"{info.store_path} is not in this host's store any more")
+        return await self.remote.open_nar(info)
 
     def _signed(self, info: Info) -> Info:
         return add_signature(info, self._sign(info.fingerprint())) if self._sign else info

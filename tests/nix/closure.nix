@@ -2,7 +2,7 @@
 # and need no signature) with the file types a NAR can hold. `seed` gives each caller fresh paths.
 { seed ? "0" }:
 let
-  mk = import ../../peerix/mk-derivation.nix seed;
+  mk = import ../../peerix/cli/mk-derivation.nix seed;
   lib = mk "peerix-test-lib" ''
     /bin/mkdir -p $out/lib $out/share/empty-dir "$out/share/with space"
     echo "libfoo ${seed}" > $out/lib/libfoo.so.1

@@ -1,6 +1,6 @@
 # Thousands of small files of odd sizes (about 5 MB of NAR): split transfers cut through them.
 { seed ? "0" }:
-import ../../peerix/mk-derivation.nix seed "peerix-test-smallfiles" ''
+import ../../peerix/cli/mk-derivation.nix seed "peerix-test-smallfiles" ''
   /usr/bin/mkdir -p $out/a/b
   i=0
   while [ $i -lt 2500 ]; do

@@ -3,17 +3,16 @@
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, config, logs
-from .nix.signing import SecretKey
-from .secrets import SecretFileError, load_secret_key, write_secret
-from .store.local import StoreError
-
-log = logging.getLogger("peerix")
+from .. import __version__
+from ..common import logs
+from ..common.secrets import SecretFileError, load_secret_key, write_secret
+from ..daemon import config
+from ..nix.signing import SecretKey
+from ..store.local import StoreError
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -25,7 +24,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import host_key, run
+    from ..daemon.run import host_key, run
 
     settings = config.load(args)
     asyncio.run(run(settings, host_key(settings)))
@@ -52,7 +51,7 @@ def ask_daemon(url: str, path: str, timeout: float = 10) -> dict:
 
 def hash_of(text: str) -> str:
     """The hash part of a store path, a basename or a bare hash."""
-    from .nix.storepath import is_hash_part
+    from ..nix.storepath import is_hash_part
 
     candidate = text.rstrip("/").rsplit("/", 1)[-1][:32]
     if not is_hash_part(candidate):
@@ -87,7 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from .explain import describe
+    from .why import describe
 
     why = ask_daemon(args.url, f"/api/v1/why/{hash_of(args.path)}", timeout=30)
     print(json.dumps(why, indent=2) if args.json else describe(why))
@@ -97,7 +96,8 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_peers(args: argparse.Namespace) -> int:
     import time
 
-    from .dashboard import ago, reputation_text
+    from ..common.units import ago
+    from ..http.dashboard import reputation_text
 
     peers = ask_daemon(args.url, "/api/v1/peers")["peers"]
     if args.json:
@@ -210,6 +210,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

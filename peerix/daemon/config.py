@@ -18,42 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .access import LOOPBACK
-from .store.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
+from ..common.units import parse_bool, parse_listen, parse_size
+from ..http.access import LOOPBACK
+from ..swarm.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
 
 DEFAULT_PORT = 12304
 
 
 class ConfigError(Exception):
     pass
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT, with IPv6 hosts in brackets ([::1]:12304)."""
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes, optionally with a K, M, G or T suffix (powers of 1024)."""
-    if isinstance(text, int) and text >= 0:
-        return text
-    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", str(text).strip(), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"expected a size such as 1073741824, 512M or 1G, got {text!r}")
-    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
-
-
-def parse_bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    if str(text).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(text).lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def default_state_dir() -> Path:

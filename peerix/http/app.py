@@ -6,7 +6,6 @@ cannot be answered becomes a fast 404 (or a 400 for input Nix itself would never
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,23 +15,23 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from . import __version__
+from .. import __version__
+from ..common.asgi import MetricsMiddleware
+from ..common.throttle import Throttle
+from ..nix import nix32
+from ..nix.hash import SHA256_SIZE
+from ..nix.narinfo import PathInfo
+from ..nix.storepath import is_hash_part
+from ..store.narcache import NarCache
+from ..store.substituter import NarUnavailable, Substituter, Unavailable, narinfo_text
+from ..swarm.explain import explain
+from ..swarm.policy import Policy
+from ..telemetry.metrics import Metrics
 from .access import LOOPBACK, ClientAccess, parse_networks
 from .dashboard import render as render_dashboard
-from .explain import explain
-from .metrics import Metrics
 from .nar_response import NAR_TYPE, NarResponse
-from .nix import nix32
-from .nix.hash import SHA256_SIZE
-from .nix.narinfo import PathInfo
-from .nix.storepath import is_hash_part
-from .store.policy import Policy
-from .store.remote import NarFetchError
-from .store.substituter import Substituter, Unavailable, narinfo_text
-from .throttle import Throttle
-from .zerocopy import EXTENSION as ZEROCOPY
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     """
     access = access or ClientAccess(parse_networks(LOOPBACK))
     if substituter.nar_cache:
-        metrics.watch_nar_cache(substituter.nar_cache)
+        _watch_nar_cache(metrics, substituter.nar_cache)
     cache_info = (
         f"StoreDir: {substituter.local.store_dir}\n"
         f"WantMassQuery: {int(settings.want_mass_query)}\n"
@@ -133,7 +132,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             return Response(headers={"content-length": str(info.nar_size)}, media_type=NAR_TYPE)
         try:
             parts = await substituter.open_nar(info)
-        except NarFetchError as error:
+        except NarUnavailable as error:
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
             return _error(404, "no peer could send this NAR")
         return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info), throttle)
@@ -229,32 +228,13 @@ def _error(status: int, reason: str) -> Response:
     return PlainTextResponse(reason + "\n", status_code=status)
 
 
-class MetricsMiddleware:
-    """Counts every response by route and status, its body bytes and its full duration."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status, sent = 500, 0
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
-            elif kind == ZEROCOPY:
-                sent += message["count"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            route = getattr(scope.get("endpoint"), "__name__", "unmatched")
-            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started, sent)
+def _watch_nar_cache(metrics: Metrics, cache: NarCache) -> None:
+    """The NAR cache keeps its own counters; the metrics read them at scrape time."""
+    for kind, name, help, read in (
+        ("counter", "peerix_nar_cache_hits", "NARs served whole from the NAR cache", lambda: cache.hits),
+        ("counter", "peerix_nar_cache_stored", "NARs added to the NAR cache", lambda: cache.stored),
+        ("counter", "peerix_nar_cache_evicted", "NARs evicted from the NAR cache", lambda: cache.evicted),
+        ("gauge", "peerix_nar_cache_bytes", "Bytes held by the NAR cache", lambda: cache.total_bytes),
+        ("gauge", "peerix_nar_cache_entries", "NARs held by the NAR cache", lambda: cache.entries),
+    ):
+        metrics.read_at_scrape(kind, name, help, read)

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from .nix import nar
-from .throttle import Throttle
-from .zerocopy import EXTENSION as ZEROCOPY
+from ..common.asgi import ZEROCOPY
+from ..common.throttle import Throttle
+from ..nix import nar
 
 NAR_TYPE = "application/x-nix-nar"
 THROTTLED_SLICE = 1 << 20

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-EXTENSION = "http.response.zerocopysend"
+from ..common.asgi import ZEROCOPY
 
 
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
@@ -24,11 +24,11 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
 
 
 async def _with_zerocopy(app: ASGIApp, cycle: RequestResponseCycle, scope: Scope, receive: Receive, send: Send) -> None:
-    scope.setdefault("extensions", {})[EXTENSION] = {}
+    scope.setdefault("extensions", {})[ZEROCOPY] = {}
     loop = asyncio.get_running_loop()
 
     async def zerocopy_send(message: Message) -> None:
-        if message["type"] != EXTENSION:
+        if message["type"] != ZEROCOPY:
             return await send(message)
         if cycle.disconnected:
             raise ConnectionResetError("client went away")

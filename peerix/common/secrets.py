@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from .nix.signing import KeyFormatError, SecretKey
+from ..nix.signing import KeyFormatError, SecretKey
 
 log = logging.getLogger(__name__)
 

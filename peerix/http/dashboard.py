@@ -4,26 +4,9 @@ import html
 import time
 from typing import Any
 
-from . import __version__
-from .activity import Activity
-
-
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError
-
-
-def ago(moment: float | None, now: float) -> str:
-    if not moment:
-        return "-"
-    seconds = max(0, now - moment)
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= length:
-            return f"{seconds / length:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
+from .. import __version__
+from ..common.units import ago, size_text
+from ..telemetry.activity import Activity
 
 
 def reputation_text(rep: dict[str, Any] | None) -> str:
@@ -52,9 +35,9 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
     totals = activity.totals
     ratio = activity.hit_ratio
     cards = [
-        ("served-to-nix", "Served to Nix", _size(totals["bytes_to_nix"])),
-        ("served-to-peers", "Served to peers", _size(totals["bytes_to_peers"])),
-        ("fetched-from-peers", "Fetched from peers", _size(totals["bytes_from_peers"])),
+        ("served-to-nix", "Served to Nix", size_text(totals["bytes_to_nix"])),
+        ("served-to-peers", "Served to peers", size_text(totals["bytes_to_peers"])),
+        ("fetched-from-peers", "Fetched from peers", size_text(totals["bytes_from_peers"])),
         ("hit-ratio", "Narinfo hit ratio", "-" if ratio is None else f"{ratio:.0%}"),
         ("verification-failures", "Verification failures", f"{totals['verification_failures']:,}"),
         ("transfers", "Transfers (failed)", f"{totals['transfers_complete']:,} ({totals['transfers_failed']:,})"),
@@ -65,7 +48,7 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
     peer_rows = [(p.get("name") or "?", p["source"], p["peer_id"][:12],
                   ", ".join(p["direct_addresses"]) or p.get("relay_url") or "-",
                   ago(p.get("last_seen"), now), reputation_text(p.get("reputation"))) for p in peers]
-    transfer_rows = [(ago(t.at, now), t.direction, t.path, t.peer or "-", _size(t.bytes), f"{t.rate:.1f} MiB/s",
+    transfer_rows = [(ago(t.at, now), t.direction, t.path, t.peer or "-", size_text(t.bytes), f"{t.rate:.1f} MiB/s",
                       t.outcome, t.detail or "-") for t in activity.recent]
     tracker = network.get("tracker")
     tracker_text = "none (LAN and static peers only)" if not tracker else (

@@ -10,27 +10,32 @@ from typing import Any
 
 import uvicorn
 
-from . import systemd
-from .access import ClientAccess, parse_networks
-from .activity import Activity
-from .app import CacheSettings, create_app
+from ..common import systemd
+from ..common.secrets import load_secret_key, read_token, write_secret
+from ..common.server import Server
+from ..common.throttle import Throttle
+from ..http.access import ClientAccess, parse_networks
+from ..http.app import CacheSettings, create_app
+from ..http.zerocopy import ZeroCopyHttpToolsProtocol
+from ..net.endpoint import EndpointSettings, PeerEndpoint
+from ..net.lan import LanDiscovery, LanSettings
+from ..net.tracker_client import TrackerClient, TrackerError
+from ..net.upstream import Upstream
+from ..nix.signing import PublicKey, SecretKey
+from ..store.local import LocalStore
+from ..store.narcache import NarCache
+from ..store.substituter import Substituter
+from ..swarm.announcer import Announcer
+from ..swarm.candidates import CandidateSource, LanSource, TrackerSource
+from ..swarm.peer_service import PeerService
+from ..swarm.peers import Peers
+from ..swarm.policy import Policy
+from ..swarm.remote import RemoteSettings, RemoteStore
+from ..swarm.reputation import Reputation
+from ..swarm.transfer import TransferSettings
+from ..telemetry.activity import Activity
+from ..telemetry.metrics import Metrics
 from .config import Config
-from .metrics import Metrics
-from .net.endpoint import EndpointSettings, PeerEndpoint
-from .net.lan import LanDiscovery, LanSettings
-from .net.peer_service import PeerService
-from .net.reputation import Reputation
-from .nix.signing import PublicKey, SecretKey
-from .secrets import load_secret_key, read_token, write_secret
-from .store.local import LocalStore
-from .store.narcache import NarCache
-from .store.policy import Policy, Upstream
-from .store.remote import CandidateSource, RemoteSettings, RemoteStore
-from .store.substituter import Substituter
-from .store.transfer import TransferSettings
-from .throttle import Throttle
-from .uvicorn_server import Server
-from .zerocopy import ZeroCopyHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,10 @@ async def run(config: Config, key: SecretKey) -> None:
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
-        metrics.watch_peers(reputation)
+        metrics.read_at_scrape("gauge", "peerix_peers_known", "Peers this host has talked to",
+                               lambda: len(reputation.peers))
+        metrics.read_at_scrape("gauge", "peerix_peers_backing_off", "Peers left alone after failures",
+                               lambda: sum(not reputation.available(p) for p in reputation.peers))
         sources: list[CandidateSource] = []
         background = []
         lan = tracker_source = None
@@ -88,15 +96,12 @@ async def run(config: Config, key: SecretKey) -> None:
             ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc())
             await lan.start()
             stack.push_async_callback(lan.close)
-            sources.append(lan)
+            sources.append(LanSource(lan))
 
         def tracker_status() -> dict[str, Any] | None:
             return None
 
         if config.tracker:
-            from .net.tracker_client import TrackerClient
-            from .net.tracker_sync import Announcer, TrackerSource
-
             token = read_token(config.tracker_token_file) if config.tracker_token_file else None
             tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
             stack.push_async_callback(tracker.aclose)
@@ -112,13 +117,12 @@ async def run(config: Config, key: SecretKey) -> None:
             def tracker_status() -> dict[str, Any] | None:
                 return {"url": config.tracker, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
-        substituter.remote = RemoteStore(endpoint, sources, policy, reputation, metrics,
-                                         RemoteSettings(
-            query_timeout=config.connect_timeout + 2, miss_ttl=config.miss_ttl,
+        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
+        substituter.remote = RemoteStore(peers, policy, RemoteSettings(
+            miss_ttl=config.miss_ttl,
             transfer=TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
                                       max_sources=config.max_sources, stall_timeout=config.stall_timeout,
-                                      temporary_dir=str(config.state_dir), compression=config.compression)),
-            downloads)
+                                      temporary_dir=str(config.state_dir), compression=config.compression)))
 
         def network() -> dict[str, Any]:
             address = endpoint.address()
@@ -198,9 +202,7 @@ async def _every(seconds: float, job: Callable[..., None], *args: Any) -> None:
             log.warning("periodic job failed job=%s error=%s", getattr(job, "__name__", job), error)
 
 
-async def _deregister(tracker: Any) -> None:
-    from .net.tracker_client import TrackerError
-
+async def _deregister(tracker: TrackerClient) -> None:
     try:
         async with asyncio.timeout(3):
             await tracker.deregister()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from .nix.signing import SecretKey
-from .secrets import write_secret
+from ..common.secrets import write_secret
+from ..nix.signing import SecretKey
 
 
 class FleetError(Exception):

@@ -1,16 +1,11 @@
 """Prometheus metrics of one daemon, in a registry of its own so several can share a process."""
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .activity import Activity
-from .store.narcache import NarCache
-
-if TYPE_CHECKING:
-    from .net.reputation import Reputation
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
@@ -97,34 +92,16 @@ class Metrics:
         if sent:
             sent_bytes.inc(sent)
 
-    def watch_nar_cache(self, cache: NarCache) -> None:
-        self.registry.register(_NarCacheCollector(cache))
-
-    def watch_peers(self, reputation: "Reputation") -> None:
-        self.registry.register(_PeersCollector(reputation))
-
-
-class _PeersCollector:
-    def __init__(self, reputation: "Reputation") -> None:
-        self.reputation = reputation
-
-    def collect(self) -> Iterator[Metric]:
-        peers = self.reputation.peers
-        yield GaugeMetricFamily("peerix_peers_known", "Peers this host has talked to", value=len(peers))
-        yield GaugeMetricFamily("peerix_peers_backing_off", "Peers left alone after failures",
-                                value=sum(not self.reputation.available(p) for p in peers))
+    def read_at_scrape(self, kind: str, name: str, help: str, read: Callable[[], float]) -> None:
+        """A counter or gauge whose value `read` gives when Prometheus asks: for figures other layers
+        keep themselves (the NAR cache's hits, the peers known), which then know nothing of Prometheus."""
+        self.registry.register(_Reading(kind, name, help, read))
 
 
-class _NarCacheCollector:
-    """Reads the NAR cache's own counters at scrape time: the store layer knows nothing of Prometheus."""
-
-    def __init__(self, cache: NarCache) -> None:
-        self.cache = cache
+class _Reading:
+    def __init__(self, kind: str, name: str, help: str, read: Callable[[], float]) -> None:
+        self.family = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}[kind]
+        self.name, self.help, self.read = name, help, read
 
     def collect(self) -> Iterator[Metric]:
-        cache = self.cache
-        yield CounterMetricFamily("peerix_nar_cache_hits", "NARs served whole from the NAR cache", value=cache.hits)
-        yield CounterMetricFamily("peerix_nar_cache_stored", "NARs added to the NAR cache", value=cache.stored)
-        yield CounterMetricFamily("peerix_nar_cache_evicted", "NARs evicted from the NAR cache", value=cache.evicted)
-        yield GaugeMetricFamily("peerix_nar_cache_bytes", "Bytes held by the NAR cache", value=cache.total_bytes)
-        yield GaugeMetricFamily("peerix_nar_cache_entries", "NARs held by the NAR cache", value=cache.entries)
+        yield self.family(self.name, self.help, value=self.read())

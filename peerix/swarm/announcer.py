@@ -1,9 +1,7 @@
-"""The daemon and its tracker: announcing what the local store can share, asking who has a path.
+"""Telling the tracker what this host can share: the set of announceable paths, as deltas.
 
-The announcer watches the Nix database cheaply (two stats a second) and announces when it
-changed, or sends a heartbeat; the tracker client turns a changed set into a delta. Lookups are
-cached briefly and never slow a narinfo answer down: a down tracker is one fast failure, then
-the client's backoff makes every lookup an immediate "nobody".
+The announcer watches the Nix database cheaply (two stats a second) and announces when it changed,
+or sends a heartbeat; the tracker client turns a changed set into a delta.
 """
 
 import asyncio
@@ -11,45 +9,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..metrics import Metrics
+from ..common.throttle import Throttle
+from ..net.endpoint import EndpointAddress
+from ..net.tracker_client import PeerAddresses, TrackerClient, TrackerError
 from ..store.local import LocalStore
-from ..store.policy import Policy
-from ..store.remote import Candidate
-from ..throttle import Throttle
-from .endpoint import EndpointAddress
-from .tracker_client import PeerAddresses, PeerRecord, TrackerClient, TrackerError
+from ..telemetry.metrics import Metrics
+from .policy import Policy
 
 log = logging.getLogger(__name__)
-
-
-class TrackerSource:
-    name = "tracker"
-
-    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096) -> None:
-        self.client = client
-        self.metrics = metrics
-        self.ttl = ttl
-        self.entries = entries
-        self._answers: dict[str, tuple[float, list[Candidate]]] = {}
-        self.seen: dict[str, PeerRecord] = {}  # peers the tracker named, for `peerix peers`
-
-    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
-        hit = self._answers.get(hash_part)
-        if hit is not None and hit[0] > time.monotonic() and not fresh:
-            return hit[1]
-        try:
-            records = await self.client.lookup(hash_part)
-        except TrackerError as error:
-            self.metrics.source_errors.labels(self.name).inc()
-            log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
-            return []
-        found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
-                           self.name) for r in records]
-        self.seen.update((r.peer_id, r) for r in records)
-        if len(self._answers) >= self.entries:
-            self._answers.clear()
-        self._answers[hash_part] = (time.monotonic() + self.ttl, found)
-        return found
 
 
 class Announcer:

@@ -13,16 +13,16 @@ from typing import Any
 
 import iroh
 
-from ..metrics import Metrics
+from ..common.throttle import Throttle
+from ..net import wire
+from ..net.compression import BlockCompressor
+from ..net.endpoint import StreamHandler
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
 from ..nix.storepath import is_hash_part
-from ..store.policy import Policy
 from ..store.substituter import Substituter, Unavailable, narinfo_text
-from ..throttle import Throttle
-from . import wire
-from .compression import BlockCompressor
-from .endpoint import StreamHandler
+from ..telemetry.metrics import Metrics
+from .policy import Policy
 
 log = logging.getLogger(__name__)
 

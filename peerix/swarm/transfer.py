@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import iroh
 
@@ -33,9 +33,9 @@ from ..net.compression import CompressionError
 from ..net.endpoint import PeerUnreachable
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
-
-if TYPE_CHECKING:
-    from .remote import Candidate, RemoteStore
+from ..store.substituter import NarUnavailable
+from .candidates import Candidate
+from .peers import Peers
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ READ_SIZE = 4 << 20
 LIAR_BAN = 3600.0  # seconds a peer proven to send wrong bytes is not asked again
 
 
-class NarFetchError(OSError):
+class NarFetchError(NarUnavailable):
     """No peer could start the NAR, or the transfer failed or did not match its NarHash."""
 
 
@@ -63,7 +63,7 @@ class TransferSettings:
 class PeerRange:
     """Bytes [start, end) of a NAR streaming from one peer, raw or as zstd blocks."""
 
-    def __init__(self, candidate: "Candidate", recv: iroh.RecvStream, start: int, end: int,
+    def __init__(self, candidate: Candidate, recv: iroh.RecvStream, start: int, end: int,
                  read_timeout: float, blocks: bool, on_wire: Callable[[int], None]) -> None:
         self.candidate = candidate
         self.recv = recv
@@ -123,20 +123,21 @@ class _Piece:
 
 
 class NarTransfer:
-    def __init__(self, remote: "RemoteStore", info: PathInfo, peers: tuple["Candidate", ...],
-                 settings: TransferSettings) -> None:
-        self.remote = remote
+    def __init__(self, peers: Peers, info: PathInfo, candidates: tuple[Candidate, ...],
+                 settings: TransferSettings, on_mismatch: Callable[[], None] = lambda: None) -> None:
+        self.peers = peers
+        self.on_mismatch = on_mismatch  # the NAR failed its hash: whoever found its narinfo should look again
         self.info = info
         self.settings = settings
         # One known peer makes a split pointless: one range after another from the same peer.
         self.split = (info.nar_size >= settings.split_threshold and settings.max_sources > 1
-                      and len({p.peer_id for p in peers}) > 1)
+                      and len({c.peer_id for c in candidates}) > 1)
         self._disk_error: OSError | None = None
         self.contributed: Counter[str] = Counter()  # peer id -> bytes of the NAR it supplied
         self.resumes = 0
         self.wire_bytes = 0
         self._unthrottled = 0  # wire bytes not yet taken from the download cap
-        self._queue = list(peers)
+        self._queue = list(candidates)
         self._looked_up = False
         self._tried: set[str] = set()
         self._backed_off: list[Candidate] = []
@@ -167,7 +168,7 @@ class NarTransfer:
             raise NarFetchError(f"no peer could send {self.info.store_path}")
         return self._verified(self._pieces(first) if self.split else self._sequential(first))
 
-    async def _next_candidate(self, last_resort: bool = True) -> "Candidate | None":
+    async def _next_candidate(self, last_resort: bool = True) -> Candidate | None:
         """Peers that answered the narinfo first, then whoever the sources name now; then, as a
         `last_resort` rather than no peer at all, peers in backoff (one that restarted is often the
         only one left)."""
@@ -176,14 +177,14 @@ class NarTransfer:
                 candidate = self._queue.pop(0)
                 if candidate.peer_id in self._tried:
                     continue
-                if not self.remote.reputation.available(candidate.peer_id):
+                if not self.peers.reputation.available(candidate.peer_id):
                     self._backed_off.append(candidate)
                     continue
                 self._tried.add(candidate.peer_id)
                 return candidate
             if not self._looked_up:
                 self._looked_up = True
-                self._queue = await self.remote.candidates(self.info.store_path.hash_part, fresh=True,
+                self._queue = await self.peers.candidates(self.info.store_path.hash_part, fresh=True,
                                                            with_backoff=True)
                 continue
             while last_resort and self._backed_off:
@@ -200,48 +201,48 @@ class NarTransfer:
                     return opened
         return None
 
-    async def _open(self, candidate: "Candidate", start: int, end: int) -> PeerRange | None:
+    async def _open(self, candidate: Candidate, start: int, end: int) -> PeerRange | None:
         """A range from one peer; None when it does not have the NAR; NarFetchError when it fails."""
         peer = candidate.peer_id
         request = wire.NarRequest(self.info.store_path.hash_part, nix32.encode(self.info.nar_hash), start, end - start,
                                   zstd_request(self.settings.compression, candidate))
-        remote = self.remote
+        peers = self.peers
         began = time.monotonic()
         try:
-            async with asyncio.timeout(remote.settings.query_timeout):
-                stream = await remote.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
+            async with asyncio.timeout(peers.query_timeout):
+                stream = await peers.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
                 await stream.send().write_all(request.to_frame())
                 await stream.send().finish()
                 header = await wire.read_frame(stream.recv())
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
-            remote.peer_failed(peer, "nar", "unreachable", describe(error))
+            peers.failed(peer, "nar", "unreachable", describe(error))
             raise NarFetchError(describe(error)) from None
         if header.get("status") != "ok":
-            remote.metrics.peer_fetches.labels("nar", "not-found").inc()
+            peers.metrics.peer_fetches.labels("nar", "not-found").inc()
             return None
         if header.get("size") != end - start:
-            remote.peer_failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
+            peers.failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
             raise NarFetchError("wrong size")
         blocks = header.get("encoding") == wire.ZSTD_BLOCKS
         if blocks and request.zstd is None:
-            remote.peer_failed(peer, "nar", "rejected", "compressed although not asked to")
+            peers.failed(peer, "nar", "rejected", "compressed although not asked to")
             raise NarFetchError("unasked compression")
-        remote.reputation.succeeded(peer, time.monotonic() - began)
+        peers.reputation.succeeded(peer, time.monotonic() - began)
         return PeerRange(candidate, stream.recv(), start, end, self.settings.read_timeout, blocks, self._on_wire)
 
     def _on_wire(self, size: int) -> None:
         self.wire_bytes += size
         self._unthrottled += size
-        self.remote.metrics.peer_wire_bytes.labels("received").inc(size)
+        self.peers.metrics.peer_wire_bytes.labels("received").inc(size)
 
     async def _received(self, chunk: bytes) -> None:
         await self._under_cap()
-        self.remote.metrics.peer_received_bytes.inc(len(chunk))
+        self.peers.metrics.peer_received_bytes.inc(len(chunk))
 
     async def _under_cap(self) -> None:
         """The download cap applies to what crossed the network (zstd blocks, not their contents)."""
         wire_bytes, self._unthrottled = self._unthrottled, 0
-        await self.remote.downloads.take(wire_bytes)
+        await self.peers.downloads.take(wire_bytes)
 
     async def _sequential(self, source: PeerRange) -> AsyncIterator[bytes]:
         """One peer at a time; the next one resumes where a failed one stopped."""
@@ -250,7 +251,7 @@ class NarTransfer:
             try:
                 chunk = await source.read()
             except NarFetchError as error:
-                self.remote.peer_failed(source.candidate.peer_id, "nar", "failed", str(error))
+                self.peers.failed(source.candidate.peer_id, "nar", "failed", str(error))
                 resumed = await self._open_next(position, size)
                 if resumed is None:
                     raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte "
@@ -266,14 +267,14 @@ class NarTransfer:
 
     def _resumed(self, source: PeerRange, position: int) -> None:
         self.resumes += 1
-        self.remote.metrics.nar_resumes.inc()
+        self.peers.metrics.nar_resumes.inc()
         log.info("resuming nar path=%s peer=%s at byte %d of %d", self.info.store_path,
                  source.candidate.peer_id[:10], position, self.info.nar_size)
 
     async def _pieces(self, first: PeerRange) -> AsyncIterator[bytes]:
         """Several peers at once into the temporary file; the front is read as it completes."""
         size, fd = self.info.nar_size, self._fd
-        self.remote.metrics.nar_split_transfers.inc()
+        self.peers.metrics.nar_split_transfers.inc()
         self._all[0].owner = first.candidate.peer_id
         self._spawn(first.candidate, self._all[0], first)
         delivered = 0
@@ -324,7 +325,7 @@ class NarTransfer:
             free.owner, free.last_progress = peer, time.monotonic()
         return free
 
-    def _spawn(self, candidate: "Candidate", piece: _Piece, source: PeerRange | None = None) -> None:
+    def _spawn(self, candidate: Candidate, piece: _Piece, source: PeerRange | None = None) -> None:
         self._workers[candidate.peer_id] = asyncio.create_task(self._worker(candidate, piece, source))
 
     async def _add_workers(self) -> None:
@@ -338,7 +339,7 @@ class NarTransfer:
                 return
             self._spawn(candidate, piece)
 
-    async def _worker(self, candidate: "Candidate", piece: _Piece | None, source: PeerRange | None) -> None:
+    async def _worker(self, candidate: Candidate, piece: _Piece | None, source: PeerRange | None) -> None:
         """One peer's pieces, one after another, until there is nothing left to take."""
         peer = candidate.peer_id
         try:
@@ -358,7 +359,7 @@ class NarTransfer:
                 piece = self._claim(peer)
             self._idle.append(candidate)
         except NarFetchError as error:
-            self.remote.peer_failed(peer, "nar", "failed", str(error))
+            self.peers.failed(peer, "nar", "failed", str(error))
         except OSError as error:  # writing the temporary file: not the peer's fault, the transfer's end
             self._disk_error = error
         finally:
@@ -385,7 +386,7 @@ class NarTransfer:
         if source.position < source.end:
             await source.close()
 
-    def _record_write(self, position: int, size: int, candidate: "Candidate") -> None:
+    def _record_write(self, position: int, size: int, candidate: Candidate) -> None:
         last = self._written_by[-1] if self._written_by else None
         if last and last[1] == position and last[2] is candidate:
             self._written_by[-1] = (last[0], position + size, candidate)
@@ -403,12 +404,12 @@ class NarTransfer:
             if now - piece.last_progress >= self.settings.stall_timeout and task and not task.cancelling():
                 peer = piece.owner
                 task.cancel()
-                self.remote.peer_failed(peer, "nar", "stalled",
+                self.peers.failed(peer, "nar", "stalled",
                                         f"silent for {now - piece.last_progress:.1f}s at byte {piece.position}")
 
     async def _verified(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Hash in NAR order and hold the last chunk back until the whole NAR checks out."""
-        info, remote = self.info, self.remote
+        info, peers = self.info, self.peers
         sha256, received, held = hashlib.sha256(), 0, b""
         outcome = "failed"
         try:
@@ -424,7 +425,7 @@ class NarTransfer:
                 await self._mismatch()
                 raise NarFetchError(f"the NAR of {info.store_path} from {self._sources()} does not match its NarHash")
             outcome = "complete"
-            remote.metrics.peer_fetches.labels("nar", "ok").inc()
+            peers.metrics.peer_fetches.labels("nar", "ok").inc()
             seconds = time.monotonic() - self.started
             log.info("fetched nar path=%s peers=%s bytes=%d seconds=%.3f mib_per_s=%.1f resumes=%d wire_bytes=%d",
                      info.store_path, self._sources(), received, seconds,
@@ -433,16 +434,16 @@ class NarTransfer:
         finally:
             if self._file:
                 self._file.close()
-            remote.metrics.activity.transfer("from peer", str(info.store_path), self._sources(), received,
+            peers.metrics.activity.transfer("from peer", str(info.store_path), self._sources(), received,
                                              time.monotonic() - self.started, outcome, self._detail(received))
 
     async def _mismatch(self) -> None:
         """Mark the peers that lied: one peer alone is the liar; of several in a split transfer, the
         audit tells. Liars are banned for LIAR_BAN; when nobody can tell (a resumed transfer), all
         contributors only back off."""
-        remote = self.remote
-        remote.metrics.verification_failures.labels("nar").inc()
-        remote.metrics.activity.count("verification_failures")
+        peers = self.peers
+        peers.metrics.verification_failures.labels("nar").inc()
+        peers.metrics.activity.count("verification_failures")
         if len(self.contributed) == 1:
             liars = set(self.contributed)
         elif self._file:
@@ -454,11 +455,11 @@ class NarTransfer:
         else:
             liars = set()
         for peer in liars:
-            remote.reputation.ban(peer, LIAR_BAN, "sent bytes that do not match the NarHash")
+            peers.reputation.ban(peer, LIAR_BAN, "sent bytes that do not match the NarHash")
         for peer in liars or self.contributed:
-            remote.peer_failed(peer, "nar", "mismatch", "sent bytes that do not match the NarHash")
-            remote.endpoint.forget(peer)
-        remote.forget(self.info.store_path.hash_part)
+            peers.failed(peer, "nar", "mismatch", "sent bytes that do not match the NarHash")
+            peers.endpoint.forget(peer)
+        self.on_mismatch()
         log.warning("NAR hash mismatch path=%s peers=%s liars=%s: transfer aborted", self.info.store_path,
                     self._sources(), ", ".join(p[:10] for p in liars) or "unknown")
 
@@ -515,7 +516,7 @@ class NarTransfer:
         return ", ".join(parts)
 
 
-def zstd_request(mode: str, candidate: "Candidate") -> str | None:
+def zstd_request(mode: str, candidate: Candidate) -> str | None:
     """What to ask a peer for: nothing with `never`; `prefer` with `always` and, with `auto`, from a
     peer with no address on this machine or a private network (its link is likely slow); else
     `accept`, leaving it to a peer whose own upload is slow."""

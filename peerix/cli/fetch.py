@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from .nix.narinfo import NarInfo, NarInfoError
+from ..nix.narinfo import NarInfo, NarInfoError
 from .progress import Progress
 
 _NAR_BYTES = 'peerix_http_sent_bytes_total{route="nar"}'

@@ -5,41 +5,20 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import iroh
 
-from ..metrics import Metrics
 from ..net import wire
-from ..net.endpoint import EndpointAddress, PeerEndpoint, PeerUnreachable
-from ..net.reputation import Reputation
+from ..net.endpoint import PeerUnreachable
 from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
-from ..throttle import Throttle
+from .candidates import Candidate
+from .peers import Peers
 from .policy import Policy, Verdict
 from .transfer import NarFetchError, NarTransfer, TransferSettings, describe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    address: EndpointAddress
-    source: str  # "lan", "static" or "tracker"
-
-    @property
-    def peer_id(self) -> str:
-        return self.address.endpoint_id
-
-
-class CandidateSource(Protocol):
-    name: str
-
-    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
-        """Peers that may have the path; fast, and [] rather than an error when unsure.
-        `fresh`: bypass any cache, because the peers it named have failed."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -51,14 +30,10 @@ class RemotePath:
 
 @dataclass(frozen=True)
 class RemoteSettings:
-    query_timeout: float = 5.0  # one peer's narinfo answer, connecting included
     parallel_queries: int = 4
     hit_ttl: float = 600.0
     miss_ttl: float = 10.0
     transfer: TransferSettings = TransferSettings()
-
-
-_SOURCE_RANK = {"lan": 0, "static": 0, "tracker": 1}
 
 
 @dataclass(frozen=True)
@@ -92,17 +67,16 @@ class _Expiring(OrderedDict):
 
 
 class RemoteStore:
-    def __init__(self, endpoint: PeerEndpoint, sources: Sequence[CandidateSource], policy: Policy,
-                 reputation: Reputation, metrics: Metrics, settings: RemoteSettings = RemoteSettings(),
-                 downloads: Throttle | None = None) -> None:
-        self.downloads = downloads or Throttle()
-        self.endpoint = endpoint
-        self.sources = sources
+    def __init__(self, peers: Peers, policy: Policy, settings: RemoteSettings = RemoteSettings()) -> None:
+        self.peers = peers
         self.policy = policy
-        self.reputation = reputation
-        self.metrics = metrics
+        self.metrics = peers.metrics
         self.settings = settings
         self._paths = _Expiring(16384)
+
+    async def find(self, hash_part: str) -> PathInfo | None:
+        found = await self.path_info(hash_part)
+        return found.info if found else None
 
     def known(self, hash_part: str) -> RemotePath | None:
         """A path found in the network recently (the NAR request follows the narinfo request)."""
@@ -114,28 +88,11 @@ class RemoteStore:
         if cached is not None:
             self.metrics.remote_lookups.labels("hit" if isinstance(cached, RemotePath) else "cached-miss").inc()
             return cached if isinstance(cached, RemotePath) else None
-        candidates = await self.candidates(hash_part)
+        candidates = await self.peers.candidates(hash_part)
         found = await self._first_accepted(hash_part, candidates) if candidates else None
         self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
         self.metrics.remote_lookups.labels("hit" if found else "miss").inc()
         return found
-
-    async def candidates(self, hash_part: str, fresh: bool = False, with_backoff: bool = False) -> list[Candidate]:
-        """Every source's candidates: LAN peers before tracker peers (and a peer both know keeps its LAN
-        addresses if the LAN source comes first); best reputation first within each; peers in backoff
-        left out, or put last `with_backoff`."""
-        answers = await asyncio.gather(*(source.candidates(hash_part, fresh) for source in self.sources))
-        by_peer: dict[str, Candidate] = {}
-        for candidate in (c for answer in answers for c in answer):
-            if candidate.peer_id != self.endpoint.peer_id:
-                by_peer.setdefault(candidate.peer_id, candidate)
-        ordered = [by_peer[peer_id] for peer_id in self.reputation.order(by_peer)]
-        if by_peer and not ordered and not fresh:  # a cached answer named only failed peers
-            return await self.candidates(hash_part, fresh=True, with_backoff=with_backoff)
-        ordered.sort(key=lambda c: _SOURCE_RANK.get(c.source, len(_SOURCE_RANK)))
-        if with_backoff:
-            ordered += [c for peer_id, c in by_peer.items() if not self.reputation.available(peer_id)]
-        return ordered
 
     async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> RemotePath | None:
         limit = asyncio.Semaphore(self.settings.parallel_queries)
@@ -160,8 +117,8 @@ class RemoteStore:
         """One peer's narinfo for the path, judged by policy; no bookkeeping."""
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.settings.query_timeout):
-                stream = await self.endpoint.open_stream(candidate.address, wire.NARINFO_ALPN)
+            async with asyncio.timeout(self.peers.query_timeout):
+                stream = await self.peers.endpoint.open_stream(candidate.address, wire.NARINFO_ALPN)
                 await stream.send().write_all(wire.encode_frame({"hash": hash_part}))
                 await stream.send().finish()
                 reply = await wire.read_frame(stream.recv())
@@ -183,7 +140,7 @@ class RemoteStore:
         answer = await self._ask(hash_part, candidate)
         peer = candidate.peer_id
         if answer.result == "not-found":
-            self.reputation.succeeded(peer, answer.latency)  # it answered; the tracker's list was stale
+            self.peers.reputation.succeeded(peer, answer.latency)  # it answered; the tracker's list was stale
             self.metrics.peer_fetches.labels("narinfo", "not-found").inc()
             return None
         if answer.result != "ok":
@@ -191,9 +148,10 @@ class RemoteStore:
                 self.metrics.verification_failures.labels("narinfo").inc()
                 self.metrics.activity.count("verification_failures")
                 log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], hash_part, answer.detail)
-            return self.peer_failed(peer, "narinfo", answer.result, answer.detail)
+            self.peers.failed(peer, "narinfo", answer.result, answer.detail)
+            return None
         assert answer.info is not None and answer.verdict is not None
-        self.reputation.succeeded(peer, answer.latency)
+        self.peers.reputation.succeeded(peer, answer.latency)
         self.metrics.peer_fetches.labels("narinfo", "ok").inc()
         log.info("found path=%s peer=%s source=%s seconds=%.3f verdict=%r", answer.info.store_path, peer[:10],
                  candidate.source, answer.latency, answer.detail)
@@ -202,28 +160,26 @@ class RemoteStore:
     async def explain(self, hash_part: str) -> list[Answer]:
         """What every candidate says about the path and what policy makes of it, for `peerix why`:
         nothing is cached and no reputation changes."""
-        candidates = await self.candidates(hash_part, fresh=True)
+        candidates = await self.peers.candidates(hash_part, fresh=True)
         return list(await asyncio.gather(*(self._ask(hash_part, c) for c in candidates)))
 
-    def peer_failed(self, peer: str, kind: str, result: str, error: str) -> None:
-        self.reputation.failed(peer, error)
-        self.metrics.peer_fetches.labels(kind, result).inc()
-        log.info("peer failed peer=%s kind=%s result=%s error=%s", peer[:10], kind, result, error)
-        return None
-
-    async def open_nar(self, path: RemotePath) -> AsyncIterator[bytes]:
+    async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
         """The NAR from the peers that answered the narinfo, then whoever the sources name now,
         verified on the way. Raises NarFetchError when no peer starts, before a single byte has
         been promised to anyone."""
+        hash_part = info.store_path.hash_part
+        # Nix keeps narinfo for a long time, so the NAR may be asked for long after the narinfo.
+        path = self.known(hash_part) or await self.path_info(hash_part)
+        if path is None or path.info.nar_hash != info.nar_hash:
+            raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
+        transfer = NarTransfer(self.peers, path.info, path.peers, self.settings.transfer,
+                               on_mismatch=lambda: self.forget(hash_part))
         try:
-            return await NarTransfer(self, path.info, path.peers, self.settings.transfer).start()
+            return await transfer.start()
         except NarFetchError:
-            self.forget(path.info.store_path.hash_part)
+            self.forget(hash_part)
             raise
 
     def forget(self, hash_part: str) -> None:
         """Look the path up again next time: its peers failed."""
         self._paths.pop(hash_part, None)
-
-
-

@@ -1,0 +1,51 @@
+"""Text for people and from people: sizes, addresses, booleans and ages, as both servers read and show them."""
+
+import re
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, with IPv6 hosts in brackets ([::1]:12304)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes, optionally with a K, M, G or T suffix (powers of 1024)."""
+    if isinstance(text, int) and text >= 0:
+        return text
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", str(text).strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"expected a size such as 1073741824, 512M or 1G, got {text!r}")
+    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def size_text(count: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError
+
+
+def ago(moment: float | None, now: float) -> str:
+    """How long before `now` a wall-clock moment was: '5s ago', '3m ago'; '-' for none."""
+    if not moment:
+        return "-"
+    seconds = max(0, now - moment)
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"

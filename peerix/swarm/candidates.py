@@ -1,0 +1,77 @@
+"""Who may hold a path: candidates named by the LAN and by the tracker, fast and never an error.
+
+Lookups are cached briefly and never slow a narinfo answer down: a down tracker is one fast
+failure, then the client's backoff makes every lookup an immediate "nobody".
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..net.endpoint import EndpointAddress
+from ..net.lan import LanDiscovery
+from ..net.tracker_client import PeerRecord, TrackerClient, TrackerError
+from ..telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    address: EndpointAddress
+    source: str  # "lan", "static" or "tracker"
+
+    @property
+    def peer_id(self) -> str:
+        return self.address.endpoint_id
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
+        """Peers that may have the path; fast, and [] rather than an error when unsure.
+        `fresh`: bypass any cache, because the peers it named have failed."""
+        ...
+
+
+class LanSource:
+    name = "lan"
+
+    def __init__(self, lan: LanDiscovery) -> None:
+        self.lan = lan
+
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
+        """Every live LAN peer: without a store summary, any of them may have the path."""
+        return [Candidate(peer.announcement.address, peer.source) for peer in self.lan.live_peers()]
+
+
+class TrackerSource:
+    name = "tracker"
+
+    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.ttl = ttl
+        self.entries = entries
+        self._answers: dict[str, tuple[float, list[Candidate]]] = {}
+        self.seen: dict[str, PeerRecord] = {}  # peers the tracker named, for `peerix peers`
+
+    async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
+        hit = self._answers.get(hash_part)
+        if hit is not None and hit[0] > time.monotonic() and not fresh:
+            return hit[1]
+        try:
+            records = await self.client.lookup(hash_part)
+        except TrackerError as error:
+            self.metrics.source_errors.labels(self.name).inc()
+            log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
+            return []
+        found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
+                           self.name) for r in records]
+        self.seen.update((r.peer_id, r) for r in records)
+        if len(self._answers) >= self.entries:
+            self._answers.clear()
+        self._answers[hash_part] = (time.monotonic() + self.ttl, found)
+        return found
