@@ -6,6 +6,7 @@ import pytest
 
 from peerix.cli.main import build_parser
 from peerix.daemon import config
+from peerix.nix.signing import SecretKey
 from peerix.swarm.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
 
 
@@ -22,13 +23,16 @@ def test_defaults() -> None:
     assert settings.nar_cache_size == 1 << 30
 
 
+A, B, C = (SecretKey.generate(f"{name}-1").public.to_text() for name in "abc")
+
+
 def test_file_then_flags(tmp_path: Path) -> None:
     file = tmp_path / "peerix.toml"
-    file.write_text('''
+    file.write_text(f'''
 listen = "[::1]:4000"
 priority = 10
 tracker = "http://tracker.example:8080/"
-trusted_public_keys = ["a-1:AAAA", "b-1:BBBB"]
+trusted_public_keys = ["{A}", "{B}"]
 relays = false
 nar_cache_size = "512M"
 serve = "signed"
@@ -36,12 +40,12 @@ serve = "signed"
     from_file = load("--config", str(file))
     assert from_file.listen == ("::1", 4000) and from_file.priority == 10
     assert from_file.tracker == "http://tracker.example:8080" and not from_file.relays
-    assert from_file.trusted_public_keys == ("a-1:AAAA", "b-1:BBBB")
+    assert from_file.trusted_public_keys == (A, B)
     assert from_file.nar_cache_size == 512 << 20 and from_file.serve is Serve.SIGNED
-    flags = load("--config", str(file), "--priority", "20", "--relays", "--trusted-public-keys", "c-1:CCCC",
+    flags = load("--config", str(file), "--priority", "20", "--relays", "--trusted-public-keys", C,
                  "--tracker", "none")
     assert flags.priority == 20 and flags.relays and flags.tracker is None
-    assert flags.trusted_public_keys == ("c-1:CCCC",)
+    assert flags.trusted_public_keys == (C,)
     assert flags.listen == ("::1", 4000)  # untouched by flags: still the file's
 
 
@@ -54,6 +58,12 @@ serve = "signed"
     ("tracker = 'ftp://x'", r"http\(s\) URL"),
     ("relays = 'maybe'", "true or false"),
     ("[[broken", "peerix.toml"),
+    ("trusted_public_keys = ['a-1:AAAA']", "3 bytes, expected 32"),
+    ("lan_port = 70000", "port from 1 to 65535"),
+    ("max_sources = 0", "at least 1"),
+    ("connect_timeout = false", "positive duration"),
+    ("iroh_listen = []", "HOST:PORT"),
+    ("name = ''", "1 to 64 printable"),
 ])
 def test_bad_settings_are_explained(tmp_path: Path, content: str, message: str) -> None:
     file = tmp_path / "peerix.toml"

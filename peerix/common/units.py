@@ -13,12 +13,38 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def parse_size(text: str | int) -> int:
     """Bytes, optionally with a K, M, G or T suffix (powers of 1024)."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a size, got {text!r}")
     if isinstance(text, int) and text >= 0:
         return text
     match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", str(text).strip(), re.IGNORECASE)
     if not match:
         raise ValueError(f"expected a size such as 1073741824, 512M or 1G, got {text!r}")
     return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+
+
+def parse_seconds(value: object) -> float:
+    """A positive duration: a number of seconds, or a string with a unit (500ms, 90s, 3m, 12h, 7d)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+    if isinstance(value, bool) or not match or float(match[1]) <= 0:
+        raise ValueError(f"expected a positive duration such as 90, 90s, 3m or 12h, got {value!r}")
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2] or "s"]
+
+
+def parse_count(value: object, minimum: int = 1) -> int:
+    """A whole number of at least `minimum` (`3` and "3", not 3.5 or true)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"expected a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
+def parse_port(value: object) -> int:
+    port = parse_count(value)
+    if port > 65535:
+        raise ValueError(f"expected a port from 1 to 65535, got {value!r}")
+    return port
 
 
 def parse_bool(text: str | bool) -> bool:

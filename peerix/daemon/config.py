@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..common.units import parse_bool, parse_listen, parse_size
+from ..common.units import parse_bool, parse_count, parse_listen, parse_port, parse_seconds, parse_size
 from ..http.access import LOOPBACK
+from ..nix.signing import PublicKey
 from ..swarm.policy import CACHE_NIXOS_ORG_KEY, Accept, Serve
 
 DEFAULT_PORT = 12304
@@ -65,6 +66,34 @@ def _optional_url(text: str) -> str | None:
     return text.rstrip("/")
 
 
+def _priority(value: object) -> int:
+    return parse_count(value, minimum=0)
+
+
+def _seconds_or_zero(value: object) -> float:
+    return 0.0 if not isinstance(value, bool) and str(value).strip() in ("0", "0.0") else parse_seconds(value)
+
+
+def _address(text: object) -> str:
+    """HOST:PORT, kept as written."""
+    parse_listen(str(text))
+    return str(text)
+
+
+def _public_key(text: object) -> str:
+    """A Nix public key, `name:base64` of 32 bytes, kept as written."""
+    PublicKey.parse(str(text))
+    return str(text)
+
+
+def _name(text: object) -> str:
+    """What peers and the tracker show: the tracker takes 1 to 64 printable characters."""
+    name = str(text).strip()
+    if not 1 <= len(name) <= 64 or not name.isprintable():
+        raise ValueError(f"expected 1 to 64 printable characters, got {str(text)[:80]!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class Config:
     store_root: Path = setting(Path("/"), "root of the Nix store: / or a chroot store such as /tmp/hostA", Path,
@@ -74,7 +103,7 @@ class Config:
     sign_key_file: Path | None = setting(None, "the host's key (Nix secret key format): signs narinfo, is the "
                                          "peer id (default: $NIX_SECRET_KEY_FILE, else host.key in the state "
                                          "directory, made on first start)", Path, "FILE")
-    priority: int = setting(30, "Priority in nix-cache-info; lower wins, cache.nixos.org is 40", int, "N")
+    priority: int = setting(30, "Priority in nix-cache-info; lower wins, cache.nixos.org is 40", _priority, "N")
     state_dir: Path = setting(None, "state: host key if none is given, tracker sync state, NAR cache (default: "
                               "$STATE_DIRECTORY, /var/lib/peerix as root, else ~/.local/state/peerix)", Path, "DIR",
                               factory=default_state_dir)
@@ -83,7 +112,7 @@ class Config:
     trusted_networks: tuple[str, ...] = setting(LOOPBACK, "networks (CIDR) whose clients may use the substituter "
                                                  "routes, which fetch from peers on their behalf (repeatable)",
                                                  _network, "CIDR", many=True)
-    name: str = setting(None, "name shown to other peers (default: the host name)", str, "NAME",
+    name: str = setting(None, "name shown to other peers (default: the host name)", _name, "NAME",
                         factory=socket.gethostname)
     tracker: str | None = setting(None, "tracker URL; none: no tracker", _optional_url, "URL")
     tracker_token_file: Path | None = setting(None, "file holding the network token of a token-membership "
@@ -91,42 +120,45 @@ class Config:
                                               "blank nor a # comment", Path, "FILE")
     trusted_public_keys: tuple[str, ...] = setting((CACHE_NIXOS_ORG_KEY,), "keys whose signatures make a "
                                                    "peer's path acceptable and our own path shareable "
-                                                   "(repeatable)", str, "KEY", many=True)
+                                                   "(repeatable)", _public_key, "KEY", many=True)
     upstream: str | None = setting("https://cache.nixos.org", "binary cache that vouches for unsigned paths "
                                    "by their NarHash; none: no upstream checks", _optional_url, "URL")
     accept: Accept = setting(Accept.EITHER, "what makes a peer's path acceptable: "
                              + ", ".join(a.value for a in Accept), Accept, "POLICY")
     serve: Serve = setting(Serve.SIGNED_OR_UPSTREAM, "what peers may fetch from us: "
                            + ", ".join(s.value for s in Serve), Serve, "POLICY")
-    iroh_listen: str = setting("0.0.0.0:12305", "UDP address of the iroh endpoint peers connect to", str,
+    iroh_listen: str = setting("0.0.0.0:12305", "UDP address of the iroh endpoint peers connect to", _address,
                                "HOST:PORT")
     relays: bool = setting(True, "use iroh's public relays (NAT traversal, fallback path)", parse_bool)
     discovery: bool = setting(True, "publish and resolve endpoint addresses with iroh's DNS discovery",
                               parse_bool)
     lan: bool = setting(True, "find peers on the local network by multicast and broadcast", parse_bool)
-    lan_port: int = setting(12304, "UDP port of LAN discovery", int, "PORT")
+    lan_port: int = setting(12304, "UDP port of LAN discovery", parse_port, "PORT")
     lan_interface: str | None = setting(None, "interface to announce on (default: the default route's)", str,
                                         "IFNAME")
     static_peers: tuple[str, ...] = setting((), "peer reached by unicast discovery, for VPNs without "
                                             "broadcast (HOST or HOST:PORT; repeatable)", str, "HOST:PORT",
                                             many=True, flag="peer")
-    lan_interval: float = setting(10.0, "seconds between LAN announcements", float, "SECONDS")
-    lan_expiry: float = setting(35.0, "seconds of silence after which a LAN peer is forgotten", float, "SECONDS")
+    lan_interval: float = setting(10.0, "seconds between LAN announcements", parse_seconds, "SECONDS")
+    lan_expiry: float = setting(35.0, "seconds of silence after which a LAN peer is forgotten", parse_seconds,
+                              "SECONDS")
     max_upload_rate: int | None = setting(None, "bytes per second sent to peers and /store/ clients, all "
                                           "transfers together; 0: unlimited (default: the tracker's advice, "
                                           "else unlimited)", parse_size, "RATE")
     max_download_rate: int | None = setting(None, "bytes per second fetched from peers, all transfers together; "
                                             "0: unlimited (default: the tracker's advice, else unlimited)",
                                             parse_size, "RATE")
-    connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next", float, "SECONDS")
+    connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next",
+                                    parse_seconds, "SECONDS")
     peer_timeout: float = setting(10.0, "seconds of silence from a peer in the middle of an answer before it "
-                                  "is given up on", float, "SECONDS")
-    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing", float, "SECONDS")
+                                  "is given up on", parse_seconds, "SECONDS")
+    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing",
+                             _seconds_or_zero, "SECONDS")
     split_threshold: int = setting(64 << 20, "NARs this large are fetched from several peers at once "
                                    "(default: 64M)", parse_size, "SIZE")
-    max_sources: int = setting(4, "peers one NAR is fetched from at once; 1: never split", int, "N")
+    max_sources: int = setting(4, "peers one NAR is fetched from at once; 1: never split", parse_count, "N")
     stall_timeout: float = setting(2.0, "seconds a peer may stay silent in a split transfer while others "
-                                   "deliver before its piece goes to them", float, "SECONDS")
+                                   "deliver before its piece goes to them", parse_seconds, "SECONDS")
     compression: str = setting("auto", "zstd between peers: auto (ask remote peers for it, and compress "
                                "uploads when max_upload_rate is under 64M), always, never", _compression, "MODE")
     access_log: bool = setting(False, "log every HTTP request", parse_bool)
