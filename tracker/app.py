@@ -44,7 +44,7 @@ from peerix.net.tracker_protocol import (
     pack_hash,
 )
 
-from . import dashboard
+from . import dashboard, openapi
 from .auth import Authenticator
 from .config import Config
 from .db import DatabaseError, SequenceMismatch
@@ -52,6 +52,7 @@ from .metrics import Metrics
 from .model import (
     ApiError,
     Peer,
+    dumps,
     error_json,
     parse_announce,
     parse_deregister,
@@ -207,12 +208,14 @@ def create_app(t: Tracker) -> ASGIApp:
         return JSONResponse({"removed" if forget else "departed": peer_id, "paths": peer.paths})
 
     def admin(request: Request) -> None:
-        """Admin calls carry `Authorization: Bearer <token>` with a token from admin_token_file."""
+        """Admin calls carry `Authorization: Bearer <token>` with a token from admin_token_file. A call
+        without one is unauthenticated (401) whether or not the admin API is on."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthorized", "the admin API needs Authorization: Bearer <admin token>")
         if not config.admin_tokens:
             raise ApiError(403, "admin_disabled", "the admin API is off: start the tracker with an admin_token_file")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), known.encode())
-                                                 for known in config.admin_tokens):
+        if not any(hmac.compare_digest(token.encode(), known.encode()) for known in config.admin_tokens):
             raise ApiError(401, "unauthorized", "the admin API needs Authorization: Bearer <admin token>")
 
     def admin_target(request: Request) -> bytes:
@@ -291,6 +294,11 @@ def create_app(t: Tracker) -> ASGIApp:
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    api_document = dumps(openapi.document()).encode()
+
+    async def api_description(request: Request) -> Response:
+        return Response(api_document, media_type=JSON)
+
     def gauges() -> dict[str, float]:
         online = registry.count_online(time.time())
         return {"peers_online": online, "peers_offline": len(registry.peers()) - online,
@@ -318,6 +326,7 @@ def create_app(t: Tracker) -> ASGIApp:
         Route(ADMIN_PEERS_PATH + "/{peer_id}/purge", admin_purge, methods=["POST"]),
         Route("/health", health),
         Route("/metrics", prometheus),
+        Route("/openapi.json", api_description),
     ]
     if config.dashboard:
         routes.append(Route("/", home))

@@ -156,6 +156,8 @@ def parse_limit(value: object, maximum: int) -> int:
         return maximum
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
+    elif isinstance(value, float) and value.is_integer():  # 5.0 is an integer in JSON
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise invalid(f"limit must be a positive integer, got {str(value)[:32]!r}")
     return min(value, maximum)

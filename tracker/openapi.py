@@ -1,0 +1,191 @@
+"""The tracker's API as an OpenAPI 3.1 document, served at /openapi.json.
+
+It describes every route with its bodies and every error it can answer, so a standard client (or a
+conformance tester such as schemathesis, which the suite runs against a live tracker) can hold the
+tracker to it. Signed writes carry four headers whose signature covers the body (README: "Membership
+and request signatures"); OpenAPI cannot express that scheme, so they appear as plain headers.
+"""
+
+from typing import Any
+
+from peerix import __version__
+from peerix.net.tracker_protocol import (
+    ADMIN_PEERS_PATH,
+    ANNOUNCE_PATH,
+    LOOKUP_PATH,
+    NONCE_HEADER,
+    PEER_HEADER,
+    PEERS_PATH,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+)
+
+from .model import MAX_DIRECT_ADDRESSES, MAX_NAME_LENGTH, MAX_URL_LENGTH
+
+HASH = {"type": "string", "pattern": "^[0-9a-df-np-sv-z]{32}$", "description": "a store path hash part (nix32)"}
+PEER_ID = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "an ed25519 public key in hex"}
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {_JSON: {"schema": _ref("Error")}}}
+
+
+def _ok(schema: dict, description: str = "done") -> dict:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+_COMMON_ERRORS = {
+    "429": {**_error("rate_limited: too many requests from this address or peer"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "whole seconds"}}},
+    "503": _error("unavailable: the tracker's database failed; retry later"),
+}
+_READ_ERRORS = {
+    "401": _error("unauthenticated, stale_timestamp or bad_signature (reads are signed under allowlist "
+                  "membership; a token is needed under token membership)"),
+    "403": _error("not_member"),
+    **_COMMON_ERRORS,
+}
+_WRITE_ERRORS = {
+    "400": _error("invalid_request, malformed_json, invalid_hash or invalid_peer_id"),
+    "401": _error("unauthenticated, stale_timestamp, bad_signature or replayed"),
+    "403": _error("not_member or forbidden"),
+    "408": _error("request_timeout: the body did not arrive in time"),
+    "413": _error("body_too_large or too_many_hashes"),
+    **_COMMON_ERRORS,
+}
+_ADMIN_ERRORS = {
+    "400": _error("invalid_peer_id"),
+    "401": _error("unauthorized: no valid admin token"),
+    "403": _error("admin_disabled: the tracker has no admin_token_file"),
+    **_COMMON_ERRORS,
+}
+
+
+def _signed(operation: dict) -> dict:
+    headers = [{"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+               for name in (PEER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)]
+    return {**operation, "parameters": operation.get("parameters", []) + headers}
+
+
+def _admin(operation: dict) -> dict:
+    return {**operation, "security": [{"adminToken": []}]}
+
+
+def _peer_path(description: str) -> dict:
+    return {"name": "peer_id", "in": "path", "required": True, "schema": PEER_ID, "description": description}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+    "Addresses": {"type": "object", "properties": {
+        "endpoint_id": PEER_ID,
+        "direct": {"type": "array", "maxItems": MAX_DIRECT_ADDRESSES, "items": {
+            "type": "string", "description": "IP:PORT, [IPv6]:PORT"}},
+        "relay_url": {"type": ["string", "null"], "maxLength": MAX_URL_LENGTH, "format": "uri"},
+        "http_url": {"type": ["string", "null"], "maxLength": MAX_URL_LENGTH, "format": "uri"}}},
+    "PeerRecord": {"type": "object", "required": ["peer_id", "name", "addresses", "last_seen", "paths"],
+                   "properties": {"peer_id": PEER_ID, "name": {"type": "string"},
+                                  "addresses": {"allOf": [_ref("Addresses")], "required": ["endpoint_id", "direct"]},
+                                  "last_seen": {"type": "number"}, "paths": {"type": "integer", "minimum": 0}}},
+    "PeerListing": {"allOf": [_ref("PeerRecord"), {
+        "type": "object", "required": ["online", "first_seen"],
+        "properties": {"online": {"type": "boolean"}, "first_seen": {"type": "number"}}}]},
+    "Peers": {"type": "object", "required": ["peers"],
+              "properties": {"peers": {"type": "array", "items": _ref("PeerListing")}}},
+    "Announce": {"type": "object", "required": ["name", "addresses"], "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH,
+                 "description": "printable, not only spaces"},
+        "addresses": _ref("Addresses"),
+        "hashes": {"type": "array", "items": HASH, "description": "the full set"},
+        "since": {"type": "integer", "minimum": 0, "description": "a delta against this sequence number"},
+        "added": {"type": "array", "items": HASH}, "removed": {"type": "array", "items": HASH, "description":
+                                                              "none of them in added"}},
+        "oneOf": [{"required": ["hashes"], "description": "a full announce"},
+                  {"required": ["since"], "description": "a delta; without added and removed, a heartbeat"}]},
+    "Announced": {"type": "object", "required": ["seq", "paths"], "properties": {
+        "seq": {"type": "integer"}, "paths": {"type": "integer"},
+        "advice": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+}
+
+
+def document() -> dict[str, Any]:
+    lookup_limit = {"name": "limit", "in": "query", "required": False,
+                    "schema": {"type": "integer", "minimum": 1}, "description": "most peers per hash"}
+    paths = {
+        ANNOUNCE_PATH: {"post": _signed({
+            "summary": "Announce this peer's set: the full set, a delta, or an empty delta (a heartbeat)",
+            "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("Announce")}}},
+            "responses": {"200": _ok(_ref("Announced")),
+                          "409": _error("sequence_mismatch: send the full set"), **_WRITE_ERRORS}})},
+        LOOKUP_PATH + "/{hash}": {"get": _signed({
+            "summary": "Online peers holding a path, most recently seen first",
+            "parameters": [{"name": "hash", "in": "path", "required": True, "schema": HASH}, lookup_limit],
+            "responses": {"200": _ok({"type": "object", "required": ["hash", "peers"], "properties": {
+                "hash": HASH, "peers": {"type": "array", "items": _ref("PeerRecord")}}}),
+                "400": _error("invalid_hash or invalid_request"), **_READ_ERRORS}})},
+        LOOKUP_PATH: {"post": _signed({
+            "summary": "Holders of many paths at once; each peer listed once",
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "required": ["hashes"], "properties": {
+                    "hashes": {"type": "array", "items": HASH},
+                    "limit": {"type": ["integer", "null"], "minimum": 1, "description": "null: the tracker's"}}}}}},
+            "responses": {"200": _ok({"type": "object", "required": ["peers", "results"], "properties": {
+                "peers": {"type": "array", "items": _ref("PeerRecord")},
+                "results": {"type": "object", "additionalProperties": {"type": "array", "items": {
+                    "type": "integer", "minimum": 0}}}}}),
+                "400": _error("invalid_request, malformed_json or invalid_hash"),
+                "408": _error("request_timeout"), "413": _error("body_too_large or too_many_hashes"),
+                **_READ_ERRORS}})},
+        PEERS_PATH: {"get": _signed({"summary": "Every peer, online or not",
+                                     "responses": {"200": _ok(_ref("Peers")), **_READ_ERRORS}})},
+        PEERS_PATH + "/{peer_id}": {"delete": _signed({
+            "summary": "Leave (keeping the set for a delta on return), or with forget the set dropped too",
+            "parameters": [_peer_path("the signer itself")],
+            "requestBody": {"required": False, "content": {_JSON: {"schema": {
+                "type": "object", "properties": {"forget": {"type": "boolean"}}}}}},
+            "responses": {"200": _ok({"type": "object", "required": ["paths"], "properties": {
+                "departed": PEER_ID, "removed": PEER_ID, "paths": {"type": "integer"}}}),
+                "404": _error("not_found: the tracker holds nothing for the peer"), **_WRITE_ERRORS}})},
+        ADMIN_PEERS_PATH: {"get": _admin({"summary": "Every peer (admin)",
+                                          "responses": {"200": _ok(_ref("Peers")), **_ADMIN_ERRORS}})},
+        ADMIN_PEERS_PATH + "/{peer_id}": {"delete": _admin({
+            "summary": "Remove a peer and its set (admin)", "parameters": [_peer_path("the peer to remove")],
+            "responses": {"200": _ok({"type": "object", "required": ["removed", "paths"], "properties": {
+                "removed": PEER_ID, "paths": {"type": "integer"}}}),
+                "404": _error("not_found"), **_ADMIN_ERRORS}})},
+        ADMIN_PEERS_PATH + "/{peer_id}/purge": {"post": _admin({
+            "summary": "Drop a peer's set, keep the peer: its next delta meets a 409 (admin)",
+            "parameters": [_peer_path("the peer to purge")],
+            "responses": {"200": _ok({"type": "object", "required": ["purged", "paths"], "properties": {
+                "purged": PEER_ID, "paths": {"type": "integer"}}}),
+                "404": _error("not_found"), **_ADMIN_ERRORS}})},
+        "/health": {"get": {"summary": "Health: database, sweep, counts",
+                            "responses": {"200": _ok({"type": "object", "required": ["status"], "properties": {
+                                "status": {"enum": ["ok", "degraded"]}}}),
+                                "503": _ok({"type": "object", "required": ["status"], "properties": {
+                                    "status": {"const": "error"}}}, "the database does not answer")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/": {"get": {"summary": "The dashboard (HTML)", "responses": {
+            "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+            "403": _error("dashboard_private: shown only on the tracker's own host under closed membership"),
+            "404": _error("not_found: the dashboard is off")}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _ok({"type": "object"})}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "peerix tracker", "version": __version__,
+                 "description": "Which online peers hold which Nix store path hashes. Every refusal is "
+                                "{\"error\": {\"code\", \"message\"}}; unknown fields are ignored."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "a token of admin_token_file"},
+            "networkToken": {"type": "http", "scheme": "bearer", "description": "token membership's token"}}},
+    }
