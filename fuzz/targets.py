@@ -21,6 +21,7 @@ with atheris.instrument_imports():
     from peerix.daemon import config as daemon_config
     from peerix.net import compression, lan, wire
     from peerix.nix import nar, nix32
+    from peerix.nix.listing import ListingParser, NarFormatError
     from peerix.nix.narinfo import NarInfo, NarInfoError
     from tracker import config as tracker_config
     from tracker.model import ApiError, parse_announce, parse_deregister, parse_lookup
@@ -134,8 +135,22 @@ def nar_range(data: bytes) -> None:
     assert b"".join(nar.byte_range(nar.segments(root), start, end, chunk_size=64 + data[0])) == whole[start:end]
 
 
+def nar_listing(data: bytes) -> None:
+    """The NAR parser behind `.ls` listings, fed in chunks whose size the first byte picks."""
+    if not data:
+        return
+    parser = ListingParser()
+    step = data[0] + 1
+    try:
+        for start in range(1, len(data), step):
+            parser.feed(data[start:start + step])
+        parser.result()
+    except NarFormatError:
+        pass
+
+
 TARGETS = {f.__name__: f for f in (narinfo, nix32_text, wire_frame, zstd_block, lan_packet, tracker_body,
-                                   toml_config, nar_range)}
+                                   toml_config, nar_range, nar_listing)}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

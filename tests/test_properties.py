@@ -23,6 +23,7 @@ from peerix.net import compression, lan, wire
 from peerix.net.endpoint import EndpointAddress
 from peerix.nix import nar, nix32
 from peerix.nix.hash import format_sha256
+from peerix.nix.listing import ListingParser, NarFormatError, listing_of
 from peerix.nix.narinfo import NarInfo, NarInfoError
 from peerix.nix.signing import PublicKey
 from peerix.nix.storepath import StorePath
@@ -147,6 +148,36 @@ def test_nar_and_its_ranges_match_nix(tmp_path_factory: pytest.TempPathFactory, 
     assert b"".join(b"".join(nar.byte_range(cursor, a, b)) for a, b in zip([0, *bounds], [*bounds, size],
                                                                           strict=True)) == expected
     cursor.close()
+    # The listing of the tree (contents skipped unread) is the listing of Nix's NAR, fed in any chunks.
+    parser = ListingParser()
+    for start, end in zip([0, *bounds], [*bounds, size], strict=True):
+        parser.feed(expected[start:end])
+    assert listing_of(nar.segments(os.fsencode(root))) == parser.result()
+    for node in _regular_files(parser.result()["root"]):
+        assert expected[node["narOffset"] - 8:node["narOffset"]] == node["size"].to_bytes(8, "little")
+
+
+def _regular_files(node: dict) -> list[dict]:
+    if node["type"] == "directory":
+        return [file for child in node["entries"].values() for file in _regular_files(child)]
+    return [node] if node["type"] == "regular" else []
+
+
+_NAR = b"".join(nar.dump(os.fsencode(Path(__file__).parent / "nix")))  # a real NAR to mutate
+
+
+@given(st.binary(max_size=400) | st.builds(lambda at, junk: _NAR[:at] + junk + _NAR[at + len(junk):],
+                                           st.integers(0, len(_NAR)), st.binary(min_size=1, max_size=16))
+       | st.integers(0, len(_NAR)).map(lambda at: _NAR[:at]), st.integers(1, 5000))
+def test_nar_listings_parse_or_refuse(data: bytes, chunk: int) -> None:
+    parser = ListingParser()
+    try:
+        for start in range(0, len(data), chunk):
+            parser.feed(data[start:start + chunk])
+        found = parser.result()
+    except NarFormatError:
+        return
+    assert found["version"] == 1 and found["root"]["type"] in ("regular", "symlink", "directory")
 
 
 # wire frames
