@@ -25,6 +25,7 @@ from peerix.nix import nar, nix32
 from peerix.nix.hash import format_sha256
 from peerix.nix.listing import ListingParser, NarFormatError, listing_of
 from peerix.nix.narinfo import NarInfo, NarInfoError
+from peerix.nix.realisation import Realisation, RealisationError
 from peerix.nix.signing import PublicKey
 from peerix.nix.storepath import StorePath
 from tracker import config as tracker_config
@@ -178,6 +179,31 @@ def test_nar_listings_parse_or_refuse(data: bytes, chunk: int) -> None:
     except NarFormatError:
         return
     assert found["version"] == 1 and found["root"]["type"] in ("regular", "symlink", "directory")
+
+
+# realisations
+
+_IDS = st.builds(lambda digest, output: f"sha256:{digest.hex()}!{output}", st.binary(min_size=32, max_size=32),
+                 NAMES.filter(lambda n: len(n) <= 64))
+
+
+@given(st.builds(Realisation, _IDS, STORE_PATHS, st.lists(st.text(max_size=20), max_size=3).map(tuple),
+                 st.dictionaries(_IDS, STORE_PATHS.map(lambda p: p.basename), max_size=3).map(
+                     lambda d: tuple(sorted(d.items())))))
+def test_realisations_round_trip(realisation: Realisation) -> None:
+    assert Realisation.parse(realisation.to_text()) == realisation
+    assert "signatures" not in json.loads(realisation.fingerprint())
+
+
+@given(st.binary(max_size=300) | st.dictionaries(
+    st.sampled_from(["id", "outPath", "signatures", "dependentRealisations", "x"]),
+    JSON_VALUES | _IDS | STORE_PATHS.map(lambda p: p.basename)).map(lambda d: json.dumps(d).encode()))
+def test_realisations_parse_or_refuse(text: bytes) -> None:
+    try:
+        realisation = Realisation.parse(text)
+    except RealisationError:
+        return
+    assert Realisation.parse(realisation.to_text()) == realisation
 
 
 # wire frames

@@ -1,17 +1,25 @@
-"""Nix signing keys (`name:base64`) and narinfo signatures, with libsodium's ed25519 via PyNaCl."""
+"""Nix signing keys (`name:base64`) and signatures, with libsodium's ed25519 via PyNaCl: of narinfo
+(path infos) and of realisations alike, whatever carries `sigs` over a fingerprint."""
 
 import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, Self, TypeVar
 
 import nacl.exceptions
 import nacl.signing
 
-from .narinfo import PathInfo
 
-Info = TypeVar("Info", bound=PathInfo)
+class Signed(Protocol):
+    sigs: tuple[str, ...]
+
+    def fingerprint(self) -> bytes: ...
+
+    def with_sigs(self, sigs: tuple[str, ...]) -> Self: ...
+
+
+Info = TypeVar("Info", bound=Signed)
 
 
 class KeyFormatError(ValueError):
@@ -99,7 +107,7 @@ def sign_info(info: Info, key: SecretKey) -> Info:
     return add_signature(info, key.sign(info.fingerprint()))
 
 
-def trusted_sigs(info: PathInfo, keys: Iterable[PublicKey]) -> tuple[str, ...]:
+def trusted_sigs(info: Signed, keys: Iterable[PublicKey]) -> tuple[str, ...]:
     """The signatures on `info` that a key in `keys` makes valid."""
     by_name = {key.name: key for key in keys}
     fingerprint = info.fingerprint()
