@@ -1,11 +1,20 @@
-"""The upstream binary cache (cache.nixos.org by default), as far as peerix asks it: narinfo."""
+"""The upstream binary cache (cache.nixos.org by default): narinfo to vouch for paths, and NARs to
+pull through for the fleet."""
 
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
 from ..nix.narinfo import NarInfo, NarInfoError
+from .inflate import InflateError, inflate
+
+NAR_TIMEOUT = httpx.Timeout(30.0, connect=3.0)  # a NAR: silence for this long between chunks ends it
+
+
+class UpstreamError(Exception):
+    """The upstream would not or could not send a NAR: an HTTP error, a cut, corrupt compression."""
 
 
 class Upstream:
@@ -40,3 +49,24 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def nar(self, narinfo: NarInfo, on_wire: Callable[[int], None] = lambda count: None
+                  ) -> AsyncIterator[bytes]:
+        """The path's NAR as plain bytes, streamed from the upstream's file and inflated on the way;
+        `on_wire` counts the bytes as they cross the network. Checking the bytes against NarHash is
+        the caller's: corruption a codec cannot see (or an uncompressed file) is only caught there."""
+        url = httpx.URL(self.url + "/").join(narinfo.url)
+
+        async def raw(response: httpx.Response) -> AsyncIterator[bytes]:
+            async for chunk in response.aiter_raw():
+                on_wire(len(chunk))
+                yield chunk
+
+        try:
+            async with self._http.stream("GET", url, timeout=NAR_TIMEOUT) as response:
+                if response.status_code != 200:
+                    raise UpstreamError(f"{url} answered {response.status_code}")
+                async for chunk in inflate(raw(response), narinfo.compression, narinfo.nar_size):
+                    yield chunk
+        except (httpx.HTTPError, InflateError) as error:
+            raise UpstreamError(f"{url}: {error or type(error).__name__}") from None

@@ -13,6 +13,7 @@ import aiosqlite
 
 from ..nix.hash import parse_sha256
 from ..nix.narinfo import PathInfo
+from ..nix.realisation import Realisation
 from ..nix.storepath import STORE_DIR, StorePath
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,17 @@ FROM ValidPaths v WHERE v.path > ? AND v.path < ? LIMIT 1
 """
 
 
+_REALISATION = """
+SELECT r.id, v.path, r.signatures FROM Realisations r JOIN ValidPaths v ON v.id = r.outputPath
+WHERE r.drvPath = ? AND r.outputName = ?
+"""
+_DEPENDENT_REALISATIONS = """
+SELECT d.drvPath || '!' || d.outputName, v.path FROM RealisationsRefs rr
+JOIN Realisations d ON d.id = rr.realisationReference JOIN ValidPaths v ON v.id = d.outputPath
+WHERE rr.referrer = ?
+"""
+
+
 class StoreError(Exception):
     pass
 
@@ -37,6 +49,7 @@ class LocalStore:
         self.store_dir = store_dir.rstrip("/")
         self.real_store_dir = self.root / self.store_dir.lstrip("/")
         self.db_path = self.root / "nix/var/nix/db/db.sqlite"
+        self.log_dir = self.root / "nix/var/log/nix/drvs"
         # Plain strings and bytes: these are used on every request, pathlib costs microseconds.
         self._db_files = (str(self.db_path), str(self.db_path) + "-wal")
         self._real_prefix = os.fsencode(self.real_store_dir) + b"/"
@@ -100,6 +113,31 @@ class LocalStore:
         if not rows:
             return None
         return self._path_info(*next(iter(rows)))
+
+    async def realisation(self, id_: str) -> Realisation | None:
+        """The realisation `sha256:<hex>!<output>` of a content-addressed derivation built here, or None."""
+        drv_hash, _, output = id_.partition("!")
+        db = await self._current()
+        rows = list(await db.execute_fetchall(_REALISATION, (drv_hash, output)))
+        if not rows:
+            return None
+        row, path, sigs = rows[0]
+        dependent = await db.execute_fetchall(_DEPENDENT_REALISATIONS, (row,))
+        try:
+            return Realisation(id_, StorePath.parse(path, self.store_dir), tuple((sigs or "").split()),
+                               tuple(sorted((key, StorePath.parse(out, self.store_dir).basename)
+                                            for key, out in dependent)))
+        except ValueError as error:
+            log.warning("skipping an unreadable realisation id=%s error=%s", id_, error)
+            return None
+
+    def build_log(self, drv: StorePath) -> Path | None:
+        """Where Nix keeps the build log of a derivation (`drvs/<2 chars>/<rest>`, bzip2ed or not)."""
+        name = drv.basename
+        for candidate in (self.log_dir / name[:2] / f"{name[2:]}.bz2", self.log_dir / name[:2] / name[2:]):
+            if candidate.is_file():
+                return candidate
+        return None
 
     async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
         """(hash part, signatures) of every valid path: what announcing needs, in one query."""
