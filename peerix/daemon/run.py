@@ -106,6 +106,7 @@ async def run(config: Config, key: SecretKey) -> None:
             tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
             stack.push_async_callback(tracker.aclose)
             tracker_source = TrackerSource(tracker, metrics)
+            stack.push_async_callback(tracker_source.close)
             sources.append(tracker_source)
             advised = {name: throttle for name, throttle, mine in (
                 ("max_upload_rate", uploads, config.max_upload_rate),
