@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 def host_key(config: Config) -> SecretKey:
     """The host's one ed25519 key: it signs narinfo (Nix key format), is the iroh endpoint id and
     signs tracker requests. Made in the state directory on first start when none is configured."""
-    if config.secret_key_file is not None:
-        return load_secret_key(config.secret_key_file)
     path = config.state_dir / "host.key"
     if not path.exists():
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -55,10 +53,12 @@ def host_key(config: Config) -> SecretKey:
     return load_secret_key(path)
 
 
-async def run(config: Config, key: SecretKey) -> None:
+async def run(config: Config) -> None:
+    configured = load_secret_key(config.secret_key_file) if config.secret_key_file is not None else None
     async with contextlib.AsyncExitStack() as stack:
+        local = await stack.enter_async_context(LocalStore(config.store_root))  # before writing anything
+        key = configured or host_key(config)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        local = await stack.enter_async_context(LocalStore(config.store_root))
         activity_file = config.state_dir / "activity.json"
         metrics = Metrics(Activity.load(activity_file))
         stack.callback(metrics.activity.save, activity_file)
@@ -127,10 +127,15 @@ async def run(config: Config, key: SecretKey) -> None:
 
         def network() -> dict[str, Any]:
             address = endpoint.address()
+            known = known_peers()
             return {
                 "peer_id": endpoint.peer_id, "name": config.name, "direct_addresses": list(address.direct),
-                "relay_url": address.relay_url, "peers_known": len(reputation.peers),
-                "lan_peers": len(lan.peers) if lan else None,
+                "relay_url": address.relay_url, "peers_known": len(known),
+                "lan_peers": sum(peer["source"] != "tracker" for peer in known) if lan else None,
+                "tracker_peers": sum(peer["source"] == "tracker" for peer in known) if tracker_source else None,
+                "peers_backing_off": sum(bool(p["reputation"] and p["reputation"]["backing_off"]
+                                              and not p["reputation"]["banned"]) for p in known),
+                "peers_banned": sum(bool(p["reputation"] and p["reputation"]["banned"]) for p in known),
                 "max_upload_rate": uploads.rate or None, "max_download_rate": downloads.rate or None,
                 "tracker": tracker_status(),
             }
@@ -148,11 +153,14 @@ async def run(config: Config, key: SecretKey) -> None:
                                             "relay_url": record.addresses.relay_url, "last_seen": record.last_seen})
             for peer_id, entry in listed.items():
                 stats = reputation.peers.get(peer_id)
+                standing = reputation.standing(peer_id)
                 entry["reputation"] = None if stats is None else {
                     "successes": stats.successes, "failures": stats.failures,
                     "latency_ms": None if stats.latency is None else round(stats.latency * 1000, 1),
                     "backing_off": not reputation.available(peer_id), "banned": reputation.banned(peer_id),
                     "last_error": stats.last_error or None,
+                    "not_asked_for_s": round(standing[1], 1) if standing else None,
+                    "ban_reason": stats.ban_reason or None,
                 }
             return sorted(listed.values(), key=lambda e: (e["source"], e["name"] or "", e["peer_id"]))
 

@@ -56,17 +56,31 @@ class LocalStore:
         database open; the file is then quiescent, so it is read as immutable until a writer shows
         up (see `_current`). Once connected normally, this connection keeps the WAL alive itself.
         """
-        db = await aiosqlite.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=2.0)
+        uri = f"file:{self.db_path}?mode=ro"
+        try:
+            try:
+                db = await self._checked(uri)
+                self._immutable = False
+            except sqlite3.OperationalError as error:
+                log.info("database has no writer and its WAL cannot be created here; reading it as immutable "
+                         "until one appears db=%s error=%s", self.db_path, error)
+                db = await self._checked(uri + "&immutable=1")
+                self._immutable = True
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.db_path} is not a readable Nix database: {error}") from None
+        return db
+
+    @staticmethod
+    async def _checked(uri: str) -> aiosqlite.Connection:
+        """A connection that has read the Nix schema, or none at all: a failed one is closed, since its
+        thread would keep the process alive."""
+        db = await aiosqlite.connect(uri, uri=True, timeout=2.0)
         try:
             await db.execute_fetchall("SELECT 1 FROM ValidPaths LIMIT 1")
-            self._immutable = False
-        except sqlite3.OperationalError as error:
+            await db.execute("PRAGMA query_only = ON")
+        except BaseException:
             await db.close()
-            log.info("database has no writer and its WAL cannot be created here; reading it as immutable "
-                     "until one appears db=%s error=%s", self.db_path, error)
-            db = await aiosqlite.connect(f"file:{self.db_path}?mode=ro&immutable=1", uri=True)
-            self._immutable = True
-        await db.execute("PRAGMA query_only = ON")
+            raise
         return db
 
     async def _current(self) -> aiosqlite.Connection:
