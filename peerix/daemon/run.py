@@ -66,7 +66,8 @@ async def run(config: Config) -> None:
         upstream = Upstream(config.upstream) if config.upstream else None
         if upstream is not None:
             stack.push_async_callback(upstream.aclose)
-        policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream)
+        policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream,
+                        config.exclude)
         substituter = Substituter(local, key, nar_cache)
         stack.callback(substituter.close)
 
@@ -117,7 +118,8 @@ async def run(config: Config) -> None:
 
             def tracker_status() -> dict[str, Any] | None:
                 return {"url": config.tracker, "announced_paths": announcer.announced,
-                        "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
+                        "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
+                        "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         substituter.remote = RemoteStore(peers, policy, RemoteSettings(
             miss_ttl=config.miss_ttl,

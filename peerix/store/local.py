@@ -116,11 +116,12 @@ class LocalStore:
         return self._path_info(*next(iter(rows)))
 
     async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
-        """(hash part, signatures) of every valid path: what announcing needs, in one query."""
+        """(name, signatures) of every valid path, the name being `<hash>-<name>`: what announcing needs,
+        in one query."""
         start = len(self.store_dir) + 2  # SQL's substr counts from 1, and skips the slash
-        rows = await (await self._current()).execute_fetchall("SELECT substr(path, ?, 32), sigs FROM ValidPaths",
+        rows = await (await self._current()).execute_fetchall("SELECT substr(path, ?), sigs FROM ValidPaths",
                                                               (start,))
-        return [(hash_part, tuple((sigs or "").split())) for hash_part, sigs in rows]
+        return [(name, tuple((sigs or "").split())) for name, sigs in rows]
 
     async def count(self) -> int:
         rows = await (await self._current()).execute_fetchall("SELECT count(*) FROM ValidPaths")

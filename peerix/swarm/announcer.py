@@ -57,7 +57,7 @@ class Announcer:
             await asyncio.sleep(self.poll)
 
     async def announce(self) -> None:
-        hashes = [h for h, sigs in await self.local.signatures() if self.policy.announceable(sigs)]
+        hashes = [name[:32] for name, sigs in await self.local.signatures() if self.policy.announceable(name, sigs)]
         address = self.address()
         await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url),
                                    self.name)

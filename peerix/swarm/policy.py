@@ -48,7 +48,7 @@ def same_contents(a: PathInfo, b: PathInfo) -> bool:
 class Policy:
     def __init__(
         self, trusted_keys: list[PublicKey], accept: Accept = Accept.EITHER, serve: Serve = Serve.SIGNED_OR_UPSTREAM,
-        upstream: Upstream | None = None,
+        upstream: Upstream | None = None, exclude: tuple[str, ...] = (),
     ) -> None:
         if accept in (Accept.UPSTREAM, Accept.BOTH) and upstream is None:
             raise ValueError(f"accepting paths by '{accept}' needs an upstream cache")
@@ -57,6 +57,11 @@ class Policy:
         self.accept = accept
         self.serve = serve
         self.upstream = upstream
+        self.exclude = exclude  # glob patterns on store path names (hash-name) never shared, whatever `serve` says
+
+    def excluded(self, name: str) -> str | None:
+        """The first exclude pattern a store path's name (`<hash>-<name>`) matches."""
+        return next((pattern for pattern in self.exclude if fnmatch.fnmatchcase(name, pattern)), None)
 
     def trusted_sigs(self, info: PathInfo) -> tuple[str, ...]:
         return trusted_sigs(info, self.trusted_keys)
@@ -92,6 +97,8 @@ class Policy:
 
     async def may_serve(self, info: PathInfo) -> Verdict:
         """Whether a peer may have this local path."""
+        if pattern := self.excluded(info.store_path.basename):
+            return Verdict(False, f"private: matches the exclude pattern {pattern!r}")
         if self.serve is Serve.ALL:
             return Verdict(True, "serving policy is 'all'")
         if sigs := self.trusted_sigs(info):
@@ -117,4 +124,6 @@ class Policy:
         What is announced but refused costs a peer one query; what is served is always fully checked.
         Unsigned paths that upstream would vouch for are served when asked but not announced.
         """
+        if self.excluded(name):
+            return False
         return self.serve is Serve.ALL or any(sig.partition(":")[0] in self.trusted_names for sig in sigs)
