@@ -33,6 +33,18 @@ def write_secret(path: Path, text: str, overwrite: bool = False) -> None:
         file.write(text)
 
 
+def add_token(path: Path, token: str) -> None:
+    """Append a token to a token file (one a line), made 0600 when new; an exposed one is refused."""
+    if not path.exists():
+        return write_secret(path, token + "\n")
+    text = read_secret(path)
+    try:
+        with open(path, "a") as file:
+            file.write(("" if not text or text.endswith("\n") else "\n") + token + "\n")
+    except OSError as error:
+        raise SecretFileError(f"cannot write {path}: {error.strerror}") from None
+
+
 def read_secret(path: Path) -> str:
     """Read a secret, refusing a world-readable file (as ssh does) and warning on a group-readable one."""
     try:
