@@ -43,7 +43,7 @@ def unit(name: str) -> dict[str, list[str]]:
     """The [Service] settings of a unit file: key -> values (repeated keys in order)."""
     settings: dict[str, list[str]] = {}
     section = None
-    for line in (CONTRIB / name).read_text().splitlines():
+    for line in (CONTRIB / name).read_text().replace("\\\n", " ").splitlines():  # continued lines joined
         if line.startswith("["):
             section = line
         elif section == "[Service]" and "=" in line and not line.startswith("#"):
