@@ -146,9 +146,9 @@ def test_why_explains_a_private_path_at_once_when_upstream_hangs(tmp_path: Path,
                 why = httpx.get(f"{d.url}/api/v1/why/{hash_part(closure)}", timeout=30).json()
                 timings.append(time.monotonic() - started)
                 reasons.append(why["sharing_reason"])
-            assert reasons[0] == ("private: no signature by a trusted key (signed by d-peerix-1, rogue-1, not trusted "
-                                  "here), "
-                                  f"and upstream {upstream} unreachable (ReadTimeout: no answer within 2 s)")
+            assert reasons[0] == (
+                "private: no signature by a trusted key (signed by d-peerix-1, rogue-1, not trusted here), "
+                f"and upstream {upstream} unreachable (ReadTimeout: no answer within 2 s)")
             assert reasons[1].endswith("; not asked again for 30 s")
             assert timings[0] < 3 and timings[1] < 0.5, timings  # one short timeout, then nothing
         finally:
