@@ -30,6 +30,7 @@ let
     upstream = "upstreamCache";
     priority = "priority";
     iroh_listen = "irohPort";
+    exclude = "exclude";
     sign_key_file = "privateKeyFile";
     state_dir = "(fixed: /var/lib/peerix)";
   };
@@ -52,6 +53,7 @@ let
     upstream = if cfg.upstreamCache == null then "none" else cfg.upstreamCache;
     priority = cfg.priority;
     iroh_listen = "0.0.0.0:${toString cfg.irohPort}";
+    exclude = cfg.exclude;
   } // lib.optionalAttrs (cfg.lan.interface != null) { lan_interface = cfg.lan.interface; };
 
   hardening = {
@@ -171,6 +173,13 @@ in
       type = types.listOf types.str;
       default = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
       description = "Keys whose signatures make a path from a peer acceptable, and a local path shareable with peers.";
+    };
+
+    exclude = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "*-secrets*" "*-source" ];
+      description = "Glob patterns on store path names (`<hash>-<name>`): matching paths are never announced and never served to peers or over /store/, whatever the serving policy says.";
     };
 
     upstreamCache = mkOption {

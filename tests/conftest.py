@@ -14,6 +14,9 @@ from nixtools import HERE, build, copy_to, why_no_nix
 
 ROOT = HERE.parent
 
+# The tests' Nix is configured here, not by the machine's /etc/nix/nix.conf (scripts/dev sets the same).
+os.environ.setdefault("NIX_CONF_DIR", str(ROOT / "scripts" / "nix"))
+
 requires_nix = pytest.mark.skipif(why_no_nix() is not None, reason=why_no_nix() or "")
 
 

@@ -5,7 +5,8 @@
 PLAN: {"tracker": URL, "state": DIR, "name": NAME,
        "narinfo": {hash part: narinfo text to answer with},
        "nar": {hash part: file whose bytes to send as its NAR}}
-It prints its peer id once it has announced, then serves until terminated.
+It prints its peer id once it has announced, then a line `nar HASH` for every NAR request it is sent,
+and serves until terminated.
 """
 
 import asyncio
@@ -36,6 +37,7 @@ async def main(plan: dict) -> None:
 
     async def nar(peer_id: str, stream: iroh.BiStream) -> None:
         request = await wire.read_frame(stream.recv())
+        print("nar", request.get("hash"), flush=True)
         path = nars.get(request.get("hash"))
         send = stream.send()
         if path is None:

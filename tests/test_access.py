@@ -4,8 +4,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from netns import Network, wait_for, why_no_netns
 
-from peerix.net.lan import pick_interface
 from peerix.nix.signing import SecretKey
 
 from conftest import offline, requires_nix
@@ -34,17 +34,20 @@ def serve(start_daemon, root: Path, tmp_path: Path, *extra: str):
                         "--trusted-public-keys", CLUSTER.public.to_text(), "--serve", "signed", *extra)
 
 
-def test_non_loopback_clients_are_refused_by_default(start_daemon, signed_host: Path, closure: Path,
-                                                     tmp_path: Path) -> None:
-    interface = pick_interface(None)
-    if interface is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
-    address = str(interface.network.ip)
-    daemon = start_daemon("serve", "--store-root", str(signed_host), *offline(tmp_path / "state"), host="0.0.0.0")
-    lib = next(p for p in closure_of(closure) if "peerix-test-lib" in p)
-    remote = httpx.get(f"http://{address}:{daemon.port}/{hash_part(lib)}.narinfo", timeout=5)
-    assert remote.status_code == 403 and address in remote.text
-    assert httpx.get(f"{daemon.url}/{hash_part(lib)}.narinfo").status_code == 200
+@pytest.mark.skipif(why_no_netns() is not None, reason=why_no_netns() or "")
+def test_non_loopback_clients_are_refused_by_default(signed_host: Path, closure: Path, tmp_path: Path) -> None:
+    network = Network("10.235.0")
+    try:
+        server, client = network.add_host("server"), network.add_host("client")
+        server.peerix("serve", "--store-root", str(signed_host), *offline(tmp_path / "state"),
+                      "--listen", "0.0.0.0:12304", log=tmp_path / "peerix.log")
+        lib = next(p for p in closure_of(closure) if "peerix-test-lib" in p)
+        narinfo = f"{hash_part(lib)}.narinfo"
+        wait_for(lambda: server.run("curl", "-sf", f"http://127.0.0.1:12304/{narinfo}", check=False).returncode == 0)
+        remote = client.run("curl", "-s", "-w", " %{http_code}", f"http://{server.addresses[0]}:12304/{narinfo}")
+        assert remote.stdout.endswith(" 403") and client.addresses[0] in remote.stdout, remote.stdout
+    finally:
+        network.close()
 
 
 def test_trusted_networks_decide_and_store_serves_anyone_within_policy(start_daemon, signed_host: Path,

@@ -36,15 +36,18 @@ trusted_public_keys = ["{A}", "{B}"]
 relays = false
 nar_cache_size = "512M"
 serve = "signed"
+exclude = ["*-secrets*", "*-source"]
 ''')
     from_file = load("--config", str(file))
     assert from_file.listen == ("::1", 4000) and from_file.priority == 10
     assert from_file.tracker == "http://tracker.example:8080" and not from_file.relays
     assert from_file.trusted_public_keys == (A, B)
     assert from_file.nar_cache_size == 512 << 20 and from_file.serve is Serve.SIGNED
+    assert from_file.exclude == ("*-secrets*", "*-source")
     flags = load("--config", str(file), "--priority", "20", "--relays", "--trusted-public-keys", C,
-                 "--tracker", "none")
+                 "--tracker", "none", "--exclude", "*.key", "--exclude", "*-home-*")
     assert flags.priority == 20 and flags.relays and flags.tracker is None
+    assert flags.exclude == ("*.key", "*-home-*")
     assert flags.trusted_public_keys == (C,)
     assert flags.listen == ("::1", 4000)  # untouched by flags: still the file's
 

@@ -2,6 +2,7 @@
 
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def test_fetch_shows_progress_on_a_terminal_and_stays_quiet_when_piped(tmp_path:
         a, c = fleet.host("a"), fleet.host("c")
         a.give(str(big_path), str(closure))
         a.start()
-        c.start()
+        c.start("--max-download-rate", "16M")  # 64 MiB in about 4 s: long enough to watch
         fleet.wait_announced(a, [str(big_path), str(closure)])
         command = [sys.executable, "-m", "peerix.cli", "fetch", "--url", c.url, "--store", str(c.store)]
 
@@ -47,7 +48,13 @@ def test_fetch_shows_progress_on_a_terminal_and_stays_quiet_when_piped(tmp_path:
             screen += chunk
         assert process.wait(60) == 0, screen
         text = screen.decode(errors="replace")
-        assert "fetching 1 paths:" in text and "MiB/s, ETA" in text and "fetched 1 paths: 64.0 MiB" in text
+        frames = re.findall(r"fetching 1 paths?: +\d+% ([\d.]+) MiB of 64\.0 MiB, ([\d.]+) MiB/s, ETA (\d+)s", text)
+        moving = [(float(done), float(rate), int(eta)) for done, rate, eta in frames if 0 < float(done) < 64]
+        assert len({done for done, _, _ in moving}) >= 3, text  # the line moves with the bytes...
+        assert [done for done, _, _ in moving] == sorted(done for done, _, _ in moving)
+        for done, rate, eta in moving:  # ...at about the capped rate, with an ETA that follows from it
+            assert 1 < rate < 32 and abs(eta - (64 - done) / rate) <= 1, (done, rate, eta)
+        assert "fetched 1 path: 64.0 MiB" in text
         run("nix-store", "--store", str(c.store), "--check-validity", str(big_path))
 
         again = subprocess.run([*command, str(big_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)

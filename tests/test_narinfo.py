@@ -157,7 +157,7 @@ def test_unprivileged_reader_without_a_writer(tmp_path: Path, host_a: Path, clos
 
 
 @requires_nix
-async def test_signatures_lists_every_path_by_hash_part(host_a: Path, closure: Path) -> None:
+async def test_signatures_lists_every_path_by_name(host_a: Path, closure: Path) -> None:
     async with LocalStore(host_a) as store:
         listed = dict(await store.signatures())
-    assert set(listed) == {Path(p).name[:32] for p in closure_of(closure, store=str(host_a))}
+    assert set(listed) == {Path(p).name for p in closure_of(closure, store=str(host_a))}

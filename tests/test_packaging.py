@@ -90,6 +90,38 @@ def test_deploy_refuses_bad_input() -> None:
         assert result.returncode == 2 and result.stderr.startswith("deploy: ")
 
 
+def test_deploy_offline_says_nixpkgs_could_not_be_fetched(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "flake.nix").write_text('{ inputs.nixpkgs.url = "http://127.0.0.1:1/nixpkgs.tar.gz";\n'
+                                     '  outputs = { self, nixpkgs }: { nixosConfigurations.alpha = { }; }; }\n')
+    result = deploy("--dry-run", "--flake", f"path:{fleet}", "all")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"deploy: cannot list the hosts of path:{fleet}: Nix could not fetch its inputs "
+                                    "(nixpkgs; is this machine offline?): error: unable to download "
+                                    "'http://127.0.0.1:1/nixpkgs.tar.gz'"), result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_readme_puts_the_commands_on_path() -> None:
+    """The quick start's way to type `peerix` works: the line the README gives, then `peerix --version`."""
+    readme = (ROOT / "README.md").read_text()
+    [line] = re.findall(r"\(`(export PATH=[^`]+)`\)", readme)
+    if not (ROOT / ".venv/bin/peerix").exists():
+        pytest.skip("scripts/dev has not made .venv here")
+    result = subprocess.run(["bash", "-c", f"{line} && peerix --version && peerix-tracker --version"], cwd=ROOT,
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("peerix "), result.stderr
+
+
+def test_the_one_line_on_nixos_opens_the_firewall() -> None:
+    """The README's NixOS example keeps its promise that peers can fetch from the host."""
+    readme = (ROOT / "README.md").read_text()
+    example = readme[readme.index("## NixOS"):]
+    example = example[example.index("```nix"):example.index("```", example.index("```nix") + 3)]
+    assert "services.peerix.enable = true;" in example and "services.peerix.openFirewall = true;" in example
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck")
 def test_shell_scripts_are_shellcheck_clean() -> None:
     run("shellcheck", str(ROOT / "deploy"), str(ROOT / "scripts/dev"), str(ROOT / ".ci/run"))

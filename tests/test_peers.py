@@ -15,6 +15,7 @@ import pytest
 
 from peerix.cli.localfleet import FleetError, Host, LocalFleet, wait_until
 from peerix.net.tracker_client import PeerAddresses, TrackerClient
+from peerix.nix import nix32
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import SecretKey, sign_info
 
@@ -128,6 +129,38 @@ def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closu
             liar.wait(10)
 
 
+def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFleet, closure: Path) -> None:
+    data = named(closure, "data")
+    a, c = host(fleet, "a", closure), host(fleet, "c")
+    tampered = bytearray(run("nix-store", "--dump", str(data)).stdout)
+    tampered[len(tampered) // 2] ^= 1
+    (fleet.root / "tampered.nar").write_bytes(tampered)
+    genuine = httpx.get(f"{a.url}/{hash_part(data)}.narinfo").text
+    a_id = a.peer_id
+    a.stop()
+    wait_until(lambda: a_id not in fleet.holders(str(data)), "A's departure")
+    liar = start_liar(fleet, "liar", narinfo={hash_part(data): genuine},
+                      nar={hash_part(data): str(fleet.root / "tampered.nar")})
+    try:
+        assert c.realise(str(data), check=False).returncode != 0  # the liar alone sent it: banned
+        assert liar.stdout.readline().split() == ["nar", hash_part(data)]
+        liar_entry = next(p for p in httpx.get(f"{c.url}/api/v1/peers").json()["peers"] if p["name"] == "liar")
+        assert liar_entry["reputation"]["banned"]
+        # A is back and answers the narinfo, then dies before the NAR: the liar is all that is left.
+        a.start(*FAST)
+        fleet.wait_announced(a, [str(data)])
+        time.sleep(0.6)  # the miss is remembered for --miss-ttl 0.5
+        answer = httpx.get(f"{c.url}/{hash_part(data)}.narinfo")
+        assert answer.status_code == 200
+        a.process.kill()
+        a.process.wait()
+        assert httpx.get(f"{c.url}/{NarInfo.parse(answer.text).url}", timeout=30).status_code == 404
+    finally:
+        liar.send_signal(signal.SIGTERM)
+        rest, _ = liar.communicate(timeout=10)
+    assert "nar" not in rest.split(), rest  # not asked again after the ban
+
+
 def test_peer_killed_mid_transfer_fails_fast_then_another_serves(fleet: LocalFleet, big_path: Path) -> None:
     a, c = host(fleet, "a", big_path), host(fleet, "c")
     started = time.monotonic()
@@ -155,6 +188,26 @@ def test_tracker_down_means_fast_misses_and_nix_falls_back(fleet: LocalFleet, cl
     result = c.realise(str(closure), check=False, timeout=30)
     assert result.returncode != 0 and "don't know how to build" in result.stderr
     assert c.metric('peerix_source_errors_total{source="tracker"}') >= 1
+
+
+def test_a_hung_tracker_keeps_misses_fast(fleet: LocalFleet) -> None:
+    c = host(fleet, "c")
+    with httpx.Client() as client:
+        assert client.get(f"{c.url}/{nix32.encode(os.urandom(20))}.narinfo").status_code == 404
+        fleet.tracker_process.send_signal(signal.SIGSTOP)  # hung: connections are accepted, nothing answers
+        try:
+            timings = []
+            started = time.monotonic()
+            while len(timings) < 200:  # over ~10 s: the client's backoff (1 s, 2 s, 4 s) runs out three times
+                miss = f"{c.url}/{nix32.encode(os.urandom(20))}.narinfo"
+                began = time.monotonic()
+                assert client.get(miss, timeout=10).status_code == 404
+                timings.append(time.monotonic() - began)
+                time.sleep(max(0.0, started + len(timings) * 0.05 - time.monotonic()))
+        finally:
+            fleet.tracker_process.send_signal(signal.SIGCONT)
+    timings.sort()
+    assert timings[197] < 0.1, timings[-5:]  # p99
 
 
 def test_a_dead_peer_costs_one_connect_timeout_then_nothing(fleet: LocalFleet, closure: Path) -> None:

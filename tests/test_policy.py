@@ -84,8 +84,9 @@ async def test_serving_policy(infos, upstream: Upstream) -> None:
     assert (await either.may_serve(info)).ok
     assert not (await either.may_serve(unknown)).ok
     assert (await Policy([], serve=Serve.ALL).may_serve(unknown)).ok
-    assert signed.announceable(sign_info(info, STRANGER).sigs)  # names only: the full check comes when asked
-    assert not signed.announceable(info.sigs)
+    name = info.store_path.basename
+    assert signed.announceable(name, sign_info(info, STRANGER).sigs)  # names only: the full check comes when asked
+    assert not signed.announceable(name, info.sigs)
 
 
 async def test_unreachable_upstream_refuses(infos) -> None:

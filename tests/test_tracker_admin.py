@@ -55,9 +55,13 @@ def test_admin_needs_the_token_and_is_off_without_one(start_tracker, tmp_path: P
     tracker = start_tracker("--admin-token-file", str(token))
     assert error_of(httpx.get(tracker.url + ADMIN_PEERS_PATH)) == "unauthorized"
     wrong = httpx.get(tracker.url + ADMIN_PEERS_PATH, headers={"authorization": "Bearer a-long-admin-token-XXXX"})
-    assert wrong.status_code == 401
+    assert wrong.status_code == 401 and error_of(wrong) == "unauthorized"
     refused = admin(tracker, None, "peers")
-    assert refused.returncode == 2 and "refused (401)" in refused.stderr
+    assert refused.returncode == 2 and "refused (401): no admin token" in refused.stderr
+    (tmp_path / "wrong.token").write_text("a-long-admin-token-XXXX\n")
+    (tmp_path / "wrong.token").chmod(0o600)
+    mistaken = admin(tracker, tmp_path / "wrong.token", "peers")  # a different text for a different mistake
+    assert mistaken.returncode == 2 and "refused (401): wrong admin token" in mistaken.stderr
 
     closed = start_tracker()
     response = httpx.get(closed.url + ADMIN_PEERS_PATH, headers={"authorization": "Bearer anything"})

@@ -212,11 +212,12 @@ def create_app(t: Tracker) -> ASGIApp:
         without one is unauthenticated (401) whether or not the admin API is on."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthorized", "the admin API needs Authorization: Bearer <admin token>")
+            raise ApiError(401, "unauthorized", "no admin token: the admin API needs Authorization: Bearer "
+                                                "<admin token> (peerix-tracker admin --token-file FILE)")
         if not config.admin_tokens:
             raise ApiError(403, "admin_disabled", "the admin API is off: start the tracker with an admin_token_file")
         if not any(hmac.compare_digest(token.encode(), known.encode()) for known in config.admin_tokens):
-            raise ApiError(401, "unauthorized", "the admin API needs Authorization: Bearer <admin token>")
+            raise ApiError(401, "unauthorized", "wrong admin token: it is not one of the tracker's admin_token_file")
 
     def admin_target(request: Request) -> bytes:
         admin(request)
@@ -375,7 +376,7 @@ def create_app(t: Tracker) -> ASGIApp:
                 await (await internal_error(Request(scope), RuntimeError()))(scope, receive, send)
             raise
         finally:
-            observe(route, "GET", status, time.perf_counter() - started, 0)
+            observe(route, "GET", status, time.perf_counter() - started)
 
     return front
 

@@ -2,11 +2,13 @@
 
 import argparse
 import asyncio
+import secrets
 import sys
 from pathlib import Path
 
 from peerix import __version__
 from peerix.common import logs
+from peerix.common.secrets import SecretFileError, add_token
 
 from . import config
 from .admin import AdminError
@@ -26,6 +28,15 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """A new network or admin token; with FILE, also added to that token file."""
+    token = secrets.token_urlsafe(24)  # 32 characters, 192 random bits
+    if args.file:
+        add_token(args.file, token)
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerix-tracker",
                                      description="The peerix tracker: which online peers hold which store paths.")
@@ -39,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "dashes: offline_after = \"3m\") and from flags, which win.")
     config.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    token = commands.add_parser(
+        "token", help="make a token for token_file or admin_token_file",
+        description="Print a new random token (32 characters). With FILE, also add it to that token file as a "
+                    "new line (the file is made with mode 0600 if missing): tokens are rotated by listing the new "
+                    "one beside the old.")
+    token.add_argument("file", nargs="?", type=Path, metavar="FILE", help="token file to add it to")
+    token.set_defaults(func=cmd_token)
 
     admin = commands.add_parser(
         "admin", help="list, remove and purge peers through the admin API",
@@ -63,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return args.func(args)
-    except (config.ConfigError, DatabaseError, AdminError) as error:
+    except (config.ConfigError, DatabaseError, AdminError, SecretFileError) as error:
         print(f"peerix-tracker: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

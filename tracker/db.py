@@ -388,8 +388,10 @@ def _size(path: Path) -> int:
 
 
 def _exclusive(path: Path) -> int:
-    """Hold `<db>.lock` while open: a second tracker on the same file would disagree with this one."""
+    """Hold `<db>.lock` while open: a second tracker on the same file would disagree with this one.
+    A missing directory is made (0700: the database names every peer)."""
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
         raise DatabaseError(f"cannot open {path}: {error.strerror}") from None

@@ -65,7 +65,10 @@ class Metrics:
         self._added, self._removed = (self.announced_hashes.labels(change) for change in ("added", "removed"))
         self._hits, self._misses = (self.lookup_hashes.labels(result) for result in ("hit", "miss"))
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+    def observe_sent(self, route: str, count: int) -> None:
+        """The interface of peerix.common.asgi.MetricsMiddleware: the tracker does not count body bytes."""
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """The interface of peerix.common.asgi.MetricsMiddleware."""
         method = method if method in _METHODS else "OTHER"
         children = self._request_children.get((route, method, status))

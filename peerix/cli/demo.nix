@@ -17,7 +17,8 @@ let
   '';
   app = name: inputs: mk name ''
     /bin/mkdir -p $out/bin
-    printf '#!/bin/sh\necho "${name} running with ${toString inputs}"\n' > $out/bin/run
+    printf '#!/bin/sh\necho "${name} running with"\n' > $out/bin/run
+    for input in ${toString inputs}; do printf 'echo "  %s"\n' "$input" >> $out/bin/run; done
     /bin/chmod +x $out/bin/run
   '';
 in

@@ -62,7 +62,8 @@ def run_demo(keep: bool = False) -> None:
                       f"{float(rate) * 1.048576:7.0f}")
         print(f"    {moved / 1e6:.1f} MB in {seconds:.2f} s, every path verified by hash and signed by "
               f"{c.key.name} (the only key host C's Nix trusts)")
-        print("    " + run(str(c.store) + editor + "/bin/run").strip()[:110])
+        for line in run(str(c.store) + editor + "/bin/run").splitlines():
+            print("    " + line)
 
         _step("stopping: each daemon deregisters from the tracker")
         for host in (c, b, a):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from ..common.units import counted
 from ..nix.narinfo import NarInfo, NarInfoError
 from .progress import Progress
 
@@ -53,26 +54,35 @@ def nar_bytes_sent(http: httpx.Client) -> int:
 
 
 def fetch(url: str, paths: list[str], store_root: str | None = None) -> None:
+    try:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=30) as http:
+            _fetch(http, url, paths, store_root)
+    except httpx.HTTPError as error:
+        raise FetchError(f"cannot ask the daemon at {url}: {error}") from None
+
+
+def _fetch(http: httpx.Client, url: str, paths: list[str], store_root: str | None) -> None:
     store = ["--store", store_root] if store_root else []
-    with httpx.Client(base_url=url.rstrip("/"), timeout=30) as http:
-        try:
-            missing = missing_closure(http, paths, store)
-        except httpx.HTTPError as error:
-            raise FetchError(f"cannot ask the daemon at {url}: {error}") from None
-        progress = Progress(sum(missing.values()), f"fetching {len(missing)} paths")
-        # A chroot store is the tests' and the curious's: the daemon alone, trusted by its key.
-        key = http.get("/health").json().get("signing_key") if store_root else None
-        substituters = ["--option", "substituters", url, "--option", "trusted-public-keys", key] if key else []
-        nix = subprocess.Popen(["nix-store", *store, "--realise", *paths, *substituters],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        before = nar_bytes_sent(http)
+    missing = missing_closure(http, paths, store)
+    progress = Progress(sum(missing.values()), f"fetching {counted(len(missing), 'path')}")
+    # A chroot store is the tests' and the curious's: the daemon alone, trusted by its key.
+    key = http.get("/health").json().get("signing_key") if store_root else None
+    substituters = ["--option", "substituters", url, "--option", "trusted-public-keys", key] if key else []
+    before = nar_bytes_sent(http)
+    nix = subprocess.Popen(["nix-store", *store, "--realise", *paths, *substituters],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
         while nix.poll() is None:
             progress.update(nar_bytes_sent(http) - before)
             try:
                 nix.wait(0.1)
             except subprocess.TimeoutExpired:
                 pass
-        done = nar_bytes_sent(http) - before
-        if nix.returncode != 0:
-            raise FetchError(f"nix-store --realise failed:\n{nix.stderr.read().strip()}")
-        progress.finish(done, f"fetched {len(missing)} paths")
+    finally:
+        if nix.poll() is None:  # the daemon stopped answering: so does this command, and its Nix
+            nix.kill()
+            nix.wait()
+    done = nar_bytes_sent(http) - before
+    if nix.returncode != 0:
+        raise FetchError(f"nix-store --realise failed:\n{nix.stderr.read().strip()}")
+    progress.finish(done, f"fetched {counted(len(missing), 'path')}")

@@ -75,15 +75,17 @@ class Host:
         run("nix", "store", "sign", "--store", str(self.store), "--key-file", str(self.fleet.cluster_file), "-r",
             *paths)
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, config: Path | None = None) -> None:
+        """Start the daemon: it trusts the fleet's key, or what the `config` file says."""
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        trust = ["--config", str(config)] if config else ["--trusted-public-keys", self.fleet.cluster.public.to_text()]
         args = [
             sys.executable, "-m", "peerix.cli", "--log-level", self.fleet.log_level, "serve",
             "--store-root", str(self.store), "--state-dir", str(self.home / "state"),
             "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{port}",
             "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none",
-            "--trusted-public-keys", self.fleet.cluster.public.to_text(), *extra,
+            *trust, *extra,
         ]
         if self.fleet.tracker_url:
             args += ["--tracker", self.fleet.tracker_url]

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,19 +16,31 @@ from ..nix.signing import SecretKey
 from ..store.local import StoreError
 
 
+class CommandError(Exception):
+    """What a person can act on: printed as one line, exit status 2."""
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     key = SecretKey.generate(args.name)
     write_secret(args.secret_file, key.to_text(), overwrite=args.force)
-    args.public_file.write_text(key.public.to_text())  # no newline, as nix-store --generate-binary-cache-key
+    try:
+        args.public_file.parent.mkdir(parents=True, exist_ok=True)
+        args.public_file.write_text(key.public.to_text())  # no newline, as nix-store --generate-binary-cache-key
+    except OSError as error:
+        raise CommandError(f"cannot write {args.public_file}: {error.strerror}") from None
     print(key.public.to_text())
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..daemon.run import host_key, run
+    from ..daemon.run import run
+    from ..net.endpoint import BindError
+    from ..net.lan import LanError
 
-    settings = config.load(args)
-    asyncio.run(run(settings, host_key(settings)))
+    try:
+        asyncio.run(run(config.load(args)))
+    except (BindError, LanError) as error:
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -36,17 +49,13 @@ def cmd_public_key(args: argparse.Namespace) -> int:
     return 0
 
 
-class DaemonError(Exception):
-    pass
-
-
 def ask_daemon(url: str, path: str, timeout: float = 10) -> dict:
     import httpx
 
     try:
         return httpx.get(f"{url.rstrip('/')}{path}", timeout=timeout).raise_for_status().json()
     except (httpx.HTTPError, ValueError) as error:
-        raise DaemonError(f"cannot ask the daemon at {url}: {error}") from None
+        raise CommandError(f"cannot ask the daemon at {url}: {error}") from None
 
 
 def hash_of(text: str) -> str:
@@ -55,27 +64,49 @@ def hash_of(text: str) -> str:
 
     candidate = text.rstrip("/").rsplit("/", 1)[-1][:32]
     if not is_hash_part(candidate):
-        raise DaemonError(f"{text!r} is not a store path or hash")
+        raise CommandError(f"{text!r} is not a store path or hash")
     return candidate
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ..common.units import ago, counted, duration
+
     health = ask_daemon(args.url, "/health")
+    if "store_root" not in health:
+        raise CommandError(f"{args.url} is not a peerix daemon: its /health says nothing of a store "
+                           "(a tracker? it has peerix-tracker admin)")
     if args.json:
         print(json.dumps(health, indent=2))
         return 0 if health.get("status") == "ok" else 1
     network = health.get("network") or {}
     tracker = network.get("tracker")
     cache = health.get("nar_cache")
+    status = health["status"]
+    if tracker and tracker.get("in_backoff"):
+        status += f": the tracker failed, asked again in {duration(tracker.get('backoff_s') or 0)}"
+    if tracker:
+        announced = tracker.get("announced_paths")
+        tracker_line = tracker["url"] + ", " + (
+            "nothing announced yet" if announced is None else
+            f"{counted(announced, 'path')} announced {ago(tracker.get('last_announce'), time.time())}")
+        if tracker.get("last_error"):
+            tracker_line += f"; last error: {tracker['last_error']}"
+    else:
+        tracker_line = "none: LAN and static peers only"
+    peers = f"{network.get('peers_known', 0)} known"
+    sources = [f"{network[key]} {where}" for key, where in (("lan_peers", "on the LAN or static"),
+                                                          ("tracker_peers", "named by the tracker"))
+               if network.get(key) is not None]
+    if sources:
+        peers += f" ({', '.join(sources)})"
+    peers += f", {network.get('peers_backing_off', 0)} backing off, {network.get('peers_banned', 0)} banned"
     lines = [
-        f"status      {health['status']} (peerix {health['version']})",
+        f"status      {status} (peerix {health['version']})",
         f"identity    {network.get('name')}, peer {network.get('peer_id')}",
         f"signing key {health.get('signing_key')}",
         f"store       {health['store_root']}: {health.get('paths', '?')} paths, database {health.get('database')}",
-        "tracker     " + ("none: LAN and static peers only" if not tracker else
-                          f"{tracker['url']}, {tracker.get('announced_paths')} paths announced"
-                          + (", backing off" if tracker.get("in_backoff") else "")),
-        f"peers       {network.get('peers_known', 0)} known, {network.get('lan_peers') or 0} on the LAN",
+        f"tracker     {tracker_line}",
+        f"peers       {peers}",
         f"addresses   {', '.join(network.get('direct_addresses') or []) or '-'}"
         + (f", relay {network['relay_url']}" if network.get("relay_url") else ""),
     ]
@@ -90,18 +121,20 @@ def cmd_why(args: argparse.Namespace) -> int:
 
     why = ask_daemon(args.url, f"/api/v1/why/{hash_of(args.path)}", timeout=30)
     print(json.dumps(why, indent=2) if args.json else describe(why))
-    return 0
+    return 0 if why["substitutable"] else 1
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    import time
-
     from ..common.units import ago
     from ..http.dashboard import reputation_text
 
     peers = ask_daemon(args.url, "/api/v1/peers")["peers"]
     if args.json:
         print(json.dumps(peers, indent=2))
+        return 0
+    if not peers:
+        print("no peers known yet: LAN and static peers appear once they announce themselves, a tracker's peers "
+              "once it names them for a path this host looked up")
         return 0
     now = time.time()
     rows = [("NAME", "SOURCE", "PEER", "ADDRESSES", "LAST SEEN", "REPUTATION")]
@@ -204,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         return args.func(args)
-    except (SecretFileError, StoreError, config.ConfigError, DaemonError) as error:
+    except (SecretFileError, StoreError, config.ConfigError, CommandError) as error:
         print(f"peerix: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

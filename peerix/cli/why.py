@@ -13,8 +13,9 @@ def describe(why: dict[str, Any]) -> str:
     else:
         lines.append("  local: no")
         for peer in why["peers"]:
-            lines.append(f"  peer {peer['peer_id'][:12]} ({peer['source']}): {peer['result']}, {peer['reason']} "
-                         f"[{peer['latency_ms']} ms]")
+            latency = "" if peer["latency_ms"] is None else f" [{peer['latency_ms']} ms]"
+            lines.append(f"  peer {peer['peer_id'][:12]} ({peer['source']}): {peer['result']}, {peer['reason']}"
+                         f"{latency}")
         if not why["peers"]:
             lines.append("  peers: none known to have it")
     lines.append(f"  decision: {why['decision']}")

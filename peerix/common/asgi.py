@@ -10,11 +10,14 @@ ZEROCOPY = "http.response.zerocopysend"
 
 
 class RequestObserver(Protocol):
-    def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None: ...
+    def observe_sent(self, route: str, count: int) -> None: ...
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
 
 
 class MetricsMiddleware:
-    """Counts every response by route and status, its body bytes and its full duration."""
+    """Counts every response by route and status and its full duration, and its body bytes as they
+    are sent: a long NAR moves the byte counter all along (what `peerix fetch` shows), not at its end."""
 
     def __init__(self, app: ASGIApp, metrics: RequestObserver) -> None:
         self.app = app
@@ -24,21 +27,22 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status, sent = 500, 0
+        status = 500
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, sent
+            nonlocal status
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
-            elif kind == ZEROCOPY:
-                sent += message["count"]
             await send(message)
+            if sent := message["count"] if kind == ZEROCOPY else len(message.get("body", b"")):
+                self.metrics.observe_sent(_route(scope), sent)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            route = getattr(scope.get("endpoint"), "__name__", "unmatched")
-            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started, sent)
+            self.metrics.observe_request(_route(scope), scope["method"], status, time.perf_counter() - started)
+
+
+def _route(scope: Scope) -> str:
+    return getattr(scope.get("endpoint"), "__name__", "unmatched")

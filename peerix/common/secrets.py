@@ -15,14 +15,34 @@ class SecretFileError(Exception):
 
 
 def write_secret(path: Path, text: str, overwrite: bool = False) -> None:
+    """Write a new secret file (0600), making its directory (0700) if it is missing."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if overwrite else os.O_EXCL)
+    if not path.parent.is_dir():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True)
+        except OSError as error:
+            raise SecretFileError(f"cannot make the directory of {path}: {error.strerror}") from None
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise SecretFileError(f"{path} exists; refusing to overwrite a secret") from None
+    except OSError as error:
+        raise SecretFileError(f"cannot write {path}: {error.strerror}") from None
     with os.fdopen(fd, "w") as file:
         os.fchmod(fd, 0o600)
         file.write(text)
+
+
+def add_token(path: Path, token: str) -> None:
+    """Append a token to a token file (one a line), made 0600 when new; an exposed one is refused."""
+    if not path.exists():
+        return write_secret(path, token + "\n")
+    text = read_secret(path)
+    try:
+        with open(path, "a") as file:
+            file.write(("" if not text or text.endswith("\n") else "\n") + token + "\n")
+    except OSError as error:
+        raise SecretFileError(f"cannot write {path}: {error.strerror}") from None
 
 
 def read_secret(path: Path) -> str:

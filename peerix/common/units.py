@@ -1,4 +1,5 @@
-"""Text for people and from people: sizes, addresses, booleans and ages, as both servers read and show them."""
+"""Text for people and from people: sizes, addresses, booleans, counts and ages, as both servers read and show
+them."""
 
 import re
 
@@ -66,12 +67,20 @@ def size_text(count: float) -> str:
     raise AssertionError
 
 
-def ago(moment: float | None, now: float) -> str:
-    """How long before `now` a wall-clock moment was: '5s ago', '3m ago'; '-' for none."""
-    if not moment:
-        return "-"
-    seconds = max(0, now - moment)
+def counted(count: int, noun: str) -> str:
+    """3, 'path' -> '3 paths'; 1, 'path' -> '1 path'."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def duration(seconds: float) -> str:
+    """A span for people: '45s', '3m', '2h', '1d'."""
+    seconds = max(0.0, seconds)
     for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= length:
-            return f"{seconds / length:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
+            return f"{seconds / length:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def ago(moment: float | None, now: float) -> str:
+    """How long before `now` a wall-clock moment was: '5s ago', '3m ago'; '-' for none."""
+    return f"{duration(now - moment)} ago" if moment else "-"

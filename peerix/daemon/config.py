@@ -127,6 +127,9 @@ class Config:
                              + ", ".join(a.value for a in Accept), Accept, "POLICY")
     serve: Serve = setting(Serve.SIGNED_OR_UPSTREAM, "what peers may fetch from us: "
                            + ", ".join(s.value for s in Serve), Serve, "POLICY")
+    exclude: tuple[str, ...] = setting((), "glob pattern on store path names (<hash>-<name>, e.g. '*-secrets*') "
+                                       "that are never announced nor served to anyone, whatever serve says "
+                                       "(repeatable)", str, "PATTERN", many=True)
     iroh_listen: str = setting("0.0.0.0:12305", "UDP address of the iroh endpoint peers connect to", _address,
                                "HOST:PORT")
     relays: bool = setting(True, "use iroh's public relays (NAT traversal, fallback path)", parse_bool)
@@ -200,7 +203,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
         return f"{value[0]}:{value[1]}"
     if isinstance(value, tuple):
-        return ", ".join(value)
+        return ", ".join(value) or "none"
     return str(value.value if isinstance(value, enum.Enum) else value)
 
 

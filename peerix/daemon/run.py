@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 def host_key(config: Config) -> SecretKey:
     """The host's one ed25519 key: it signs narinfo (Nix key format), is the iroh endpoint id and
     signs tracker requests. Made in the state directory on first start when none is configured."""
-    if config.secret_key_file is not None:
-        return load_secret_key(config.secret_key_file)
     path = config.state_dir / "host.key"
     if not path.exists():
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -55,10 +53,12 @@ def host_key(config: Config) -> SecretKey:
     return load_secret_key(path)
 
 
-async def run(config: Config, key: SecretKey) -> None:
+async def run(config: Config) -> None:
+    configured = load_secret_key(config.secret_key_file) if config.secret_key_file is not None else None
     async with contextlib.AsyncExitStack() as stack:
+        local = await stack.enter_async_context(LocalStore(config.store_root))  # before writing anything
+        key = configured or host_key(config)
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        local = await stack.enter_async_context(LocalStore(config.store_root))
         activity_file = config.state_dir / "activity.json"
         metrics = Metrics(Activity.load(activity_file))
         stack.callback(metrics.activity.save, activity_file)
@@ -66,7 +66,8 @@ async def run(config: Config, key: SecretKey) -> None:
         upstream = Upstream(config.upstream) if config.upstream else None
         if upstream is not None:
             stack.push_async_callback(upstream.aclose)
-        policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream)
+        policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream,
+                        config.exclude)
         substituter = Substituter(local, key, nar_cache)
         stack.callback(substituter.close)
 
@@ -106,6 +107,7 @@ async def run(config: Config, key: SecretKey) -> None:
             tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
             stack.push_async_callback(tracker.aclose)
             tracker_source = TrackerSource(tracker, metrics)
+            stack.push_async_callback(tracker_source.close)
             sources.append(tracker_source)
             advised = {name: throttle for name, throttle, mine in (
                 ("max_upload_rate", uploads, config.max_upload_rate),
@@ -116,7 +118,8 @@ async def run(config: Config, key: SecretKey) -> None:
 
             def tracker_status() -> dict[str, Any] | None:
                 return {"url": config.tracker, "announced_paths": announcer.announced,
-                        "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
+                        "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
+                        "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         substituter.remote = RemoteStore(peers, policy, RemoteSettings(
             miss_ttl=config.miss_ttl,
@@ -126,10 +129,15 @@ async def run(config: Config, key: SecretKey) -> None:
 
         def network() -> dict[str, Any]:
             address = endpoint.address()
+            known = known_peers()
             return {
                 "peer_id": endpoint.peer_id, "name": config.name, "direct_addresses": list(address.direct),
-                "relay_url": address.relay_url, "peers_known": len(reputation.peers),
-                "lan_peers": len(lan.peers) if lan else None,
+                "relay_url": address.relay_url, "peers_known": len(known),
+                "lan_peers": sum(peer["source"] != "tracker" for peer in known) if lan else None,
+                "tracker_peers": sum(peer["source"] == "tracker" for peer in known) if tracker_source else None,
+                "peers_backing_off": sum(bool(p["reputation"] and p["reputation"]["backing_off"]
+                                              and not p["reputation"]["banned"]) for p in known),
+                "peers_banned": sum(bool(p["reputation"] and p["reputation"]["banned"]) for p in known),
                 "max_upload_rate": uploads.rate or None, "max_download_rate": downloads.rate or None,
                 "tracker": tracker_status(),
             }
@@ -147,11 +155,14 @@ async def run(config: Config, key: SecretKey) -> None:
                                             "relay_url": record.addresses.relay_url, "last_seen": record.last_seen})
             for peer_id, entry in listed.items():
                 stats = reputation.peers.get(peer_id)
+                standing = reputation.standing(peer_id)
                 entry["reputation"] = None if stats is None else {
                     "successes": stats.successes, "failures": stats.failures,
                     "latency_ms": None if stats.latency is None else round(stats.latency * 1000, 1),
                     "backing_off": not reputation.available(peer_id), "banned": reputation.banned(peer_id),
                     "last_error": stats.last_error or None,
+                    "not_asked_for_s": round(standing[1], 1) if standing else None,
+                    "ban_reason": stats.ban_reason or None,
                 }
             return sorted(listed.values(), key=lambda e: (e["source"], e["name"] or "", e["peer_id"]))
 

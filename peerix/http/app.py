@@ -175,6 +175,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             checks["database"] = "ok"
         except Exception as error:  # health must report any failure, not raise it
             status, checks["database"] = "error", str(error)
+        tracker = (checks.get("network") or {}).get("tracker")
+        if status == "ok" and tracker and tracker.get("in_backoff"):
+            status = "degraded"  # local paths are served; the peers the tracker knows are out of reach
         body = {
             "status": status,
             "version": __version__,
@@ -182,7 +185,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             "signing_key": substituter.key.public.to_text() if substituter.key else None,
             **checks,
         }
-        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+        return JSONResponse(body, status_code=503 if status == "error" else 200)
 
     async def known_peers(request: Request) -> Response:
         return JSONResponse({"peers": peers() if peers else []})

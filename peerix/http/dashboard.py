@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from .. import __version__
-from ..common.units import ago, size_text
+from ..common.units import ago, duration, size_text
 from ..telemetry.activity import Activity
 
 
@@ -15,10 +15,11 @@ def reputation_text(rep: dict[str, Any] | None) -> str:
     text = f"{rep['successes']} ok, {rep['failures']} failed"
     if rep.get("latency_ms") is not None:
         text += f", {rep['latency_ms']} ms"
+    left = duration(rep.get("not_asked_for_s") or 0)
     if rep.get("banned"):
-        text += ", banned: sent wrong bytes"
+        text += f"; banned for {left}: {rep.get('ban_reason') or 'sent wrong bytes'}"
     elif rep.get("backing_off"):
-        text += ", backing off"
+        text += f"; backing off for {left}: {rep.get('last_error') or 'failed'}"
     return text
 
 

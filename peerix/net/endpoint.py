@@ -27,6 +27,10 @@ class PeerUnreachable(Exception):
     """No connection to the peer within the timeout, or the connection broke."""
 
 
+class BindError(Exception):
+    """The endpoint cannot listen on the address it was given (taken, not this host's, malformed)."""
+
+
 @dataclass(frozen=True)
 class EndpointSettings:
     bind: str = "0.0.0.0:0"
@@ -75,7 +79,11 @@ class PeerEndpoint:
             secret_key=secret,
             protocols={alpn: _Creator(handler, settings) for alpn, handler in handlers.items()},
         )
-        endpoint = await iroh.Endpoint.bind(options)
+        try:
+            endpoint = await iroh.Endpoint.bind(options)
+        except iroh.IrohError as error:
+            cause = error.message().strip().splitlines()[-1].strip()  # the OS's reason, after iroh's context
+            raise BindError(f"cannot listen for peers on UDP {settings.bind}: {cause}") from None
         log.info("iroh endpoint id=%s sockets=%s relays=%s discovery=%s", endpoint.id(),
                  ",".join(endpoint.bound_sockets()), settings.relays, settings.discovery)
         return cls(endpoint, settings)

@@ -40,6 +40,10 @@ class PacketError(ValueError):
     """Why a packet was dropped; the first word is the reason counted in metrics."""
 
 
+class LanError(Exception):
+    """LAN discovery cannot start: no such interface, or its port cannot be bound."""
+
+
 @dataclass(frozen=True)
 class Announcement:
     address: EndpointAddress
@@ -131,7 +135,10 @@ class LanDiscovery(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         interface = pick_interface(self.settings.interface)
-        sock = _socket(self.settings, interface)
+        try:
+            sock = _socket(self.settings, interface)
+        except OSError as error:
+            raise LanError(f"LAN discovery cannot listen on UDP port {self.settings.port}: {error.strerror}") from None
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._targets = [(self.settings.group, self.settings.port)] if self.settings.broadcast else []
@@ -226,7 +233,10 @@ def pick_interface(name: str | None) -> Interface | None:
         if candidate and candidate != "lo" and (network := _ipv4(candidate)) is not None:
             return Interface(candidate, network)
     if name:
-        raise OSError(f"interface {name} has no IPv4 address")
+        known = sorted(n for _, n in socket.if_nameindex())
+        if name not in known:
+            raise LanError(f"LAN discovery: there is no interface {name} (this host has {', '.join(known)})")
+        raise LanError(f"LAN discovery: interface {name} has no IPv4 address")
     return None
 
 
@@ -259,7 +269,11 @@ def _socket(settings: LanSettings, interface: Interface | None) -> socket.socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-    sock.bind(("0.0.0.0", settings.port))
+    try:
+        sock.bind(("0.0.0.0", settings.port))
+    except OSError:
+        sock.close()
+        raise
     local = socket.inet_aton(str(interface.network.ip)) if interface else socket.inet_aton("0.0.0.0")
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)

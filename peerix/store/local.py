@@ -69,17 +69,31 @@ class LocalStore:
         database open; the file is then quiescent, so it is read as immutable until a writer shows
         up (see `_current`). Once connected normally, this connection keeps the WAL alive itself.
         """
-        db = await aiosqlite.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=2.0)
+        uri = f"file:{self.db_path}?mode=ro"
+        try:
+            try:
+                db = await self._checked(uri)
+                self._immutable = False
+            except sqlite3.OperationalError as error:
+                log.info("database has no writer and its WAL cannot be created here; reading it as immutable "
+                         "until one appears db=%s error=%s", self.db_path, error)
+                db = await self._checked(uri + "&immutable=1")
+                self._immutable = True
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.db_path} is not a readable Nix database: {error}") from None
+        return db
+
+    @staticmethod
+    async def _checked(uri: str) -> aiosqlite.Connection:
+        """A connection that has read the Nix schema, or none at all: a failed one is closed, since its
+        thread would keep the process alive."""
+        db = await aiosqlite.connect(uri, uri=True, timeout=2.0)
         try:
             await db.execute_fetchall("SELECT 1 FROM ValidPaths LIMIT 1")
-            self._immutable = False
-        except sqlite3.OperationalError as error:
+            await db.execute("PRAGMA query_only = ON")
+        except BaseException:
             await db.close()
-            log.info("database has no writer and its WAL cannot be created here; reading it as immutable "
-                     "until one appears db=%s error=%s", self.db_path, error)
-            db = await aiosqlite.connect(f"file:{self.db_path}?mode=ro&immutable=1", uri=True)
-            self._immutable = True
-        await db.execute("PRAGMA query_only = ON")
+            raise
         return db
 
     async def _current(self) -> aiosqlite.Connection:
@@ -140,11 +154,12 @@ class LocalStore:
         return None
 
     async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
-        """(hash part, signatures) of every valid path: what announcing needs, in one query."""
+        """(name, signatures) of every valid path, the name being `<hash>-<name>`: what announcing needs,
+        in one query."""
         start = len(self.store_dir) + 2  # SQL's substr counts from 1, and skips the slash
-        rows = await (await self._current()).execute_fetchall("SELECT substr(path, ?, 32), sigs FROM ValidPaths",
+        rows = await (await self._current()).execute_fetchall("SELECT substr(path, ?), sigs FROM ValidPaths",
                                                               (start,))
-        return [(hash_part, tuple((sigs or "").split())) for hash_part, sigs in rows]
+        return [(name, tuple((sigs or "").split())) for name, sigs in rows]
 
     async def count(self) -> int:
         rows = await (await self._current()).execute_fetchall("SELECT count(*) FROM ValidPaths")

@@ -34,6 +34,7 @@ class Announcer:
         self.heartbeat = heartbeat
         self.announced: int | None = None  # paths in the last acknowledged announce
         self.last_success = 0.0
+        self.last_error: str | None = None  # why the last announce failed, until one succeeds
 
     async def run(self) -> None:
         generation, last = None, 0.0
@@ -45,6 +46,7 @@ class Announcer:
                     await self.announce()
                     generation, last = current, time.monotonic()
                 except TrackerError as error:
+                    self.last_error = str(error)
                     self.metrics.source_errors.labels("tracker").inc()
                     if error.lasting:  # the client logged it, once for its whole backoff
                         log.debug("announce refused error=%s", error)
@@ -55,11 +57,11 @@ class Announcer:
             await asyncio.sleep(self.poll)
 
     async def announce(self) -> None:
-        hashes = [h for h, sigs in await self.local.signatures() if self.policy.announceable(sigs)]
+        hashes = [name[:32] for name, sigs in await self.local.signatures() if self.policy.announceable(name, sigs)]
         address = self.address()
         await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url),
                                    self.name)
-        self.announced, self.last_success = len(hashes), time.time()
+        self.announced, self.last_success, self.last_error = len(hashes), time.time(), None
         for name, throttle in self.advised.items():
             rate = self.client.advice.get(name, 0)  # no advice: unlimited, as without a tracker
             if rate != throttle.rate:

@@ -1,9 +1,12 @@
 """Who may hold a path: candidates named by the LAN and by the tracker, fast and never an error.
 
 Lookups are cached briefly and never slow a narinfo answer down: a down tracker is one fast
-failure, then the client's backoff makes every lookup an immediate "nobody".
+failure, then the client's backoff makes every lookup an immediate "nobody". A hung tracker (one
+that accepts connections but does not answer) is waited for once, up to a short deadline; until
+it answers again, lookups answer at once from what is known while one probe asks in the background.
 """
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -50,24 +53,51 @@ class LanSource:
 class TrackerSource:
     name = "tracker"
 
-    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096) -> None:
+    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096,
+                 deadline: float = 0.25) -> None:
         self.client = client
         self.metrics = metrics
         self.ttl = ttl
         self.entries = entries
+        self.deadline = deadline  # the longest a miss waits for the tracker
         self._answers: dict[str, tuple[float, list[Candidate]]] = {}
+        self._asking: dict[str, asyncio.Task[list[Candidate]]] = {}
+        self._unresponsive = False  # the last lookup missed its deadline, and none has answered since
         self.seen: dict[str, PeerRecord] = {}  # peers the tracker named, for `peerix peers`
 
     async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
         hit = self._answers.get(hash_part)
         if hit is not None and hit[0] > time.monotonic() and not fresh:
             return hit[1]
+        known = hit[1] if hit is not None else []
+        if self._unresponsive and self._asking:
+            return known  # one probe at a time while the tracker does not answer
+        task = self._asking.get(hash_part) or self._ask(hash_part)
+        try:
+            async with asyncio.timeout(0 if self._unresponsive else self.deadline):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            if not self._unresponsive:
+                log.warning("tracker lookup missed its deadline, answering from what is known until it answers "
+                            "tracker=%s deadline=%.3f", self.client.url, self.deadline)
+            self._unresponsive = True
+            return known
+
+    def _ask(self, hash_part: str) -> asyncio.Task[list[Candidate]]:
+        task = self._asking[hash_part] = asyncio.create_task(self._lookup(hash_part))
+        task.add_done_callback(lambda _: self._asking.pop(hash_part, None))
+        return task
+
+    async def _lookup(self, hash_part: str) -> list[Candidate]:
         try:
             records = await self.client.lookup(hash_part)
         except TrackerError as error:
             self.metrics.source_errors.labels(self.name).inc()
             log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
             return []
+        if self._unresponsive:
+            log.info("tracker answers again tracker=%s", self.client.url)
+        self._unresponsive = False
         found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
                            self.name) for r in records]
         self.seen.update((r.peer_id, r) for r in records)
@@ -75,3 +105,10 @@ class TrackerSource:
             self._answers.clear()
         self._answers[hash_part] = (time.monotonic() + self.ttl, found)
         return found
+
+    async def close(self) -> None:
+        """Cancel the lookups still running in the background."""
+        tasks = list(self._asking.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -32,19 +32,25 @@ class Peers:
     async def candidates(self, hash_part: str, fresh: bool = False, with_backoff: bool = False) -> list[Candidate]:
         """Every source's candidates: LAN peers before tracker peers (and a peer both know keeps its LAN
         addresses if the LAN source comes first); best reputation first within each; peers in backoff
-        left out, or put last `with_backoff`."""
-        answers = await asyncio.gather(*(source.candidates(hash_part, fresh) for source in self.sources))
-        by_peer: dict[str, Candidate] = {}
-        for candidate in (c for answer in answers for c in answer):
-            if candidate.peer_id != self.endpoint.peer_id:
-                by_peer.setdefault(candidate.peer_id, candidate)
+        left out, or put last `with_backoff`; banned peers always left out."""
+        by_peer = await self.named(hash_part, fresh)
         ordered = [by_peer[peer_id] for peer_id in self.reputation.order(by_peer)]
         if by_peer and not ordered and not fresh:  # a cached answer named only failed peers
             return await self.candidates(hash_part, fresh=True, with_backoff=with_backoff)
         ordered.sort(key=lambda c: _SOURCE_RANK.get(c.source, len(_SOURCE_RANK)))
         if with_backoff:
-            ordered += [c for peer_id, c in by_peer.items() if not self.reputation.available(peer_id)]
+            ordered += [c for peer_id, c in by_peer.items()
+                        if not self.reputation.available(peer_id) and not self.reputation.banned(peer_id)]
         return ordered
+
+    async def named(self, hash_part: str, fresh: bool = False) -> dict[str, Candidate]:
+        """Every peer the sources name for the path, whatever its reputation, once each (LAN first)."""
+        answers = await asyncio.gather(*(source.candidates(hash_part, fresh) for source in self.sources))
+        by_peer: dict[str, Candidate] = {}
+        for candidate in (c for answer in answers for c in answer):
+            if candidate.peer_id != self.endpoint.peer_id:
+                by_peer.setdefault(candidate.peer_id, candidate)
+        return by_peer
 
     def failed(self, peer: str, kind: str, result: str, error: str) -> None:
         self.reputation.failed(peer, error)

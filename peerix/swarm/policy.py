@@ -7,11 +7,10 @@ a host serves, so builds of its own that nobody signed do not leak to strangers.
 """
 
 import enum
+import fnmatch
 from dataclasses import dataclass
 
-import httpx
-
-from ..net.upstream import Upstream
+from ..net.upstream import Upstream, UpstreamError
 from ..nix.narinfo import PathInfo
 from ..nix.signing import PublicKey, trusted_sigs
 
@@ -49,7 +48,7 @@ def same_contents(a: PathInfo, b: PathInfo) -> bool:
 class Policy:
     def __init__(
         self, trusted_keys: list[PublicKey], accept: Accept = Accept.EITHER, serve: Serve = Serve.SIGNED_OR_UPSTREAM,
-        upstream: Upstream | None = None,
+        upstream: Upstream | None = None, exclude: tuple[str, ...] = (),
     ) -> None:
         if accept in (Accept.UPSTREAM, Accept.BOTH) and upstream is None:
             raise ValueError(f"accepting paths by '{accept}' needs an upstream cache")
@@ -58,6 +57,11 @@ class Policy:
         self.accept = accept
         self.serve = serve
         self.upstream = upstream
+        self.exclude = exclude  # glob patterns on store path names (hash-name) never shared, whatever `serve` says
+
+    def excluded(self, name: str) -> str | None:
+        """The first exclude pattern a store path's name (`<hash>-<name>`) matches."""
+        return next((pattern for pattern in self.exclude if fnmatch.fnmatchcase(name, pattern)), None)
 
     def trusted_sigs(self, info: PathInfo) -> tuple[str, ...]:
         return trusted_sigs(info, self.trusted_keys)
@@ -67,8 +71,8 @@ class Policy:
             return Verdict(False, "no upstream cache configured")
         try:
             upstream = await self.upstream.narinfo(info.store_path.hash_part)
-        except httpx.HTTPError as error:
-            return Verdict(False, f"upstream unreachable: {error}")
+        except UpstreamError as error:
+            return Verdict(False, f"upstream {error}")
         if upstream is None:
             return Verdict(False, f"not in {self.upstream.url}")
         if not same_contents(info, upstream):
@@ -79,7 +83,7 @@ class Policy:
         """Judge a peer's path info; the info returned keeps only the signatures we trust."""
         kept = info.with_sigs(self.trusted_sigs(info))
         names = ", ".join(sig.partition(":")[0] for sig in kept.sigs)
-        signed = Verdict(True, f"signed by {names}") if kept.sigs else Verdict(False, "no signature by a trusted key")
+        signed = Verdict(True, f"signed by {names}") if kept.sigs else Verdict(False, self._untrusted(info))
         if self.accept is Accept.SIGNATURE or (self.accept is Accept.EITHER and signed.ok):
             return signed, kept
         if self.accept is Accept.BOTH and not signed.ok:
@@ -93,19 +97,33 @@ class Policy:
 
     async def may_serve(self, info: PathInfo) -> Verdict:
         """Whether a peer may have this local path."""
+        if pattern := self.excluded(info.store_path.basename):
+            return Verdict(False, f"private: matches the exclude pattern {pattern!r}")
         if self.serve is Serve.ALL:
             return Verdict(True, "serving policy is 'all'")
         if sigs := self.trusted_sigs(info):
             return Verdict(True, f"signed by {', '.join(s.partition(':')[0] for s in sigs)}")
         if self.serve is Serve.SIGNED:
-            return Verdict(False, "private: no signature by a trusted key")
+            return Verdict(False, f"private: {self._untrusted(info)}")
         upstream = await self.check_upstream(info)
-        return upstream if upstream.ok else Verdict(False, f"private: unsigned and {upstream.reason}")
+        return upstream if upstream.ok else Verdict(False, f"private: {self._untrusted(info)}, and {upstream.reason}")
 
-    def announceable(self, sigs: tuple[str, ...]) -> bool:
-        """A cheap guess at `may_serve` for announcing: a trusted key's name, no crypto, no upstream.
+    def _untrusted(self, info: PathInfo) -> str:
+        """Why none of the path's signatures counts, for a path `trusted_sigs` found none on."""
+        names = sorted({sig.partition(":")[0] for sig in info.sigs})
+        if not names:
+            return "no signature by a trusted key (unsigned)"
+        if forged := [name for name in names if name in self.trusted_names]:
+            return f"no signature by a trusted key (the {', '.join(forged)} signature does not verify)"
+        return f"no signature by a trusted key (signed by {', '.join(names)}, not trusted here)"
+
+    def announceable(self, name: str, sigs: tuple[str, ...]) -> bool:
+        """A cheap guess at `may_serve` for announcing a path (its name, `<hash>-<name>`, and signatures):
+        not excluded, and a trusted key's name, no crypto, no upstream.
 
         What is announced but refused costs a peer one query; what is served is always fully checked.
         Unsigned paths that upstream would vouch for are served when asked but not announced.
         """
+        if self.excluded(name):
+            return False
         return self.serve is Serve.ALL or any(sig.partition(":")[0] in self.trusted_names for sig in sigs)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import iroh
 
+from ..common.units import duration
 from ..net import wire
 from ..net.endpoint import PeerUnreachable
 from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
@@ -39,8 +40,8 @@ class RemoteSettings:
 @dataclass(frozen=True)
 class Answer:
     candidate: Candidate
-    result: str  # ok, not-found, unreachable, failed (a broken answer) or rejected (by policy)
-    detail: str
+    result: str  # ok, not-found, unreachable, failed (a broken answer), rejected (by policy); not asked:
+    detail: str  # backing-off, banned
     latency: float
     info: PathInfo | None = None  # as accepted: only the signatures we trust
     verdict: Verdict | None = None
@@ -159,9 +160,17 @@ class RemoteStore:
 
     async def explain(self, hash_part: str) -> list[Answer]:
         """What every candidate says about the path and what policy makes of it, for `peerix why`:
-        nothing is cached and no reputation changes."""
-        candidates = await self.peers.candidates(hash_part, fresh=True)
-        return list(await asyncio.gather(*(self._ask(hash_part, c) for c in candidates)))
+        nothing is cached and no reputation changes. Peers in backoff or banned are not asked, as Nix's
+        request would not ask them; their answer says why, and for how long."""
+        named = await self.peers.named(hash_part, fresh=True)
+        reputation = self.peers.reputation
+        answers = list(await asyncio.gather(*(self._ask(hash_part, named[p]) for p in reputation.order(named))))
+        for peer_id, candidate in named.items():
+            if standing := reputation.standing(peer_id):
+                state, seconds, reason = standing
+                answers.append(Answer(candidate, state.replace(" ", "-"),
+                                      f"{reason or 'failed'}; not asked for another {duration(seconds)}", 0.0))
+        return answers
 
     async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
         """The NAR from the peers that answered the narinfo, then whoever the sources name now,

@@ -21,6 +21,7 @@ class PeerStats:
     last_error: str = ""
     backoff_until: float = 0.0
     banned_until: float = 0.0  # proven to have sent wrong bytes: not asked until then, whatever it answers
+    ban_reason: str = ""
 
     @property
     def success_rate(self) -> float:
@@ -58,11 +59,23 @@ class Reputation:
     def ban(self, peer_id: str, seconds: float, error: str) -> None:
         """A peer caught sending bytes that fail their hash: a backoff that no later success lifts
         (the failure itself is recorded with `failed`)."""
-        self._stats(peer_id).banned_until = self.clock() + seconds
+        stats = self._stats(peer_id)
+        stats.banned_until, stats.ban_reason = self.clock() + seconds, error
 
     def banned(self, peer_id: str) -> bool:
         stats = self.peers.get(peer_id)
         return stats is not None and stats.banned_until > self.clock()
+
+    def standing(self, peer_id: str) -> tuple[str, float, str] | None:
+        """Why a peer is not asked now: ("banned", seconds left, reason) or ("backing off", seconds left,
+        its last error); None when it is available."""
+        stats = self.peers.get(peer_id)
+        now = self.clock()
+        if stats is None or max(stats.backoff_until, stats.banned_until) <= now:
+            return None
+        if stats.banned_until > now:
+            return "banned", stats.banned_until - now, stats.ban_reason
+        return "backing off", stats.backoff_until - now, stats.last_error
 
     def available(self, peer_id: str) -> bool:
         stats = self.peers.get(peer_id)

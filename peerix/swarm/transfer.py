@@ -171,11 +171,11 @@ class NarTransfer:
     async def _next_candidate(self, last_resort: bool = True) -> Candidate | None:
         """Peers that answered the narinfo first, then whoever the sources name now; then, as a
         `last_resort` rather than no peer at all, peers in backoff (one that restarted is often the
-        only one left)."""
+        only one left), never banned ones."""
         while True:
             while self._queue:
                 candidate = self._queue.pop(0)
-                if candidate.peer_id in self._tried:
+                if candidate.peer_id in self._tried or self.peers.reputation.banned(candidate.peer_id):
                     continue
                 if not self.peers.reputation.available(candidate.peer_id):
                     self._backed_off.append(candidate)
@@ -189,7 +189,7 @@ class NarTransfer:
                 continue
             while last_resort and self._backed_off:
                 candidate = self._backed_off.pop(0)
-                if candidate.peer_id not in self._tried:
+                if candidate.peer_id not in self._tried and not self.peers.reputation.banned(candidate.peer_id):
                     self._tried.add(candidate.peer_id)
                     return candidate
             return None

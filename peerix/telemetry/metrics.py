@@ -75,8 +75,16 @@ class Metrics:
             "unsigned, stale, replayed)", ["reason"], registry=r,
         )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._sent_children: dict[str, Counter] = {}
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float, sent: int) -> None:
+    def observe_sent(self, route: str, count: int) -> None:
+        """Body bytes of a response, as they are sent."""
+        child = self._sent_children.get(route)
+        if child is None:
+            child = self._sent_children[route] = self.sent_bytes.labels(route)
+        child.inc(count)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record one response; label children are looked up once per (route, method, status)."""
         key = (route, method if method in _METHODS else "OTHER", status)
         children = self._request_children.get(key)
@@ -84,13 +92,10 @@ class Metrics:
             children = self._request_children[key] = (
                 self.requests.labels(key[0], key[1], str(status)),
                 self.latency.labels(route),
-                self.sent_bytes.labels(route),
             )
-        requests, latency, sent_bytes = children
+        requests, latency = children
         requests.inc()
         latency.observe(seconds)
-        if sent:
-            sent_bytes.inc(sent)
 
     def read_at_scrape(self, kind: str, name: str, help: str, read: Callable[[], float]) -> None:
         """A counter or gauge whose value `read` gives when Prometheus asks: for figures other layers
