@@ -71,8 +71,9 @@ async def test_the_sweep_reports_how_it_went(tmp_path: Path) -> None:
     assert sweeper.status(time.time())["status"] == "stopped"
 
     sweeper.start()
-    while sweeper.last_run is None:
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(30):
+        while sweeper.last_run is None:
+            await asyncio.sleep(0.02)
     status = sweeper.status(time.time())
     assert status["status"] == "ok" and status["last_removed"] == 1
     assert [peer.name for peer in registry.peers()] == ["new"] and db.path_count == 1
@@ -80,8 +81,9 @@ async def test_the_sweep_reports_how_it_went(tmp_path: Path) -> None:
 
     await registry.announce(os.urandom(32), Announce("stale", Addresses("z"), hashes=hashes), long_ago)
     await db.close()  # the next sweep cannot reach the database
-    while sweeper.last_error is None:
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(30):
+        while sweeper.last_error is None:
+            await asyncio.sleep(0.02)
     assert sweeper.status(time.time())["status"] == "failed" and "closed" in sweeper.last_error
     assert metrics.registry.get_sample_value("peerix_tracker_sweeps_total", {"result": "failed"}) >= 1
     await sweeper.stop()
