@@ -128,7 +128,7 @@ def parse_deregister(body: bytes) -> bool:
 def parse_announce(body: bytes, peer_id: str, max_hashes: int) -> Announce:
     data = parse_json(body)
     name, addresses = _name(data.get("name")), _addresses(data.get("addresses"), peer_id)
-    if ("hashes" in data) == ("since" in data):
+    if ("hashes" in data) == ("since" in data) or ("hashes" in data and ("added" in data or "removed" in data)):
         raise invalid("an announce has either hashes (the full set) or since, added and removed (a delta)")
     if "hashes" in data:
         return Announce(name, addresses, hashes=parse_hashes(data, "hashes", max_hashes))

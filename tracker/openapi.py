@@ -107,7 +107,8 @@ SCHEMAS: dict[str, Any] = {
         "since": {"type": "integer", "minimum": 0, "description": "a delta against this sequence number"},
         "added": {"type": "array", "items": HASH}, "removed": {"type": "array", "items": HASH, "description":
                                                               "none of them in added"}},
-        "oneOf": [{"required": ["hashes"], "description": "a full announce"},
+        "oneOf": [{"required": ["hashes"], "not": {"anyOf": [{"required": ["added"]}, {"required": ["removed"]}]},
+                   "description": "a full announce"},
                   {"required": ["since"], "description": "a delta; without added and removed, a heartbeat"}]},
     "Announced": {"type": "object", "required": ["seq", "paths"], "properties": {
         "seq": {"type": "integer"}, "paths": {"type": "integer"},
