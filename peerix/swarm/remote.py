@@ -118,10 +118,8 @@ class RemoteStore:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.peers.query_timeout):
-                stream = await self.peers.endpoint.open_stream(candidate.address, wire.NARINFO_ALPN)
-                await stream.send().write_all(wire.encode_frame({"hash": hash_part}))
-                await stream.send().finish()
-                reply = await wire.read_frame(stream.recv())
+                _, reply = await self.peers.endpoint.request(candidate.address, wire.NARINFO_ALPN,
+                                                             wire.encode_frame({"hash": hash_part}), wire.read_frame)
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
             return Answer(candidate, "unreachable", describe(error), time.monotonic() - started)
         latency = time.monotonic() - started

@@ -210,10 +210,8 @@ class NarTransfer:
         began = time.monotonic()
         try:
             async with asyncio.timeout(peers.query_timeout):
-                stream = await peers.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
-                await stream.send().write_all(request.to_frame())
-                await stream.send().finish()
-                header = await wire.read_frame(stream.recv())
+                stream, header = await peers.endpoint.request(candidate.address, wire.NAR_ALPN, request.to_frame(),
+                                                              wire.read_frame)
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
             peers.failed(peer, "nar", "unreachable", describe(error))
             raise NarFetchError(describe(error)) from None
