@@ -186,9 +186,15 @@ class LocalFleet:
         return httpx.get(f"{self.tracker_url}/api/v1/lookup/{Path(path).name[:32]}", timeout=5).text
 
     def wait_announced(self, host: Host, paths: list[str], timeout: float = 30) -> None:
-        peer_id = host.peer_id
-        wait_until(lambda: all(peer_id in self.holders(path) for path in paths),
-                   f"the tracker to list {host.name}'s paths", timeout)
+        """Until the tracker lists the host's current process (its incarnation) for every path."""
+        network = host.health()["network"]
+        current = (network["peer_id"], network["incarnation"])
+
+        def listed(path: str) -> bool:
+            return current in {(p["peer_id"], p["addresses"].get("incarnation"))
+                               for p in json.loads(self.holders(path))["peers"]}
+
+        wait_until(lambda: all(map(listed, paths)), f"the tracker to list {host.name}'s paths", timeout)
 
     @property
     def tracker_log(self) -> str:

@@ -57,8 +57,8 @@ class Announcer:
     async def announce(self) -> None:
         hashes = [h for h, sigs in await self.local.signatures() if self.policy.announceable(sigs)]
         address = self.address()
-        await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url),
-                                   self.name)
+        await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url,
+                                                         incarnation=address.incarnation), self.name)
         self.announced, self.last_success = len(hashes), time.time()
         for name, throttle in self.advised.items():
             rate = self.client.advice.get(name, 0)  # no advice: unlimited, as without a tracker

@@ -1,15 +1,18 @@
 """Who may hold a path: candidates named by the LAN and by the tracker, fast and never an error.
 
 Lookups are cached briefly and never slow a narinfo answer down: a down tracker is one fast
-failure, then the client's backoff makes every lookup an immediate "nobody".
+failure, then the client's backoff makes every lookup an immediate "nobody". A source that sees a
+known peer run another process (a new incarnation in the LAN packet or the tracker's record) says
+so through `on_restart`.
 """
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..net.endpoint import EndpointAddress
+from ..net.endpoint import EndpointAddress, another_process
 from ..net.lan import LanDiscovery
 from ..net.tracker_client import PeerRecord, TrackerClient, TrackerError
 from ..telemetry.metrics import Metrics
@@ -50,8 +53,10 @@ class LanSource:
 class TrackerSource:
     name = "tracker"
 
-    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096) -> None:
+    def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096,
+                 on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
         self.client = client
+        self.on_restart = on_restart  # a peer the tracker named before now runs another process
         self.metrics = metrics
         self.ttl = ttl
         self.entries = entries
@@ -68,10 +73,24 @@ class TrackerSource:
             self.metrics.source_errors.labels(self.name).inc()
             log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
             return []
-        found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
-                           self.name) for r in records]
-        self.seen.update((r.peer_id, r) for r in records)
+        found = [Candidate(_address(r), self.name) for r in records]
+        self._remember(records)
         if len(self._answers) >= self.entries:
             self._answers.clear()
         self._answers[hash_part] = (time.monotonic() + self.ttl, found)
         return found
+
+    def _remember(self, records: list[PeerRecord]) -> None:
+        """Keep each peer's newest record; report a peer whose newest record shows another process."""
+        for record in records:
+            known = self.seen.get(record.peer_id)
+            if known is not None and record.last_seen < known.last_seen:
+                continue  # an answer that overtook a newer one
+            if known is not None and another_process(_address(known), _address(record)):
+                self.on_restart(_address(record))
+            self.seen[record.peer_id] = record
+
+
+def _address(record: PeerRecord) -> EndpointAddress:
+    a = record.addresses
+    return EndpointAddress(a.endpoint_id, a.direct, a.relay_url, a.incarnation)
