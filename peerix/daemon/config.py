@@ -122,7 +122,8 @@ class Config:
     peer_timeout: float = setting(10.0, "seconds of silence from a peer in the middle of an answer before it "
                                   "is given up on (when no other peer has the NAR; see stall_timeout)", float,
                                   "SECONDS")
-    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing", float, "SECONDS")
+    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing (not one whose "
+                              "peers failed)", float, "SECONDS")
     split_threshold: int = setting(64 << 20, "NARs this large are fetched from several peers at once "
                                    "(default: 64M)", parse_size, "SIZE")
     max_sources: int = setting(4, "peers one NAR is fetched from at once; 1: never split", int, "N")

@@ -37,7 +37,7 @@ from ..net.compression import CompressionError
 from ..net.endpoint import PeerUnreachable
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
-from ..store.substituter import NarUnavailable
+from ..store.substituter import HoldersFailed, NarUnavailable
 from .candidates import Candidate
 from .peers import Peers
 
@@ -153,6 +153,7 @@ class NarTransfer:
         self._changed = asyncio.Event()
         self._workers: dict[str, asyncio.Task] = {}
         self._idle: list[Candidate] = []
+        self._holder_failed = False  # a peer that has the path failed to start it (not merely lacked it)
         self.started = time.monotonic()
 
     async def start(self) -> AsyncIterator[bytes]:
@@ -169,7 +170,9 @@ class NarTransfer:
         if first is None:
             if self._file:
                 self._file.close()
-            raise NarFetchError(f"no peer could send {self.info.store_path}")
+            if self._holder_failed:
+                raise HoldersFailed(f"the peers holding {self.info.store_path} failed to send it")
+            raise NarFetchError(f"no peer has {self.info.store_path} any more")
         return self._verified(self._pieces(first) if self.split else self._sequential(first))
 
     async def _next_candidate(self, last_resort: bool = True) -> Candidate | None:
@@ -250,16 +253,19 @@ class NarTransfer:
                 stream, header = await peers.endpoint.request(candidate.address, wire.NAR_ALPN, request.to_frame(),
                                                               wire.read_frame)
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+            self._holder_failed = True
             peers.failed(peer, "nar", "unreachable", describe(error))
             raise NarFetchError(describe(error)) from None
         if header.get("status") != "ok":
             peers.metrics.peer_fetches.labels("nar", "not-found").inc()
             return None
         if header.get("size") != end - start:
+            self._holder_failed = True
             peers.failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
             raise NarFetchError("wrong size")
         blocks = header.get("encoding") == wire.ZSTD_BLOCKS
         if blocks and request.zstd is None:
+            self._holder_failed = True
             peers.failed(peer, "nar", "rejected", "compressed although not asked to")
             raise NarFetchError("unasked compression")
         peers.reputation.succeeded(peer, time.monotonic() - began)
