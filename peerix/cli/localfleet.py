@@ -66,7 +66,9 @@ class Host:
         self.home.mkdir(parents=True)
         write_secret(self.home / "host.key", self.key.to_text())
         run("nix-store", "--store", str(self.store), "--init")
-        self.url = ""
+        # Chosen once: a host started again comes back on the same ports, as a restarted service does.
+        self.port, self.iroh_port = free_port(), free_port(socket.SOCK_DGRAM)
+        self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def give(self, *paths: str) -> None:
@@ -76,13 +78,12 @@ class Host:
             *paths)
 
     def start(self, *extra: str) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         args = [
             sys.executable, "-m", "peerix.cli", "--log-level", self.fleet.log_level, "serve",
             "--store-root", str(self.store), "--state-dir", str(self.home / "state"),
-            "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{port}",
-            "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none",
+            "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
+            "--iroh-listen", f"127.0.0.1:{self.iroh_port}", "--no-relays", "--no-discovery", "--no-lan",
+            "--upstream", "none",
             "--trusted-public-keys", self.fleet.cluster.public.to_text(), *extra,
         ]
         if self.fleet.tracker_url:
