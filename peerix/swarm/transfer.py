@@ -330,7 +330,7 @@ class NarTransfer:
         finally:
             await _cancel(read)
             if takeover is not None and isinstance(unused := await _cancel(takeover), PeerRange):
-                await unused.close()  # not needed after all, though it opened a range meanwhile
+                await self._put_back(unused.candidate, unused)  # it opened a range as the source answered
 
     def _resumed(self, source: PeerRange, position: int) -> None:
         self.resumes += 1
