@@ -1,28 +1,26 @@
-"""The iroh layer with real endpoints on loopback: the write fix, pooling, timeouts, the wire format."""
+"""The iroh layer with real endpoints on loopback: the write fix, pooling, timeouts, peers that die
+and come back, the wire format."""
 
 import asyncio
+import json
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import iroh
 import pytest
+from echo_peer import ECHO, echo
 from iroh import iroh_ffi
 
+from peerix.cli.localfleet import free_port
 from peerix.net import iroh_patch, wire
-from peerix.net.endpoint import EndpointAddress, EndpointSettings, PeerEndpoint, PeerUnreachable
+from peerix.net.endpoint import UNHEARD, EndpointAddress, EndpointSettings, PeerEndpoint, PeerUnreachable
+
+from conftest import ROOT
 
 OFFLINE = EndpointSettings(bind="127.0.0.1:0", relays=False, discovery=False, connect_timeout=1.0)
-ECHO = b"/peerix-test/echo/1"
-
-
-async def echo(peer_id: str, stream: iroh.BiStream) -> None:
-    request = await wire.read_frame(stream.recv())
-    payload = os.urandom(request["size"]) if "size" in request else b""
-    send = stream.send()
-    await send.write_all(wire.encode_frame({"peer": peer_id, "size": len(payload)}))
-    await send.write_all(payload)
-    await send.finish()
-    await send.stopped()
 
 
 @pytest.fixture
@@ -34,11 +32,9 @@ async def pair():
     await server.close()
 
 
-async def request(client: PeerEndpoint, address: EndpointAddress, message: dict) -> tuple[dict, bytes]:
-    stream = await client.open_stream(address, ECHO)
-    await stream.send().write_all(wire.encode_frame(message))
-    await stream.send().finish()
-    reply = await wire.read_frame(stream.recv())
+async def request(client: PeerEndpoint, address: EndpointAddress, message: dict, alpn: bytes = ECHO
+                  ) -> tuple[dict, bytes]:
+    stream, reply = await client.request(address, alpn, wire.encode_frame(message), wire.read_frame)
     return reply, await stream.recv().read_to_end(64 << 20)
 
 
@@ -77,13 +73,13 @@ async def test_dead_and_wrong_peers_fail_within_the_timeout(pair) -> None:
     dead = EndpointAddress(str(iroh.SecretKey.generate().public()), ("127.0.0.1:9",))
     started = time.monotonic()
     with pytest.raises(PeerUnreachable, match="no connection within 1 s"):
-        await client.open_stream(dead, ECHO)
+        await request(client, dead, {})
     assert time.monotonic() - started < 1.5
     with pytest.raises(PeerUnreachable):
-        await client.open_stream(server.address(), b"/peerix-test/unknown/1")
+        await request(client, server.address(), {}, b"/peerix-test/unknown/1")
     impostor = EndpointAddress(str(iroh.SecretKey.generate().public()), server.address().direct)
     with pytest.raises(PeerUnreachable):  # right address, wrong key: the TLS handshake fails
-        await client.open_stream(impostor, ECHO)
+        await request(client, impostor, {})
 
 
 async def test_a_cancelled_caller_leaves_a_shared_dial_to_the_others(pair) -> None:
@@ -91,13 +87,94 @@ async def test_a_cancelled_caller_leaves_a_shared_dial_to_the_others(pair) -> No
     transfer) must not cancel the second's: it gets the dial's own outcome."""
     _, client = pair
     dead = EndpointAddress(str(iroh.SecretKey.generate().public()), ("127.0.0.1:9",))
-    first = asyncio.create_task(client.open_stream(dead, ECHO))
-    second = asyncio.create_task(client.open_stream(dead, ECHO))
+    first = asyncio.create_task(request(client, dead, {}))
+    second = asyncio.create_task(request(client, dead, {}))
     await asyncio.sleep(0.2)
     first.cancel()
     with pytest.raises(PeerUnreachable):
         await second
     assert first.cancelled()
+
+
+class EchoProcess:
+    """The echo peer in a process of its own, on a fixed port with a fixed key: killed, then started
+    again, it is the same peer in a new process."""
+
+    def __init__(self) -> None:
+        self.seed, self.port = os.urandom(32), free_port(socket.SOCK_DGRAM)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> EndpointAddress:
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "echo_peer.py"), self.seed.hex(),
+                                         str(self.port)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        address = json.loads(self.process.stdout.readline())
+        return EndpointAddress(address["id"], tuple(address["direct"]))
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def echo_process():
+    echo = EchoProcess()
+    yield echo
+    if echo.process:
+        echo.kill()
+
+
+async def test_a_peer_restarted_on_the_same_port_is_redialled_at_once(echo_process: EchoProcess) -> None:
+    """Its pooled connection hears nothing (no reset comes back, iroh would wait for its idle
+    timeout): the request goes out again on a fresh connection after UNHEARD, not after a timeout."""
+    client = await PeerEndpoint.start(os.urandom(32), OFFLINE, {})
+    try:
+        address = echo_process.start()
+        assert (await request(client, address, {"size": 10}))[0]["size"] == 10
+        [stale] = client._pool.connections.values()
+        echo_process.kill()
+        echo_process.start()
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            assert (await request(client, address, {"size": 10}))[0]["size"] == 10
+        assert time.monotonic() - started < UNHEARD + 0.5
+        assert stale.close_reason() is not None and stale not in client._pool.connections.values()
+    finally:
+        await client.close()
+
+
+async def test_news_of_a_restart_drops_dead_connections_only(echo_process: EchoProcess) -> None:
+    """Told the peer restarted, the endpoint probes its pooled connections: the one to the old
+    process is dropped before any request waits on it; one made since (news arriving late) stays."""
+    client = await PeerEndpoint.start(os.urandom(32), OFFLINE, {})
+    try:
+        address = echo_process.start()
+        await request(client, address, {})
+        [stale] = client._pool.connections.values()
+        echo_process.kill()
+        echo_process.start()
+        client.check(address.endpoint_id)
+        await asyncio.sleep(UNHEARD + 0.2)
+        assert stale.close_reason() is not None and not client._pool.connections
+        started = time.monotonic()
+        await request(client, address, {})
+        assert time.monotonic() - started < UNHEARD  # a fresh connection, no waiting on a dead one
+        [fresh] = client._pool.connections.values()
+        client.check(address.endpoint_id)  # the same news again, later
+        await asyncio.sleep(UNHEARD + 0.2)
+        assert list(client._pool.connections.values()) == [fresh] and fresh.close_reason() is None
+    finally:
+        await client.close()
+
+
+async def test_a_slow_peer_keeps_its_connection(pair) -> None:
+    """A live peer acknowledges a request at once, however long it takes to answer: no redial."""
+    server, client = pair
+    await request(client, server.address(), {})
+    [connection] = client._pool.connections.values()
+    started = time.monotonic()
+    assert (await request(client, server.address(), {"delay": 3 * UNHEARD, "size": 1}))[0]["size"] == 1
+    assert time.monotonic() - started >= 3 * UNHEARD
+    assert list(client._pool.connections.values()) == [connection] and connection.close_reason() is None
 
 
 class Bytes:

@@ -145,6 +145,26 @@ def test_forged_stale_replayed_and_garbage_packets_are_dropped(site: Site) -> No
     assert "10.231.0.3:1" not in peers["host-a"]["direct_addresses"]
 
 
+def test_a_restarted_host_is_known_again_at_once(site: Site, closure: Path) -> None:
+    """Its first announcement carries a new incarnation: c probes its connections to a's old process
+    and drops them before any request waits on them."""
+    c, a_id = site.hosts["c"], site.peers("c")["host-a"]["peer_id"]
+    narinfo = c.get(f"http://127.0.0.1:{PORT}/{Path(closure_of(closure)[0]).name[:32]}.narinfo")
+    nar = f"http://127.0.0.1:{PORT}/" + next(line[5:] for line in narinfo.splitlines() if line.startswith("URL: "))
+    fetch_nar = ("curl", "-sf", "--max-time", "5", "-o", "/dev/null", nar)
+    c.run(*fetch_nar)  # c now holds connections to a
+    old = site.hosts["a"].processes.pop()
+    old.kill()
+    old.wait()
+    site.start("a")
+    wait_for(lambda: "unheard when probed" in site.log("c"), timeout=5)
+    assert f"lan peer restarted peer={a_id[:10]}" in site.log("c")
+    started = time.monotonic()
+    c.run(*fetch_nar)
+    assert time.monotonic() - started < 1
+    assert "reason=unheard\n" not in site.log("c")  # no request had to find the dead connection itself
+
+
 def test_a_host_that_goes_away_expires(site: Site) -> None:
     wait_for(lambda: "host-b" in site.peers("a"), timeout=10)
     site.hosts["b"].stop()

@@ -47,3 +47,19 @@ def test_a_ban_outlasts_later_successes() -> None:
     assert rep.banned("liar") and not rep.available("liar") and rep.order(["liar"]) == []
     clock.now += 3600
     assert not rep.banned("liar") and rep.available("liar")
+
+
+def test_a_restarted_peer_leaves_its_backoff_but_not_its_ban() -> None:
+    clock = Clock()
+    rep = Reputation(clock=clock)
+    for _ in range(5):
+        rep.failed("restarted", "timeout")
+        rep.failed("liar", "mismatch")
+    rep.ban("liar", 3600, "mismatch")
+    rep.restarted("restarted")
+    rep.restarted("liar")
+    rep.restarted("never seen")
+    assert rep.available("restarted") and rep.peers["restarted"].failures == 5  # its record stays
+    rep.failed("restarted", "timeout")
+    assert rep.peers["restarted"].backoff_until - clock.now == 2  # a new process starts its backoff afresh
+    assert not rep.available("liar") and "never seen" not in rep.peers

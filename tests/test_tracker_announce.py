@@ -36,7 +36,8 @@ def test_full_announce_then_lookup(start_tracker) -> None:
     response = signed(tracker, key, "POST", "/api/v1/announce", {
         "name": "builder-1",
         "addresses": {"endpoint_id": peer_id(key), "direct": ["192.0.2.7:4433", "[2001:db8::7]:4433"],
-                      "relay_url": "https://relay.example.org/", "http_url": "http://192.0.2.7:12304"},
+                      "relay_url": "https://relay.example.org/", "http_url": "http://192.0.2.7:12304",
+                      "incarnation": "5f3a9c0e1b2d4f60"},
         "hashes": hashes + hashes[:5],  # repeats count once
     })
     assert response.status_code == 200, response.text
@@ -47,7 +48,8 @@ def test_full_announce_then_lookup(start_tracker) -> None:
     [peer] = answer["peers"]
     assert peer["peer_id"] == peer_id(key) and peer["name"] == "builder-1" and peer["paths"] == 50
     assert peer["addresses"] == {"endpoint_id": peer_id(key), "direct": ["192.0.2.7:4433", "[2001:db8::7]:4433"],
-                                 "relay_url": "https://relay.example.org/", "http_url": "http://192.0.2.7:12304"}
+                                 "relay_url": "https://relay.example.org/", "http_url": "http://192.0.2.7:12304",
+                                 "incarnation": "5f3a9c0e1b2d4f60"}
     assert abs(peer["last_seen"] - time.time()) < 5
     assert holders(tracker, random_hashes(1)[0]) == []
     health = tracker.get("/health").json()

@@ -17,6 +17,7 @@ from peerix.nix.storepath import is_hash_part
 MAX_NAME_LENGTH = 64
 MAX_DIRECT_ADDRESSES = 16
 MAX_URL_LENGTH = 512
+MAX_INCARNATION_LENGTH = 64
 
 
 class ApiError(Exception):
@@ -37,20 +38,23 @@ def invalid(message: str) -> ApiError:
 
 @dataclass(frozen=True)
 class Addresses:
-    """How other peers reach this one: its iroh endpoint, and optionally plain HTTP."""
+    """How other peers reach this one: its iroh endpoint, and optionally plain HTTP. The incarnation
+    (random per daemon process, optional) tells other peers that the peer restarted."""
 
     endpoint_id: str
     direct: tuple[str, ...] = ()
     relay_url: str | None = None
     http_url: str | None = None
+    incarnation: str | None = None
 
     def to_json(self) -> dict:
-        return {"endpoint_id": self.endpoint_id, "direct": list(self.direct),
-                "relay_url": self.relay_url, "http_url": self.http_url}
+        return {"endpoint_id": self.endpoint_id, "direct": list(self.direct), "relay_url": self.relay_url,
+                "http_url": self.http_url} | ({"incarnation": self.incarnation} if self.incarnation else {})
 
     @classmethod
     def from_json(cls, data: dict) -> "Addresses":
-        return cls(data["endpoint_id"], tuple(data["direct"]), data["relay_url"], data["http_url"])
+        return cls(data["endpoint_id"], tuple(data["direct"]), data["relay_url"], data["http_url"],
+                   data.get("incarnation"))
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,15 @@ def _addresses(value: object, peer_id: str) -> Addresses:
         direct=tuple(_socket_address(item) for item in direct),
         relay_url=_url(value.get("relay_url"), "relay_url"),
         http_url=_url(value.get("http_url"), "http_url"),
+        incarnation=_incarnation(value.get("incarnation")),
     )
+
+
+def _incarnation(value: object) -> str | None:
+    if value is None or (isinstance(value, str) and 0 < len(value) <= MAX_INCARNATION_LENGTH
+                         and value.isascii() and value.isalnum()):
+        return value
+    raise invalid(f"addresses.incarnation must be 1 to {MAX_INCARNATION_LENGTH} ASCII letters or digits")
 
 
 def _socket_address(value: object) -> str:

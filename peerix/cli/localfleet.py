@@ -33,8 +33,8 @@ def run(*args: str, input: bytes | None = None) -> str:
 
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
@@ -66,7 +66,9 @@ class Host:
         self.home.mkdir(parents=True)
         write_secret(self.home / "host.key", self.key.to_text())
         run("nix-store", "--store", str(self.store), "--init")
-        self.url = ""
+        # Chosen once: a host started again comes back on the same ports, as a restarted service does.
+        self.port, self.iroh_port = free_port(), free_port(socket.SOCK_DGRAM)
+        self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def give(self, *paths: str) -> None:
@@ -77,15 +79,13 @@ class Host:
 
     def start(self, *extra: str, config: Path | None = None) -> None:
         """Start the daemon: it trusts the fleet's key, or what the `config` file says."""
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
         trust = ["--config", str(config)] if config else ["--trusted-public-keys", self.fleet.cluster.public.to_text()]
         args = [
             sys.executable, "-m", "peerix.cli", "--log-level", self.fleet.log_level, "serve",
             "--store-root", str(self.store), "--state-dir", str(self.home / "state"),
-            "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{port}",
-            "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none",
-            *trust, *extra,
+            "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
+            "--iroh-listen", f"127.0.0.1:{self.iroh_port}", "--no-relays", "--no-discovery", "--no-lan",
+            "--upstream", "none", *trust, *extra,
         ]
         if self.fleet.tracker_url:
             args += ["--tracker", self.fleet.tracker_url]
@@ -188,9 +188,15 @@ class LocalFleet:
         return httpx.get(f"{self.tracker_url}/api/v1/lookup/{Path(path).name[:32]}", timeout=5).text
 
     def wait_announced(self, host: Host, paths: list[str], timeout: float = 30) -> None:
-        peer_id = host.peer_id
-        wait_until(lambda: all(peer_id in self.holders(path) for path in paths),
-                   f"the tracker to list {host.name}'s paths", timeout)
+        """Until the tracker lists the host's current process (its incarnation) for every path."""
+        network = host.health()["network"]
+        current = (network["peer_id"], network["incarnation"])
+
+        def listed(path: str) -> bool:
+            return current in {(p["peer_id"], p["addresses"].get("incarnation"))
+                               for p in json.loads(self.holders(path))["peers"]}
+
+        wait_until(lambda: all(map(listed, paths)), f"the tracker to list {host.name}'s paths", timeout)
 
     @property
     def tracker_log(self) -> str:

@@ -154,14 +154,17 @@ class Config:
     connect_timeout: float = setting(3.0, "seconds to connect to a peer before trying the next",
                                     parse_seconds, "SECONDS")
     peer_timeout: float = setting(10.0, "seconds of silence from a peer in the middle of an answer before it "
-                                  "is given up on", parse_seconds, "SECONDS")
-    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing",
-                             _seconds_or_zero, "SECONDS")
+                                  "is given up on (when no other peer has the NAR; see stall_timeout)",
+                                  parse_seconds, "SECONDS")
+    miss_ttl: float = setting(10.0, "seconds a path that no peer had is remembered as missing (not one whose "
+                              "peers failed)", _seconds_or_zero, "SECONDS")
     split_threshold: int = setting(64 << 20, "NARs this large are fetched from several peers at once "
                                    "(default: 64M)", parse_size, "SIZE")
     max_sources: int = setting(4, "peers one NAR is fetched from at once; 1: never split", parse_count, "N")
-    stall_timeout: float = setting(2.0, "seconds a peer may stay silent in a split transfer while others "
-                                   "deliver before its piece goes to them", parse_seconds, "SECONDS")
+    stall_timeout: float = setting(0.5, "seconds a peer may stay silent (before its first byte or in the "
+                                   "middle of a NAR) before the next peer holding the NAR is asked too; the "
+                                   "first to send carries on (split: its piece goes to peers that deliver)",
+                                   parse_seconds, "SECONDS")
     compression: str = setting("auto", "zstd between peers: auto (ask remote peers for it, and compress "
                                "uploads when max_upload_rate is under 64M), always, never", _compression, "MODE")
     access_log: bool = setting(False, "log every HTTP request", parse_bool)

@@ -86,7 +86,8 @@ async def run(config: Config) -> None:
                                lambda: len(reputation.peers))
         metrics.read_at_scrape("gauge", "peerix_peers_backing_off", "Peers left alone after failures",
                                lambda: sum(not reputation.available(p) for p in reputation.peers))
-        sources: list[CandidateSource] = []
+        sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
+        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         background = []
         lan = tracker_source = None
         if config.lan or config.static_peers:
@@ -94,7 +95,8 @@ async def run(config: Config) -> None:
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
                 broadcast=config.lan,
                 interval=config.lan_interval, expiry=config.lan_expiry,
-            ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc())
+            ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc(),
+                on_restart=peers.restarted)
             await lan.start()
             stack.push_async_callback(lan.close)
             sources.append(LanSource(lan))
@@ -106,7 +108,7 @@ async def run(config: Config) -> None:
             token = read_token(config.tracker_token_file) if config.tracker_token_file else None
             tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
             stack.push_async_callback(tracker.aclose)
-            tracker_source = TrackerSource(tracker, metrics)
+            tracker_source = TrackerSource(tracker, metrics, on_restart=peers.restarted)
             stack.push_async_callback(tracker_source.close)
             sources.append(tracker_source)
             advised = {name: throttle for name, throttle, mine in (
@@ -120,7 +122,6 @@ async def run(config: Config) -> None:
                 return {"url": config.tracker, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
                         "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
-        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         substituter.remote = RemoteStore(peers, policy, RemoteSettings(
             miss_ttl=config.miss_ttl,
             transfer=TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
@@ -131,8 +132,8 @@ async def run(config: Config) -> None:
             address = endpoint.address()
             known = known_peers()
             return {
-                "peer_id": endpoint.peer_id, "name": config.name, "direct_addresses": list(address.direct),
-                "relay_url": address.relay_url, "peers_known": len(known),
+                "peer_id": endpoint.peer_id, "incarnation": endpoint.incarnation, "name": config.name,
+                "direct_addresses": list(address.direct), "relay_url": address.relay_url, "peers_known": len(known),
                 "lan_peers": sum(peer["source"] != "tracker" for peer in known) if lan else None,
                 "tracker_peers": sum(peer["source"] == "tracker" for peer in known) if tracker_source else None,
                 "peers_backing_off": sum(bool(p["reputation"] and p["reputation"]["backing_off"]

@@ -1,7 +1,9 @@
 """The HTTP face of the daemon: the binary cache protocol Nix speaks, plus health and metrics.
 
 Nix reads 404 as "not here" and most other errors as a broken cache, so every lookup that
-cannot be answered becomes a fast 404 (or a 400 for input Nix itself would never send).
+cannot be answered becomes a fast 404 (or a 400 for input Nix itself would never send). The one
+exception: a NAR whose holders failed (killed, restarting) is a 503 with Retry-After, which Nix
+retries (five tries over about five seconds) instead of giving the path up.
 """
 
 import functools
@@ -25,7 +27,7 @@ from ..nix.hash import SHA256_SIZE
 from ..nix.narinfo import PathInfo
 from ..nix.storepath import is_hash_part
 from ..store.narcache import NarCache
-from ..store.substituter import NarUnavailable, Substituter, Unavailable, narinfo_text
+from ..store.substituter import HoldersFailed, NarUnavailable, Substituter, Unavailable, narinfo_text
 from ..swarm.explain import explain
 from ..swarm.policy import Policy
 from ..telemetry.metrics import Metrics
@@ -36,6 +38,7 @@ from .nar_response import NAR_TYPE, NarResponse
 log = logging.getLogger(__name__)
 
 NARINFO_TYPE = "text/x-nix-narinfo"
+RETRY_AFTER = 1  # seconds: a killed holder is back, or another found, within a few of Nix's retries
 
 Handler = Callable[[Request], Awaitable[Response]]
 Lookup = Callable[[str], Awaitable[PathInfo | None]]
@@ -99,6 +102,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             info = await _lookup(lookup, hash_part)
         except _Refused as refused:
             return _error(403, f"not shared: {refused}")
+        except HoldersFailed as error:  # a 5xx would make Nix give up on the cache: "not here (now)"
+            log.info("narinfo unavailable hash=%s error=%s", hash_part, error)
+            info = None
         (narinfo_misses if info is None else narinfo_hits).inc()
         metrics.activity.count("narinfo_misses" if info is None else "narinfo_hits")
         if info is None:
@@ -126,16 +132,26 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             info = await _lookup(lookup, hash_part)
         except _Refused as refused:
             return _error(403, f"not shared: {refused}")
+        except HoldersFailed as error:
+            return _holders_failed(hash_part, error)
         if info is None or info.nar_hash != nar_hash:
             return _error(404, "no such NAR: the path is gone or has other contents now")
         if request.method == "HEAD":
             return Response(headers={"content-length": str(info.nar_size)}, media_type=NAR_TYPE)
         try:
             parts = await substituter.open_nar(info)
+        except HoldersFailed as error:
+            return _holders_failed(hash_part, error)
         except NarUnavailable as error:
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
-            return _error(404, "no peer could send this NAR")
+            return _error(404, "no peer has this NAR any more")
         return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info), throttle)
+
+    def _holders_failed(hash_part: str, error: HoldersFailed) -> Response:
+        """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
+        log.warning("nar unavailable for now hash=%s error=%s", hash_part, error)
+        return _error(503, "the peers holding this NAR failed to send it; ask again",
+                      {"retry-after": str(RETRY_AFTER)})
 
     async def _servable(hash_part: str) -> PathInfo | None:
         """A local path if the serving policy lets anyone have it; raises _Refused otherwise."""
@@ -227,8 +243,8 @@ class _Refused(Exception):
     """The serving policy keeps this path private."""
 
 
-def _error(status: int, reason: str) -> Response:
-    return PlainTextResponse(reason + "\n", status_code=status)
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
 
 
 def _watch_nar_cache(metrics: Metrics, cache: NarCache) -> None:

@@ -4,11 +4,14 @@ Every host sends a signed announcement (its endpoint id, name and iroh addresses
 `interval` seconds to a multicast group, to the subnet broadcast address (Wi-Fi access points
 often drop multicast between wireless and wired hosts) and to each static peer (VPNs carry
 neither). A starting host asks for answers, and anyone hearing a new peer answers it at once by
-unicast, so discovery takes one round trip, not one interval. Peers that fall silent expire.
+unicast, so discovery takes one round trip, not one interval. Peers that fall silent expire. A
+known peer announcing another process (a new incarnation, or other addresses) is reported at once:
+connections to its old process are dead.
 
 Packets: the magic `PXL1`, a JSON body, and a 64-byte ed25519 signature of magic and body by the
 key whose public half is the endpoint id. Oversized, malformed, unsigned, badly signed, stale or
-replayed packets are dropped and counted by reason.
+replayed packets are dropped and counted by reason. The body's optional `inc` (the sender's
+incarnation) is a field of version 1: older peers ignore it, and its absence means "unknown".
 """
 
 import asyncio
@@ -27,13 +30,14 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from .endpoint import EndpointAddress
+from .endpoint import EndpointAddress, another_process
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"PXL1"
 MAX_PACKET = 1400  # one unfragmented datagram on any LAN
 SIGNATURE_SIZE = 64
+MAX_INCARNATION = 64
 
 
 class PacketError(ValueError):
@@ -60,6 +64,7 @@ def encode(announcement: Announcement, key: nacl.signing.SigningKey) -> bytes:
     body = json.dumps({
         "v": 1, "id": announcement.peer_id, "name": announcement.name, "direct": list(announcement.address.direct),
         "relay": announcement.address.relay_url, "t": announcement.sent_at, "ask": announcement.wants_answer,
+        "inc": announcement.address.incarnation,
     }, separators=(",", ":")).encode()
     packet = MAGIC + body + key.sign(MAGIC + body).signature
     if len(packet) > MAX_PACKET:
@@ -76,8 +81,9 @@ def decode(packet: bytes, now: float, max_skew: float) -> Announcement:
     signed, signature = packet[:-SIGNATURE_SIZE], packet[-SIGNATURE_SIZE:]
     try:
         body = json.loads(signed[len(MAGIC):])
-        peer_id, name, direct, relay, sent_at, ask = (
-            body["id"], body["name"], body["direct"], body.get("relay"), body["t"], body.get("ask", False))
+        peer_id, name, direct, relay, sent_at, ask, incarnation = (
+            body["id"], body["name"], body["direct"], body.get("relay"), body["t"], body.get("ask", False),
+            body.get("inc"))
         key = nacl.signing.VerifyKey(bytes.fromhex(peer_id))
     except (ValueError, KeyError, TypeError, nacl.exceptions.CryptoError) as error:
         raise PacketError(f"malformed: {error}") from None
@@ -88,11 +94,13 @@ def decode(packet: bytes, now: float, max_skew: float) -> Announcement:
     except nacl.exceptions.BadSignatureError:
         raise PacketError(f"unsigned: bad signature for {peer_id[:10]}") from None
     if not (isinstance(name, str) and isinstance(direct, list) and all(isinstance(a, str) for a in direct)
-            and isinstance(sent_at, int | float) and (relay is None or isinstance(relay, str))):
+            and isinstance(sent_at, int | float) and (relay is None or isinstance(relay, str))
+            and (incarnation is None or isinstance(incarnation, str) and 0 < len(incarnation) <= MAX_INCARNATION)):
         raise PacketError("malformed: wrong field types")
     if abs(now - sent_at) > max_skew:
         raise PacketError(f"stale: sent {now - sent_at:.0f} s from now")
-    return Announcement(EndpointAddress(peer_id, tuple(direct), relay), name[:64], float(sent_at), bool(ask))
+    address = EndpointAddress(peer_id, tuple(direct), relay, incarnation)
+    return Announcement(address, name[:64], float(sent_at), bool(ask))
 
 
 @dataclass
@@ -118,13 +126,15 @@ class LanSettings:
 
 class LanDiscovery(asyncio.DatagramProtocol):
     def __init__(self, seed: bytes, settings: LanSettings, address: Callable[[], EndpointAddress], name: str,
-                 on_drop: Callable[[str], None] = lambda reason: None) -> None:
+                 on_drop: Callable[[str], None] = lambda reason: None,
+                 on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
         self.key = nacl.signing.SigningKey(seed)
         self.peer_id = bytes(self.key.verify_key).hex()
         self.settings = settings
         self.address = address
         self.host_name = name
         self.on_drop = on_drop
+        self.on_restart = on_restart  # a known peer announced another process
         self.peers: dict[str, LanPeer] = {}
         self.dropped: Counter[str] = Counter()
         self._transport: asyncio.DatagramTransport | None = None
@@ -198,6 +208,10 @@ class LanDiscovery(asyncio.DatagramProtocol):
         if known is None:
             log.info("lan peer joined peer=%s name=%s source=%s from=%s:%d addresses=%s", announcement.peer_id[:10],
                      announcement.name, source, sender[0], sender[1], ",".join(announcement.address.direct))
+        elif another_process(known.announcement.address, announcement.address):
+            log.info("lan peer restarted peer=%s name=%s addresses=%s", announcement.peer_id[:10], announcement.name,
+                     ",".join(announcement.address.direct))
+            self.on_restart(announcement.address)
         if known is None or announcement.wants_answer:
             self._send([sender[:2]])  # let a newcomer know us now, not in one interval
 

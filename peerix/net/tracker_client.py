@@ -81,10 +81,11 @@ class PeerAddresses:
     direct: tuple[str, ...] = ()
     relay_url: str | None = None
     http_url: str | None = None
+    incarnation: str | None = None  # random per daemon process: a new one means the peer restarted
 
     def to_json(self) -> dict:
         return {"endpoint_id": self.endpoint_id, "direct": list(self.direct), "relay_url": self.relay_url,
-                "http_url": self.http_url}
+                "http_url": self.http_url} | ({"incarnation": self.incarnation} if self.incarnation else {})
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class PeerRecord:
         return cls(
             peer_id=str(data["peer_id"]), name=str(data["name"]),
             addresses=PeerAddresses(str(addresses["endpoint_id"]), tuple(map(str, addresses["direct"])),
-                                    addresses.get("relay_url"), addresses.get("http_url")),
+                                    addresses.get("relay_url"), addresses.get("http_url"),
+                                    addresses.get("incarnation")),
             last_seen=float(data["last_seen"]), paths=int(data.get("paths", 0)), online=bool(data.get("online", True)),
         )
 

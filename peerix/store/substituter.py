@@ -39,14 +39,21 @@ class NarUnavailable(OSError):
     """A NAR that cannot be sent: its path is gone, or no peer could start sending it."""
 
 
+class HoldersFailed(NarUnavailable):
+    """Peers hold the path but none of them answered or sent it: unlike a miss, worth asking again in
+    a moment (a holder that was killed or restarted is back within seconds)."""
+
+
 class Network(Protocol):
     """Where the paths this host lacks come from: the peer network (swarm.remote.RemoteStore)."""
 
     async def find(self, hash_part: str) -> PathInfo | None:
-        """The path's info as accepted from a peer (trusted signatures only), or None."""
+        """The path's info as accepted from a peer (trusted signatures only), or None when no peer
+        has it; raises HoldersFailed when the peers that may have it did not answer."""
 
     async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
-        """The verified NAR of a path `find` returned; raises NarUnavailable when it cannot start."""
+        """The verified NAR of a path `find` returned; raises NarUnavailable when it cannot start
+        (HoldersFailed when its holders failed)."""
 
 
 class Substituter:
@@ -66,7 +73,8 @@ class Substituter:
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
     async def lookup(self, hash_part: str) -> PathInfo | None:
-        """Signed info for a path Nix can have: from the local store, else from the peer network."""
+        """Signed info for a path Nix can have: from the local store, else from the peer network
+        (which raises HoldersFailed when the peers that may have it failed)."""
         info = await self.path_info(hash_part)
         if info is None and self.remote is not None:
             found = await self.remote.find(hash_part)

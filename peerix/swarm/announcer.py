@@ -59,8 +59,8 @@ class Announcer:
     async def announce(self) -> None:
         hashes = [name[:32] for name, sigs in await self.local.signatures() if self.policy.announceable(name, sigs)]
         address = self.address()
-        await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url),
-                                   self.name)
+        await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url,
+                                                         incarnation=address.incarnation), self.name)
         self.announced, self.last_success, self.last_error = len(hashes), time.time(), None
         for name, throttle in self.advised.items():
             rate = self.client.advice.get(name, 0)  # no advice: unlimited, as without a tracker

@@ -4,15 +4,18 @@ Lookups are cached briefly and never slow a narinfo answer down: a down tracker 
 failure, then the client's backoff makes every lookup an immediate "nobody". A hung tracker (one
 that accepts connections but does not answer) is waited for once, up to a short deadline; until
 it answers again, lookups answer at once from what is known while one probe asks in the background.
+A source that sees a known peer run another process (a new incarnation in the LAN packet or the
+tracker's record) says so through `on_restart`.
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..net.endpoint import EndpointAddress
+from ..net.endpoint import EndpointAddress, another_process
 from ..net.lan import LanDiscovery
 from ..net.tracker_client import PeerRecord, TrackerClient, TrackerError
 from ..telemetry.metrics import Metrics
@@ -54,8 +57,10 @@ class TrackerSource:
     name = "tracker"
 
     def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096,
-                 deadline: float = 0.25) -> None:
+                 deadline: float = 0.25,
+                 on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
         self.client = client
+        self.on_restart = on_restart  # a peer the tracker named before now runs another process
         self.metrics = metrics
         self.ttl = ttl
         self.entries = entries
@@ -98,9 +103,8 @@ class TrackerSource:
         if self._unresponsive:
             log.info("tracker answers again tracker=%s", self.client.url)
         self._unresponsive = False
-        found = [Candidate(EndpointAddress(r.addresses.endpoint_id, r.addresses.direct, r.addresses.relay_url),
-                           self.name) for r in records]
-        self.seen.update((r.peer_id, r) for r in records)
+        found = [Candidate(_address(r), self.name) for r in records]
+        self._remember(records)
         if len(self._answers) >= self.entries:
             self._answers.clear()
         self._answers[hash_part] = (time.monotonic() + self.ttl, found)
@@ -112,3 +116,18 @@ class TrackerSource:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _remember(self, records: list[PeerRecord]) -> None:
+        """Keep each peer's newest record; report a peer whose newest record shows another process."""
+        for record in records:
+            known = self.seen.get(record.peer_id)
+            if known is not None and record.last_seen < known.last_seen:
+                continue  # an answer that overtook a newer one
+            if known is not None and another_process(_address(known), _address(record)):
+                self.on_restart(_address(record))
+            self.seen[record.peer_id] = record
+
+
+def _address(record: PeerRecord) -> EndpointAddress:
+    a = record.addresses
+    return EndpointAddress(a.endpoint_id, a.direct, a.relay_url, a.incarnation)

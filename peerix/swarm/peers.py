@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 
 from ..common.throttle import Throttle
-from ..net.endpoint import PeerEndpoint
+from ..net.endpoint import EndpointAddress, PeerEndpoint
 from ..telemetry.metrics import Metrics
 from .candidates import Candidate, CandidateSource
 from .reputation import Reputation
@@ -51,6 +51,15 @@ class Peers:
             if candidate.peer_id != self.endpoint.peer_id:
                 by_peer.setdefault(candidate.peer_id, candidate)
         return by_peer
+
+    def restarted(self, address: EndpointAddress) -> None:
+        """A source saw another process of a known peer: connections to the old one are dead (the
+        endpoint finds and drops them), and the old one's failures do not keep the new one waiting."""
+        peer = address.endpoint_id
+        self.endpoint.check(peer)
+        self.reputation.restarted(peer)
+        log.info("peer restarted peer=%s incarnation=%s addresses=%s", peer[:10], address.incarnation,
+                 ",".join(address.direct))
 
     def failed(self, peer: str, kind: str, result: str, error: str) -> None:
         self.reputation.failed(peer, error)

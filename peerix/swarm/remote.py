@@ -1,5 +1,9 @@
 """Paths from the peer network: find who has a path, take the first narinfo that passes policy;
-its NAR then comes through a transfer (transfer.py) from the peers that have it."""
+its NAR then comes through a transfer (transfer.py) from the peers that have it.
+
+Only "no peer has it" is remembered (for miss_ttl): when a peer that may have the path does not
+answer, or is left alone after failures, the lookup raises HoldersFailed and the next one asks
+again, so a holder that was killed and restarted is found as soon as it is back."""
 
 import asyncio
 import logging
@@ -14,6 +18,7 @@ from ..common.units import duration
 from ..net import wire
 from ..net.endpoint import PeerUnreachable
 from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
+from ..store.substituter import HoldersFailed, NarUnavailable
 from .candidates import Candidate
 from .peers import Peers
 from .policy import Policy, Verdict
@@ -85,31 +90,42 @@ class RemoteStore:
         return found if isinstance(found, RemotePath) else None
 
     async def path_info(self, hash_part: str) -> RemotePath | None:
+        """The path as found in the network, or None when no peer has it; raises HoldersFailed when
+        a peer that may have it did not answer or is backing off (peers in backoff are not asked)."""
         cached = self._paths.get_fresh(hash_part)
         if cached is not None:
             self.metrics.remote_lookups.labels("hit" if isinstance(cached, RemotePath) else "cached-miss").inc()
             return cached if isinstance(cached, RemotePath) else None
-        candidates = await self.peers.candidates(hash_part)
-        found = await self._first_accepted(hash_part, candidates) if candidates else None
+        candidates = await self.peers.candidates(hash_part, with_backoff=True)
+        available = [c for c in candidates if self.peers.reputation.available(c.peer_id)]
+        found, answered = await self._first_accepted(hash_part, available) if available else (None, True)
+        if found is None and not (answered and len(available) == len(candidates)):
+            self.metrics.remote_lookups.labels("holders-failed").inc()
+            raise HoldersFailed(f"the {len(candidates)} peers that may have {hash_part} did not answer "
+                                f"({len(candidates) - len(available)} backing off)")
         self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
         self.metrics.remote_lookups.labels("hit" if found else "miss").inc()
         return found
 
-    async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> RemotePath | None:
+    async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> tuple[RemotePath | None, bool]:
+        """The first accepted answer; when there is none, whether every peer answered (rather than
+        some being unreachable)."""
         limit = asyncio.Semaphore(self.settings.parallel_queries)
 
-        async def ask(candidate: Candidate) -> RemotePath | None:
+        async def ask(candidate: Candidate) -> RemotePath | bool:
             async with limit:
                 return await self._query(hash_part, candidate)
 
         tasks = [asyncio.create_task(ask(candidate)) for candidate in candidates]
+        answered = True
         try:
             for next_done in asyncio.as_completed(tasks):
                 found = await next_done
-                if found is not None:
+                if isinstance(found, RemotePath):
                     peers = (found.peers[0], *(c for c in candidates if c != found.peers[0]))
-                    return RemotePath(found.info, found.verdict, peers)
-            return None
+                    return RemotePath(found.info, found.verdict, peers), True
+                answered = answered and found
+            return None, answered
         finally:
             for task in tasks:
                 task.cancel()
@@ -119,10 +135,8 @@ class RemoteStore:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.peers.query_timeout):
-                stream = await self.peers.endpoint.open_stream(candidate.address, wire.NARINFO_ALPN)
-                await stream.send().write_all(wire.encode_frame({"hash": hash_part}))
-                await stream.send().finish()
-                reply = await wire.read_frame(stream.recv())
+                _, reply = await self.peers.endpoint.request(candidate.address, wire.NARINFO_ALPN,
+                                                             wire.encode_frame({"hash": hash_part}), wire.read_frame)
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
             return Answer(candidate, "unreachable", describe(error), time.monotonic() - started)
         latency = time.monotonic() - started
@@ -137,20 +151,21 @@ class RemoteStore:
         verdict, accepted = await self.policy.accept_from_peer(info)
         return Answer(candidate, "ok" if verdict.ok else "rejected", verdict.reason, latency, accepted, verdict)
 
-    async def _query(self, hash_part: str, candidate: Candidate) -> RemotePath | None:
+    async def _query(self, hash_part: str, candidate: Candidate) -> RemotePath | bool:
+        """The path as this peer offers it, else whether the peer answered at all."""
         answer = await self._ask(hash_part, candidate)
         peer = candidate.peer_id
         if answer.result == "not-found":
             self.peers.reputation.succeeded(peer, answer.latency)  # it answered; the tracker's list was stale
             self.metrics.peer_fetches.labels("narinfo", "not-found").inc()
-            return None
+            return True
         if answer.result != "ok":
             if answer.verdict is not None:
                 self.metrics.verification_failures.labels("narinfo").inc()
                 self.metrics.activity.count("verification_failures")
                 log.warning("rejected narinfo peer=%s path=%s reason=%s", peer[:10], hash_part, answer.detail)
             self.peers.failed(peer, "narinfo", answer.result, answer.detail)
-            return None
+            return answer.result != "unreachable"
         assert answer.info is not None and answer.verdict is not None
         self.peers.reputation.succeeded(peer, answer.latency)
         self.metrics.peer_fetches.labels("narinfo", "ok").inc()
@@ -174,8 +189,8 @@ class RemoteStore:
 
     async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
         """The NAR from the peers that answered the narinfo, then whoever the sources name now,
-        verified on the way. Raises NarFetchError when no peer starts, before a single byte has
-        been promised to anyone."""
+        verified on the way. Raises NarUnavailable (HoldersFailed when its holders failed) when no
+        peer starts, before a single byte has been promised to anyone."""
         hash_part = info.store_path.hash_part
         # Nix keeps narinfo for a long time, so the NAR may be asked for long after the narinfo.
         path = self.known(hash_part) or await self.path_info(hash_part)
@@ -185,7 +200,7 @@ class RemoteStore:
                                on_mismatch=lambda: self.forget(hash_part))
         try:
             return await transfer.start()
-        except NarFetchError:
+        except NarUnavailable:
             self.forget(hash_part)
             raise
 

@@ -56,6 +56,14 @@ class Reputation:
         delay = min(self.max_backoff, self.base_backoff * 2 ** (stats.consecutive_failures - 1))
         stats.backoff_until = now + delay
 
+    def restarted(self, peer_id: str) -> None:
+        """A new process of the peer: the old one's failures in a row say nothing about it, so its
+        backoff ends (a ban does not: the same key lied)."""
+        stats = self.peers.get(peer_id)
+        if stats is not None:
+            stats.consecutive_failures = 0
+            stats.backoff_until = 0.0
+
     def ban(self, peer_id: str, seconds: float, error: str) -> None:
         """A peer caught sending bytes that fail their hash: a backoff that no later success lifts
         (the failure itself is recorded with `failed`)."""

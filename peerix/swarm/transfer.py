@@ -1,7 +1,11 @@
 """One NAR from peers, handed on as one continuous stream checked against its NarHash.
 
-A NAR below the split threshold comes from one peer at a time: when that peer fails in the
-middle, the next one is asked for the rest, from the byte already received. A larger NAR is cut
+A holder that dies must cost the others a fraction of a second, not its timeout: whenever the peer
+asked stays silent for the stall timeout (before its first byte or in the middle) while another
+holder could send, that holder is asked too, and the first to send carries on.
+
+A NAR below the split threshold comes from one peer at a time: when that peer fails or stalls in
+the middle, the next one is asked for the rest, from the byte already received. A larger NAR is cut
 into pieces fetched by several peers at once and written at their offsets into a temporary file
 that has no name (O_TMPFILE: nothing to clean up on any exit path, a crash included); the caller
 reads the front of it as soon as it is complete. A peer that finishes early takes half of the
@@ -33,7 +37,7 @@ from ..net.compression import CompressionError
 from ..net.endpoint import PeerUnreachable
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
-from ..store.substituter import NarUnavailable
+from ..store.substituter import HoldersFailed, NarUnavailable
 from .candidates import Candidate
 from .peers import Peers
 
@@ -55,7 +59,7 @@ class TransferSettings:
     min_piece: int = 1 << 20
     max_sources: int = 4
     min_steal: int = 1 << 20  # a running piece is split only if both halves are at least this large
-    stall_timeout: float = 2.0  # split: a peer silent this long while others deliver loses its piece
+    stall_timeout: float = 0.5  # a peer silent this long has the next holder asked too (split: loses its piece)
     temporary_dir: str | None = None  # where split transfers keep their pieces
     compression: str = "auto"  # zstd: auto (asked of remote peers, accepted from near ones), always, never
 
@@ -149,6 +153,7 @@ class NarTransfer:
         self._changed = asyncio.Event()
         self._workers: dict[str, asyncio.Task] = {}
         self._idle: list[Candidate] = []
+        self._holder_failed = False  # a peer that has the path failed to start it (not merely lacked it)
         self.started = time.monotonic()
 
     async def start(self) -> AsyncIterator[bytes]:
@@ -165,7 +170,9 @@ class NarTransfer:
         if first is None:
             if self._file:
                 self._file.close()
-            raise NarFetchError(f"no peer could send {self.info.store_path}")
+            if self._holder_failed:
+                raise HoldersFailed(f"the peers holding {self.info.store_path} failed to send it")
+            raise NarFetchError(f"no peer has {self.info.store_path} any more")
         return self._verified(self._pieces(first) if self.split else self._sequential(first))
 
     async def _next_candidate(self, last_resort: bool = True) -> Candidate | None:
@@ -195,10 +202,43 @@ class NarTransfer:
             return None
 
     async def _open_next(self, start: int, end: int) -> PeerRange | None:
-        while (candidate := await self._next_candidate()) is not None:
-            with contextlib.suppress(NarFetchError):
-                if (opened := await self._open(candidate, start, end)) is not None:
-                    return opened
+        """The range from the first peer that starts sending it. A peer that fails or lacks the NAR
+        passes the turn at once; one still silent after stall_timeout is joined by the next
+        candidate, and the first to answer wins. The others are stopped, and go back to the front of
+        the queue: they did not fail, and may take over later."""
+        opening: dict[asyncio.Task[PeerRange | None], Candidate] = {}
+        more = True
+        try:
+            while True:
+                if more and (candidate := await self._next_candidate()) is not None:
+                    opening[asyncio.create_task(self._try_open(candidate, start, end))] = candidate
+                else:
+                    more = False
+                if not opening:
+                    return None
+                done, _ = await asyncio.wait(opening, timeout=self.settings.stall_timeout if more else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                opened = [(task.result(), opening.pop(task)) for task in done]
+                if winners := [source for source, _ in opened if source is not None]:
+                    for source in winners[1:]:
+                        await self._put_back(source.candidate, source)
+                    return winners[0]
+        finally:
+            for task, candidate in opening.items():
+                if (late := await _cancel(task)) is not None:  # None: it failed, or lacks the NAR, after all
+                    await self._put_back(candidate, late)
+
+    async def _put_back(self, candidate: Candidate, opened: object) -> None:
+        """A peer that lost a race for a range (`opened` stopped or the range it opened): it did
+        not fail, so it is first in line for the next."""
+        if isinstance(opened, PeerRange):
+            await opened.close()
+        self._tried.discard(candidate.peer_id)
+        self._queue.insert(0, candidate)
+
+    async def _try_open(self, candidate: Candidate, start: int, end: int) -> PeerRange | None:
+        with contextlib.suppress(NarFetchError):  # counted by _open
+            return await self._open(candidate, start, end)
         return None
 
     async def _open(self, candidate: Candidate, start: int, end: int) -> PeerRange | None:
@@ -210,21 +250,22 @@ class NarTransfer:
         began = time.monotonic()
         try:
             async with asyncio.timeout(peers.query_timeout):
-                stream = await peers.endpoint.open_stream(candidate.address, wire.NAR_ALPN)
-                await stream.send().write_all(request.to_frame())
-                await stream.send().finish()
-                header = await wire.read_frame(stream.recv())
+                stream, header = await peers.endpoint.request(candidate.address, wire.NAR_ALPN, request.to_frame(),
+                                                              wire.read_frame)
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+            self._holder_failed = True
             peers.failed(peer, "nar", "unreachable", describe(error))
             raise NarFetchError(describe(error)) from None
         if header.get("status") != "ok":
             peers.metrics.peer_fetches.labels("nar", "not-found").inc()
             return None
         if header.get("size") != end - start:
+            self._holder_failed = True
             peers.failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
             raise NarFetchError("wrong size")
         blocks = header.get("encoding") == wire.ZSTD_BLOCKS
         if blocks and request.zstd is None:
+            self._holder_failed = True
             peers.failed(peer, "nar", "rejected", "compressed although not asked to")
             raise NarFetchError("unasked compression")
         peers.reputation.succeeded(peer, time.monotonic() - began)
@@ -245,25 +286,51 @@ class NarTransfer:
         await self.peers.downloads.take(wire_bytes)
 
     async def _sequential(self, source: PeerRange) -> AsyncIterator[bytes]:
-        """One peer at a time; the next one resumes where a failed one stopped."""
+        """One peer at a time; the next one resumes where a failed or stalled one stopped."""
         position, size = 0, self.info.nar_size
         while position < size:
+            outcome = await self._read_or_replace(source, position)
+            if isinstance(outcome, PeerRange):
+                source = outcome
+                self._resumed(source, position)
+                continue
+            await self._received(outcome)
+            self.contributed[source.candidate.peer_id] += len(outcome)
+            position += len(outcome)
+            yield outcome
+        await source.close()
+
+    async def _read_or_replace(self, source: PeerRange, position: int) -> bytes | PeerRange:
+        """The source's next chunk; or, when it fails, the range from the next holder; or, when it
+        stays silent for stall_timeout and the next holder starts sending first, that holder's range.
+        A slow source that answers first keeps its place; alone, it has its read_timeout."""
+        read = asyncio.ensure_future(source.read())
+        takeover: asyncio.Task[PeerRange | None] | None = None
+        try:
+            done, _ = await asyncio.wait({read}, timeout=self.settings.stall_timeout)
+            if not done:
+                takeover = asyncio.create_task(self._open_next(position, self.info.nar_size))
+                await asyncio.wait({read, takeover}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done() and (replacement := takeover.result()) is not None:
+                    takeover = None
+                    self.peers.failed(source.candidate.peer_id, "nar", "stalled",
+                                      f"silent for {self.settings.stall_timeout:g}s at byte {position}")
+                    await _cancel(read)  # first: the stream cannot be stopped while a read holds it
+                    await source.close()
+                    return replacement
             try:
-                chunk = await source.read()
+                return await read
             except NarFetchError as error:
                 self.peers.failed(source.candidate.peer_id, "nar", "failed", str(error))
-                resumed = await self._open_next(position, size)
-                if resumed is None:
-                    raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte "
-                                        f"{position}") from None
-                self._resumed(resumed, position)
-                source = resumed
-                continue
-            await self._received(chunk)
-            self.contributed[source.candidate.peer_id] += len(chunk)
-            position += len(chunk)
-            yield chunk
-        await source.close()
+            replacement = await (takeover or self._open_next(position, self.info.nar_size))
+            takeover = None
+            if replacement is None:
+                raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte {position}")
+            return replacement
+        finally:
+            await _cancel(read)
+            if takeover is not None and isinstance(unused := await _cancel(takeover), PeerRange):
+                await self._put_back(unused.candidate, unused)  # it opened a range as the source answered
 
     def _resumed(self, source: PeerRange, position: int) -> None:
         self.resumes += 1
@@ -526,6 +593,13 @@ def zstd_request(mode: str, candidate: Candidate) -> str | None:
     if mode == "always" or not nearby:
         return "prefer"
     return "accept"
+
+
+async def _cancel(task: asyncio.Future) -> object:
+    """Cancel the task and wait for it; its result or exception if it had already finished."""
+    task.cancel()
+    [outcome] = await asyncio.gather(task, return_exceptions=True)
+    return outcome
 
 
 def _write_all(fd: int, data: memoryview, position: int) -> None:

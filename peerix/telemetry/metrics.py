@@ -60,7 +60,8 @@ class Metrics:
             "nar: size or hash)", ["kind"], registry=r,
         )
         self.remote_lookups = Counter(
-            "peerix_remote_lookups", "Narinfo lookups in the peer network by result (hit, miss, cached-miss)",
+            "peerix_remote_lookups", "Narinfo lookups in the peer network by result (hit, miss, cached-miss, "
+            "holders-failed: peers that may have it did not answer or are backing off)",
             ["result"], registry=r,
         )
         self.source_errors = Counter(
