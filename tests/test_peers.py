@@ -154,7 +154,8 @@ def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFl
         assert answer.status_code == 200
         a.process.kill()
         a.process.wait()
-        assert httpx.get(f"{c.url}/{NarInfo.parse(answer.text).url}", timeout=30).status_code == 404
+        # A failed (a 503 that Nix retries: it may be back in a moment); the banned liar is not asked.
+        assert httpx.get(f"{c.url}/{NarInfo.parse(answer.text).url}", timeout=30).status_code == 503
     finally:
         liar.send_signal(signal.SIGTERM)
         rest, _ = liar.communicate(timeout=10)
