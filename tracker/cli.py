@@ -10,7 +10,7 @@ from peerix.common import logs
 
 from . import config
 from .admin import AdminError
-from .db import DatabaseError
+from .storage import DatabaseError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

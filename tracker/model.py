@@ -89,6 +89,10 @@ class Peer:
     def peer_id(self) -> str:
         return self.key.hex()
 
+    def is_online(self, online_since: float) -> bool:
+        """Heard from since `online_since` (now minus the offline TTL) and not departed."""
+        return self.departed is None and self.last_seen >= online_since
+
     @cached_property
     def record(self) -> str:
         """The peer's JSON in lookup answers, rendered once: a lookup only joins these."""
