@@ -1,3 +1,4 @@
+import itertools
 import os
 import signal
 import socket
@@ -166,10 +167,11 @@ def start_tracker(tmp_path: Path, tracker_db: Callable[..., Path | str]) -> Iter
     from trackertools import UNLIMITED, TrackerProcess
 
     trackers: list[TrackerProcess] = []
+    numbers = itertools.count()  # tests may start trackers from several threads at once
 
     def start(*args: str, limits: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1",
               db: Path | str | None = None) -> TrackerProcess:
-        name = f"tracker-{len(trackers)}"
+        name = f"tracker-{next(numbers)}"
         tracker = TrackerProcess(db or tracker_db(name), tmp_path / f"{name}.log", (*limits, *args), host)
         trackers.append(tracker)
         return tracker

@@ -74,6 +74,10 @@ def test_allowlist_file_and_token_file(tmp_path: Path) -> None:
     (["--db", "t.db", "--membership", "token"], "needs --token-file"),
     (["--db", "t.db", "--membership", "open", "--allow", PEER_A], "membership is open but allowlist"),
     (["--db", "t.db", "--offline-after", "1h", "--remove-after", "30m"], "remove_after must be longer"),
+    (["--db", "t.db", "--db-password-file", "pw"], "db_password_file is for a PostgreSQL database"),
+    (["--db", "postgresql://tracker:hunter2@db.example/peerix"], "password does not go in the URL"),
+    (["--db", "postgres://tracker@/peerix?host=/run/postgresql&password=x"], "password does not go in the URL"),
+    (["--db", "postgresql://tracker@db.example:port/peerix"], "not a PostgreSQL URL"),
 ])
 def test_contradictions_and_bad_values_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import random
 import re
 import signal
@@ -32,9 +33,10 @@ class TrackerProcess:
     """`peerix-tracker serve` on a database (a file or a PostgreSQL URL); its log is kept for assertions."""
 
     def __init__(self, db: Path | str, log_path: Path, args: tuple[str, ...] = UNLIMITED,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
         self.db = db
         self.args = args
+        self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.host = host  # the address it listens on; it is always reached at 127.0.0.1 unless told otherwise
         self.port = free_port()
@@ -47,7 +49,7 @@ class TrackerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tracker.cli", "serve", "--db", str(self.db),
                  "--listen", f"{self.host}:{self.port}", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
             )
         deadline = time.monotonic() + 20
         while True:

@@ -86,12 +86,12 @@ CREATE TABLE IF NOT EXISTS schema_version (
 )
 """
 # Advisory locks are one namespace for the whole database: this tracker's live under one class id.
-_LOCKS = 0x70657278  # "perx"
-_MIGRATE, _SET_CHANGES, _SWEEP = 1, 2, 3
+LOCK_CLASS = 0x70657278  # "perx"
+MIGRATE_LOCK, SET_CHANGE_LOCK, SWEEP_LOCK = 1, 2, 3
 # Set changes are planned for the sizes at hand (a cached generic plan made for an empty temporary table
 # once chose a nested loop over 100k x 100k rows), and joining a whole set with `paths` hashes it, which
 # spills to disk within the default 4 MB.
-_TAKE_TURN = (f"SELECT pg_advisory_xact_lock({_LOCKS}, {_SET_CHANGES}); "
+_TAKE_TURN = (f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {SET_CHANGE_LOCK}); "
               "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '128MB'")
 
 _PEER = "id, key, name, addresses, seq, paths, first_seen, last_seen, departed, version"
@@ -250,7 +250,7 @@ class PostgresStorage:
         return db
 
     async def _migrate(self, db: asyncpg.Connection) -> None:
-        await db.execute(f"SELECT pg_advisory_lock({_LOCKS}, {_MIGRATE})")
+        await db.execute(f"SELECT pg_advisory_lock({LOCK_CLASS}, {MIGRATE_LOCK})")
         try:
             await db.execute(_SCHEMA_TABLE)
             version = await db.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
@@ -265,7 +265,7 @@ class PostgresStorage:
                 log.info("database migrated db=%s version=%d", self.name, number)
         finally:
             if not db.is_closed():
-                await db.execute(f"SELECT pg_advisory_unlock({_LOCKS}, {_MIGRATE})")
+                await db.execute(f"SELECT pg_advisory_unlock({LOCK_CLASS}, {MIGRATE_LOCK})")
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -433,13 +433,13 @@ class PostgresStorage:
 
     async def expire(self, silent_since: float) -> list[Peer] | None:
         async with self._within(_WRITE_TIMEOUT) as db:
-            if not await db.fetchval(f"SELECT pg_try_advisory_lock({_LOCKS}, {_SWEEP})"):
+            if not await db.fetchval(f"SELECT pg_try_advisory_lock({LOCK_CLASS}, {SWEEP_LOCK})"):
                 return None
             try:
                 keys = [row[0] for row in await db.fetch("SELECT key FROM peers WHERE last_seen < $1", silent_since)]
                 return [peer for key in keys if (peer := await self.remove(bytes(key), silent_since)) is not None]
             finally:
-                await db.execute(f"SELECT pg_advisory_unlock({_LOCKS}, {_SWEEP})")
+                await db.execute(f"SELECT pg_advisory_unlock({LOCK_CLASS}, {SWEEP_LOCK})")
 
 
 def _copy_data(hashes: Iterable[bytes]) -> bytes:

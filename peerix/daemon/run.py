@@ -115,7 +115,7 @@ async def run(config: Config, key: SecretKey) -> None:
             stack.push_async_callback(_deregister, tracker)
 
             def tracker_status() -> dict[str, Any] | None:
-                return {"url": config.tracker, "announced_paths": announcer.announced,
+                return {"url": tracker.url, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff}
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         substituter.remote = RemoteStore(peers, policy, RemoteSettings(
@@ -166,7 +166,7 @@ async def run(config: Config, key: SecretKey) -> None:
         background += [_every(60, metrics.activity.save, activity_file), _ready(server, endpoint.peer_id, local)]
         tasks = [asyncio.create_task(job) for job in background]
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
-                 key.public.to_text(), endpoint.peer_id, config.tracker)
+                 key.public.to_text(), endpoint.peer_id, ",".join(config.tracker) or None)
         try:
             await server.serve()
         finally:
