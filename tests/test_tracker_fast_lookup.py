@@ -13,7 +13,8 @@ from tracker.config import Config
 from tracker.metrics import Metrics
 from tracker.model import Addresses, Announce
 from tracker.ratelimit import RateLimiter
-from tracker.storage import DatabaseError, open_storage
+from tracker.server import open_storage
+from tracker.storage import DatabaseError
 from tracker.sweep import Sweeper
 
 from trackertools import random_hashes

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from peerix.net.tracker_protocol import LOOKUP_PATH, PEERS_PATH, pack_hash
 from tracker.metrics import Metrics
 from tracker.model import Addresses, Announce
-from tracker.storage import open_storage
+from tracker.server import open_storage
 from tracker.sweep import Sweeper
 
 from trackertools import announce, new_key, random_hashes, signed

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -11,11 +12,20 @@ from .app import Tracker, create_app
 from .auth import Authenticator
 from .config import Config
 from .metrics import Metrics
+from .postgres import PostgresStorage
 from .ratelimit import RateLimiter
-from .storage import open_storage
+from .sqlite import SqliteStorage
+from .storage import Storage, is_postgres
 from .sweep import Sweeper
 
 log = logging.getLogger(__name__)
+
+
+def open_storage(location: Path | str, password: str | None = None) -> Storage:
+    """The storage `--db` names: a PostgreSQL URL, else an SQLite file (not opened yet)."""
+    if isinstance(location, str) and is_postgres(location):
+        return PostgresStorage(location, password)
+    return SqliteStorage(Path(location))
 
 
 async def serve(config: Config) -> None:

@@ -13,7 +13,6 @@ Every failure to reach or use the database is a `DatabaseError`, which the route
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from .model import Announce, Peer
@@ -92,14 +91,3 @@ class Storage(Protocol):
 
 def is_postgres(location: str) -> bool:
     return location.startswith(("postgresql://", "postgres://"))
-
-
-def open_storage(location: Path | str, password: str | None = None) -> Storage:
-    """The storage for `--db`: a PostgreSQL URL, else an SQLite file (not opened yet)."""
-    if isinstance(location, str) and is_postgres(location):
-        from .postgres import PostgresStorage
-
-        return PostgresStorage(location, password)
-    from .sqlite import SqliteStorage
-
-    return SqliteStorage(Path(location))
