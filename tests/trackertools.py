@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def query(db: Path | str, sql: str) -> list[tuple]:
         finally:
             await connection.close()
 
-    return asyncio.run(rows())
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, so async tests may ask too
+        return thread.submit(asyncio.run, rows()).result()
 
 
 def assert_whole(db: Path | str) -> None:

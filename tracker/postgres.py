@@ -132,10 +132,11 @@ total AS (UPDATE totals SET paths = paths + {interned} - (SELECT count(*) FROM o
 
 # A full announce: the set is COPYed into `staged`; one join finds the known hash parts and interns the
 # others (not ON CONFLICT, which would spend a path id on every hash already known) into `wanted`, and
-# set operations against `wanted` change the peer's holdings. Temporary tables write no WAL.
+# set operations against `wanted` change the peer's holdings. Temporary tables write no WAL; they are
+# made on a connection's first full announce (lookups never pay for the catalog writes).
 _TEMPORARY = """
-CREATE TEMP TABLE staged (hash bytea NOT NULL) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE wanted (path integer PRIMARY KEY) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staged (hash bytea NOT NULL) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS wanted (path integer PRIMARY KEY) ON COMMIT DELETE ROWS;
 """
 _WANT_STAGED = """
 WITH known AS MATERIALIZED (SELECT s.hash, x.id FROM staged s LEFT JOIN paths x ON x.hash = s.hash),
@@ -222,16 +223,23 @@ class PostgresStorage:
         self._closed = True
 
     async def open(self) -> None:
+        """Migrate, then connect every connection now: a replica's first requests pay for none."""
         db = await self._connect()
+        self._connections.add(db)
         try:
             await self._migrate(db)
-        except _FAILURES as error:
-            raise DatabaseError(f"{self.name}: {error}; is it a peerix tracker database?") from None
-        finally:
-            await db.close()
+            others = await asyncio.gather(*(self._connect() for _ in range(_CONNECTIONS - 1)), return_exceptions=True)
+            self._connections.update(other for other in others if isinstance(other, asyncpg.Connection))
+            if failed := next((other for other in others if isinstance(other, BaseException)), None):
+                raise failed
+        except BaseException as error:
+            await self.close()
+            if isinstance(error, _FAILURES):
+                raise DatabaseError(f"{self.name}: {error}; is it a peerix tracker database?") from None
+            raise
         self._closed = False
-        for _ in range(_CONNECTIONS):
-            self._idle.put_nowait(None)
+        for connection in self._connections:
+            self._idle.put_nowait(connection)
 
     async def close(self) -> None:
         self._closed = True
@@ -276,7 +284,6 @@ class PostgresStorage:
         try:
             if db is None or db.is_closed():
                 db = await self._connect()
-                await db.execute(_TEMPORARY)
                 self._connections.add(db)
             yield db
         except BaseException as error:
@@ -402,6 +409,7 @@ class PostgresStorage:
                 row = await db.fetchrow("INSERT INTO peers (key, name, addresses, seq, paths, first_seen, last_seen) "
                                         "VALUES ($1, '', '{}', 0, 0, $2, $2) RETURNING id, seq", key, now)
             id_, seq = row
+            await db.execute(_TEMPORARY)
             await db.copy_to_table("staged", source=memoryview(_copy_data(dict.fromkeys(announce.hashes))),
                                    format="binary")
             await db.execute(_WANT_STAGED)

@@ -85,8 +85,8 @@ class Host:
             "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none",
             "--trusted-public-keys", self.fleet.cluster.public.to_text(), *extra,
         ]
-        if self.fleet.tracker_url:
-            args += ["--tracker", self.fleet.tracker_url]
+        for url in self.fleet.tracker_urls:
+            args += ["--tracker", url]
         self.process = self.fleet.spawn(args, self.home / "peerix.log")
         wait_until(lambda: _healthy(self.url, self.process), f"{self.name}'s daemon")
 
@@ -140,7 +140,7 @@ class LocalFleet:
         self.cluster_file = root / "cluster.key"
         write_secret(self.cluster_file, self.cluster.to_text())
         self.hosts: dict[str, Host] = {}
-        self.tracker_url = ""
+        self.tracker_urls: list[str] = []  # what hosts started from now on are given (replicas: several)
         self.tracker_process: subprocess.Popen | None = None
         self._processes: list[subprocess.Popen] = []
 
@@ -160,9 +160,13 @@ class LocalFleet:
                 process.kill()
                 process.wait()
 
+    @property
+    def tracker_url(self) -> str:
+        return self.tracker_urls[0] if self.tracker_urls else ""
+
     def start_tracker(self, *extra: str, port: int | None = None) -> None:
         port = port or free_port()
-        self.tracker_url = f"http://127.0.0.1:{port}"
+        self.tracker_urls = [f"http://127.0.0.1:{port}"]
         self.tracker_process = self.spawn(
             [sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
              "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}", *extra],
