@@ -276,43 +276,39 @@ class PostgresStorage:
                 await db.execute(f"SELECT pg_advisory_unlock({LOCK_CLASS}, {MIGRATE_LOCK})")
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """An idle connection (a new one if the last failed); any failure becomes DatabaseError."""
+    async def _connection(self, seconds: float) -> AsyncIterator[asyncpg.Connection]:
+        """An idle connection (a new one if the last failed) for work that must end within `seconds`; any
+        failure, a timeout included, is a DatabaseError."""
         if self._closed:
             raise DatabaseError("the database is closed")
-        db = await self._idle.get()
         try:
-            if db is None or db.is_closed():
-                db = await self._connect()
-                self._connections.add(db)
-            yield db
-        except BaseException as error:
-            if db is not None and not isinstance(error, _CLEAN):  # it may be mid-statement: start afresh
-                self._connections.discard(db)
-                db.terminate()
-                db = None
-            if isinstance(error, _FAILURES):
-                raise DatabaseError(f"{self.name}: {type(error).__name__}: {error}") from None
-            raise
-        finally:
-            self._idle.put_nowait(db)
-
-    @asynccontextmanager
-    async def _within(self, seconds: float) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for work that must end within `seconds` (then DatabaseError, not a hang)."""
-        try:
-            async with asyncio.timeout(seconds), self._connection() as db:
-                yield db
+            async with asyncio.timeout(seconds):
+                db = await self._idle.get()
+                try:
+                    if db is None or db.is_closed():
+                        db = await self._connect()
+                        self._connections.add(db)
+                    yield db
+                except BaseException as error:
+                    if db is not None and not isinstance(error, _CLEAN):  # it may be mid-statement: start afresh
+                        self._connections.discard(db)
+                        db.terminate()
+                        db = None
+                    if isinstance(error, _FAILURES):
+                        raise DatabaseError(f"{self.name}: {type(error).__name__}: {error}") from None
+                    raise
+                finally:
+                    self._idle.put_nowait(db)
         except TimeoutError:
             raise DatabaseError(f"{self.name}: no answer within {seconds:g} s") from None
 
     async def _read(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self._within(_READ_TIMEOUT) as db:
+        async with self._connection(_READ_TIMEOUT) as db:
             return await work(db)
 
     async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]], set_change: bool = False) -> T:
         """`work` in one transaction; a set change first takes the fleet's turn (see the module's notes)."""
-        async with self._within(_WRITE_TIMEOUT) as db, db.transaction():
+        async with self._connection(_WRITE_TIMEOUT) as db, db.transaction():
             if set_change:
                 await db.execute(_TAKE_TURN)
             return await work(db)
@@ -440,7 +436,7 @@ class PostgresStorage:
         return peer
 
     async def expire(self, silent_since: float) -> list[Peer] | None:
-        async with self._within(_WRITE_TIMEOUT) as db:
+        async with self._connection(_WRITE_TIMEOUT) as db:
             if not await db.fetchval(f"SELECT pg_try_advisory_lock({LOCK_CLASS}, {SWEEP_LOCK})"):
                 return None
             try:
