@@ -35,7 +35,7 @@ CONNECTIONS, TASKS = 4, 8
 async def load(url: str) -> list[bytes]:
     """Empty the database and load it through the tracker's storage; the pool of packed hashes."""
     db = await asyncpg.connect(url)
-    await db.execute("DROP TABLE IF EXISTS holdings, paths, peers, totals, schema_version; "
+    await db.execute("DROP TABLE IF EXISTS holdings, paths, peers, totals, claims, schema_version; "
                      "DROP SEQUENCE IF EXISTS peer_versions")
     await db.close()
     rng = random.Random(1)

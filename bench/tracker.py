@@ -137,7 +137,7 @@ class Backend:
         if self.url is None:
             self.files += 1
             return str(self.work / f"tracker-{self.files}.db")
-        database(self.url, "DROP TABLE IF EXISTS holdings, paths, peers, totals, schema_version; "
+        database(self.url, "DROP TABLE IF EXISTS holdings, paths, peers, totals, claims, schema_version; "
                            "DROP SEQUENCE IF EXISTS peer_versions")
         return self.url
 

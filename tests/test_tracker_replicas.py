@@ -2,6 +2,7 @@
 delta sync stays exact, migrations and sweeps happen once, and the database's failures are 503s."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,12 +15,22 @@ import httpx
 import pytest
 
 from peerix.net.tracker_client import PeerAddresses, TrackerClient
-from peerix.net.tracker_protocol import LOOKUP_PATH, PEERS_PATH
+from peerix.net.tracker_protocol import ANNOUNCE_PATH, LOOKUP_PATH, PEERS_PATH, sign
 from tracker.postgres import LOCK_CLASS, SCHEMA_VERSION, SWEEP_LOCK
 
 from conftest import ROOT
 from postgres import PASSWORD_USER, PostgresServer
-from trackertools import TrackerProcess, announce, assert_whole, holders, new_key, query, random_hashes, signed
+from trackertools import (
+    TrackerProcess,
+    announce,
+    announcement,
+    assert_whole,
+    holders,
+    new_key,
+    query,
+    random_hashes,
+    signed,
+)
 
 
 @pytest.fixture
@@ -61,6 +72,21 @@ def test_any_replica_answers_any_request(start_tracker, tracker_db) -> None:
     assert "peerix_tracker_holdings 230.0" in scrape  # the database's: no replica label
     assert health["replica"] == "two" and "replica two" in two.get("/").text
     assert_whole(db)
+
+
+def test_a_write_replayed_to_another_replica_is_refused(start_tracker, tracker_db) -> None:
+    """The replay cache is the database's: a captured announce replayed at another replica is refused, so
+    it cannot put back a set the peer has since changed."""
+    db = tracker_db()
+    one, two = start_tracker(db=db), start_tracker(db=db)
+    key, old, new = new_key(), random_hashes(5), random_hashes(5)
+    body = json.dumps(announcement(hashes=old)).encode()
+    captured = sign(key, "POST", ANNOUNCE_PATH, body)
+    assert signed(one, key, "POST", ANNOUNCE_PATH, body=body, headers=captured).status_code == 200
+    assert announce(one, key, hashes=new).status_code == 200
+    replay = signed(two, key, "POST", ANNOUNCE_PATH, body=body, headers=captured)
+    assert replay.status_code == 401 and replay.json()["error"]["code"] == "replayed"
+    assert holders(two, new[0]) == [peer_id(key)] and holders(two, old[0]) == []
 
 
 def test_two_replicas_cannot_both_accept_the_same_since(start_tracker, tracker_db) -> None:

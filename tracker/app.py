@@ -39,6 +39,7 @@ from peerix.net.tracker_protocol import (
     API,
     LOOKUP_PATH,
     PEERS_PATH,
+    Signature,
     is_peer_id,
     pack_hash,
 )
@@ -116,16 +117,23 @@ def create_app(t: Tracker) -> ASGIApp:
                 return refuse(request.scope, unavailable(endpoint.__name__, error))
         return answer
 
-    def authenticate(request: Request, body: bytes, now: float, write: bool) -> str | None:
-        return authenticate_scope(request.scope, request.headers, body, now, write)
-
-    def authenticate_scope(scope: Scope, headers: Headers, body: bytes, now: float, write: bool) -> str | None:
+    def signature_of(scope: Scope, headers: Headers, body: bytes, now: float, write: bool) -> Signature | None:
+        """The request's verified signature (None for an anonymous read); ApiError when it is refused."""
         path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
-        peer_id = t.auth.authenticate(scope["method"], path, headers, body, now, write)
-        scope.setdefault("state", {})["peer"] = peer_id  # as request.state.peer: refusals log it
-        if write and peer_id and (wait := t.peer_limits.take(peer_id, now)):
+        signature = t.auth.authenticate(scope["method"], path, headers, body, now, write)
+        scope.setdefault("state", {})["peer"] = signature and signature.peer_id  # as request.state.peer: logged
+        return signature
+
+    async def authenticate_write(request: Request, body: bytes, now: float) -> str:
+        """A write's signature, its replay check (with the storage: across replicas) and the peer's rate limit;
+        the signing peer."""
+        signature = signature_of(request.scope, request.headers, body, now, write=True)
+        assert signature is not None
+        if not await storage.claim(*t.auth.replay_key(signature)):
+            raise ApiError(401, "replayed", "this request was already received; sign each request anew")
+        if wait := t.peer_limits.take(signature.peer_id, now):
             raise _rate_limited(wait, "this peer")
-        return peer_id
+        return signature.peer_id
 
     advice = {"advice": {name: rate for name, rate in (("max_upload_rate", config.advised_upload_rate),
                                                         ("max_download_rate", config.advised_download_rate))
@@ -137,8 +145,7 @@ def create_app(t: Tracker) -> ASGIApp:
     async def announce(request: Request) -> Response:
         now = time.time()
         body = await _read_body(request, config.max_body)
-        peer_id = authenticate(request, body, now, write=True)
-        assert peer_id is not None
+        peer_id = await authenticate_write(request, body, now)
         update = parse_announce(body, peer_id, config.max_announce_hashes)
         try:
             peer, added, removed = await storage.announce(bytes.fromhex(peer_id), update, now)
@@ -153,7 +160,7 @@ def create_app(t: Tracker) -> ASGIApp:
     async def answer_lookup(scope: Scope, headers: Headers, hash_part: str) -> bytes:
         """The body of a single lookup; ApiError when refused. Shared by the route and the fast path."""
         now = time.time()
-        authenticate_scope(scope, headers, b"", now, write=False)
+        signature_of(scope, headers, b"", now, write=False)
         try:
             packed = pack_hash(hash_part)
         except ValueError:
@@ -174,7 +181,7 @@ def create_app(t: Tracker) -> ASGIApp:
     async def lookup_batch(request: Request) -> Response:
         now = time.time()
         body = await _read_body(request, config.max_body)
-        authenticate(request, body, now, write=False)
+        signature_of(request.scope, request.headers, body, now, write=False)
         asked, limit = parse_lookup(body, config.max_lookup_hashes, config.lookup_limit)
         held = await storage.holders_many(list(asked.values()), online_since(now), limit)
         found = {hash_part: held.get(packed, []) for hash_part, packed in asked.items()}
@@ -193,14 +200,14 @@ def create_app(t: Tracker) -> ASGIApp:
     @api_route
     async def peers(request: Request) -> Response:
         now = time.time()
-        authenticate(request, b"", now, write=False)
+        signature_of(request.scope, request.headers, b"", now, write=False)
         return await listing(now)
 
     @api_route
     async def deregister(request: Request) -> Response:
         now = time.time()
         body = await _read_body(request, config.max_body)
-        peer_id = authenticate(request, body, now, write=True)
+        peer_id = await authenticate_write(request, body, now)
         target = request.path_params["peer_id"]
         if not is_peer_id(target):
             raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")

@@ -30,6 +30,7 @@ server is reconnected to on the next request; meanwhile every call fails at once
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -74,6 +75,10 @@ MIGRATIONS = (
     CREATE INDEX holdings_by_peer ON holdings (peer, path);
     CREATE TABLE totals (paths bigint NOT NULL);  -- one row: distinct hash parts held by anyone
     INSERT INTO totals VALUES (0);
+    CREATE TABLE claims (
+        key bytea PRIMARY KEY,              -- a write's peer and nonce: a second one is a replay
+        until double precision NOT NULL     -- after this its timestamp is stale anyway
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -435,11 +440,17 @@ class PostgresStorage:
         del self._peers[peer.row], self._versions[peer.row]
         return peer
 
+    async def claim(self, key: bytes, until: float) -> bool:
+        claimed = await self._write(lambda db: db.fetchval(
+            "INSERT INTO claims (key, until) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true", key, until))
+        return claimed is not None
+
     async def expire(self, silent_since: float) -> list[Peer] | None:
         async with self._connection(_WRITE_TIMEOUT) as db:
             if not await db.fetchval(f"SELECT pg_try_advisory_lock({LOCK_CLASS}, {SWEEP_LOCK})"):
                 return None
             try:
+                await db.execute("DELETE FROM claims WHERE until < $1", time.time())
                 keys = [row[0] for row in await db.fetch("SELECT key FROM peers WHERE last_seen < $1", silent_since)]
                 return [peer for key in keys if (peer := await self.remove(bytes(key), silent_since)) is not None]
             finally:

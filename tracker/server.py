@@ -38,7 +38,7 @@ async def serve(config: Config) -> None:
         address_limits = RateLimiter(config.address_rate, config.address_burst)
         peer_limits = RateLimiter(config.peer_rate, config.peer_burst)
         sweeper = Sweeper(storage, config.remove_after, config.sweep_interval, metrics,
-                          prune=(auth.prune, address_limits.prune, peer_limits.prune))
+                          prune=(address_limits.prune, peer_limits.prune))
         app = create_app(Tracker(config, storage, auth, address_limits, peer_limits, metrics, sweeper, started_at))
         host, port = config.listen
         server = Server(uvicorn.Config(

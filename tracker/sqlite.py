@@ -32,6 +32,7 @@ import logging
 import operator
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -98,6 +99,7 @@ _PROBE_CACHE_KIB = 32768
 _READERS = 2
 _CHECKPOINT_INTERVAL = 1.0
 _WAL_LIMIT = 256 << 20
+_CLAIMS_PRUNED_AT = 100_000
 _LAST_SEEN = operator.attrgetter("last_seen")
 
 
@@ -114,6 +116,7 @@ class SqliteStorage:
         self.path_count = 0  # distinct hash parts held by anyone, kept up to date by every write
         self._by_key: dict[bytes, Peer] = {}  # the peers table, mirrored
         self._by_row: dict[int, Peer] = {}
+        self._claims: dict[bytes, float] = {}  # writes' keys, until when; one process, so memory is enough
         self._lock = asyncio.Lock()
         self._lock_file: int | None = None
         self._writer: aiosqlite.Connection | None = None
@@ -354,7 +357,20 @@ class SqliteStorage:
         peer = await self._write(work)
         return peer and self._forget(peer)
 
+    async def claim(self, key: bytes, until: float) -> bool:
+        if key in self._claims:
+            return False
+        if len(self._claims) >= _CLAIMS_PRUNED_AT:
+            self._prune_claims(time.time())
+        self._claims[key] = until
+        return True
+
+    def _prune_claims(self, now: float) -> None:
+        for key in [key for key, until in self._claims.items() if until < now]:
+            del self._claims[key]
+
     async def expire(self, silent_since: float) -> list[Peer]:
+        self._prune_claims(time.time())
         removed = []
         for stale in [peer for peer in self._by_key.values() if peer.last_seen < silent_since]:
             if (peer := await self.remove(stale.key, silent_since)) is not None:

@@ -85,8 +85,12 @@ class Storage(Protocol):
         """Remove a peer and its set."""
 
     async def expire(self, silent_since: float) -> list[Peer] | None:
-        """Remove the peers not heard from since `silent_since`, one transaction each; None when another
-        replica is doing it at this moment."""
+        """Remove the peers not heard from since `silent_since`, one transaction each, and forget claims that
+        have run out; None when another replica is doing it at this moment."""
+
+    async def claim(self, key: bytes, until: float) -> bool:
+        """Remember a write's key (its peer and nonce) until `until`; False when it was claimed before, by any
+        replica: the write is a replay."""
 
 
 def is_postgres(location: str) -> bool:
