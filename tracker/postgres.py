@@ -28,7 +28,6 @@ server is reconnected to on the next request; meanwhile every call fails at once
 """
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -40,7 +39,7 @@ import asyncpg
 
 from peerix import __version__
 
-from .model import Addresses, Announce, Peer, dumps
+from .model import Announce, Peer, dumps
 from .storage import Counts, DatabaseError, SequenceMismatch
 
 log = logging.getLogger(__name__)
@@ -326,10 +325,8 @@ class PostgresStorage:
 
     def _peer(self, row: asyncpg.Record) -> Peer:
         """The peer of a full row, kept for lookups that name it at this version."""
-        id_, key, name, addresses, seq, paths, first_seen, last_seen, departed, version = row[:10]
-        peer = Peer(id_, bytes(key), name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen,
-                    last_seen, departed)
-        self._peers[id_], self._versions[id_] = peer, version
+        peer = Peer.from_row(row[:9])
+        self._peers[peer.row], self._versions[peer.row] = peer, row[9]
         return peer
 
     async def _named(self, db: asyncpg.Connection, rows: Iterable[tuple[int, int]]) -> dict[int, Peer]:

@@ -27,7 +27,6 @@ is an index probe that names rows, and the mirror turns them into peers.
 
 import asyncio
 import fcntl
-import json
 import logging
 import operator
 import os
@@ -39,7 +38,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from .model import Addresses, Announce, Peer, dumps
+from .model import Announce, Peer, dumps
 from .storage import Counts, DatabaseError, SequenceMismatch
 
 log = logging.getLogger(__name__)
@@ -103,12 +102,6 @@ _CLAIMS_PRUNED_AT = 100_000
 _LAST_SEEN = operator.attrgetter("last_seen")
 
 
-def _peer(row: tuple) -> Peer:
-    id_, key, name, addresses, seq, paths, first_seen, last_seen, departed = row
-    return Peer(id_, key, name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen, last_seen,
-                departed)
-
-
 class SqliteStorage:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -150,7 +143,7 @@ class SqliteStorage:
             self._checkpoints = asyncio.create_task(self._checkpoint_after_commits(), name="checkpoints")
             self.path_count = (await self._query("SELECT count(*) FROM paths"))[0][0]
             for row in await self._query(f"SELECT {_PEER} FROM peers"):
-                self._store(_peer(row))
+                self._store(Peer.from_row(row))
         except (sqlite3.DatabaseError, DatabaseError) as error:
             await self.close()
             raise DatabaseError(f"{self.path}: {error}; is it a peerix tracker database?") from None
@@ -307,7 +300,7 @@ class SqliteStorage:
                 f"UPDATE peers SET name = ?, addresses = ?, seq = ?, paths = paths + ?, last_seen = ?, "
                 f"departed = NULL WHERE id = ? RETURNING {_PEER}",
                 (announce.name, dumps(announce.addresses.to_json()), seq, added - removed, now, row))
-            return _peer(next(iter(rows))), added, removed
+            return Peer.from_row(next(iter(rows))), added, removed
 
         peer, added, removed = await self._write(work)
         return self._store(peer), added, removed
@@ -318,7 +311,7 @@ class SqliteStorage:
         async def work(db: aiosqlite.Connection) -> Peer | None:
             rows = await db.execute_fetchall(f"UPDATE peers SET departed = ? WHERE key = ? RETURNING {_PEER}",
                                              (now, key))
-            return _peer(next(iter(rows))) if rows else None
+            return Peer.from_row(next(iter(rows))) if rows else None
 
         peer = await self._write(work)
         return peer and self._store(peer)
@@ -334,7 +327,7 @@ class SqliteStorage:
             dropped = await self._release(db, row)
             rows = await db.execute_fetchall(f"UPDATE peers SET paths = 0, seq = 0 WHERE id = ? RETURNING {_PEER}",
                                              (row,))
-            return _peer(next(iter(rows))), dropped
+            return Peer.from_row(next(iter(rows))), dropped
 
         purged = await self._write(work)
         return purged and (self._store(purged[0]), purged[1])
@@ -348,7 +341,7 @@ class SqliteStorage:
                 (key, float("inf") if silent_since is None else silent_since))
             if not rows:
                 return None
-            peer = _peer(next(iter(rows)))
+            peer = Peer.from_row(next(iter(rows)))
             await db.execute("DELETE FROM gone")
             await db.execute("INSERT INTO gone SELECT path FROM holdings WHERE peer = ?", (peer.row,))
             await self._release(db, peer.row)
