@@ -15,7 +15,8 @@ Several replicas write at once, so what one process's lock gave SQLite, PostgreS
   count of paths (a row of `totals`) stays exact. Heartbeats, departures and lookups never wait for
   it. A full announce of 100k hashes holds it for well under a second (bench/tracker.py);
 - migrations run under another advisory lock, so replicas that start together migrate once;
-- the expiry sweep runs under a third, tried rather than waited for: one replica at a time sweeps.
+- the expiry sweep runs under a third, tried rather than waited for: one replica at a time sweeps;
+- writes' nonces are claimed in `claims`, so a write replayed at another replica is refused too.
 
 Lookups name peer rows with their `version` (a sequence number every change of the row takes); each
 replica keeps the peers it has seen as `Peer` objects, rendered once, and fetches a row again only
