@@ -106,7 +106,7 @@ class SqliteStorage:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = str(path)
-        self.path_count = 0  # distinct hash parts held by anyone, kept up to date by every write
+        self._path_count = 0  # distinct hash parts held by anyone, kept up to date by every write
         self._by_key: dict[bytes, Peer] = {}  # the peers table, mirrored
         self._by_row: dict[int, Peer] = {}
         self._claims: dict[bytes, float] = {}  # writes' keys, until when; one process, so memory is enough
@@ -141,7 +141,7 @@ class SqliteStorage:
             self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure(self._checkpointer, 1024)
             self._checkpoints = asyncio.create_task(self._checkpoint_after_commits(), name="checkpoints")
-            self.path_count = (await self._query("SELECT count(*) FROM paths"))[0][0]
+            self._path_count = (await self._query("SELECT count(*) FROM paths"))[0][0]
             for row in await self._query(f"SELECT {_PEER} FROM peers"):
                 self._store(Peer.from_row(row))
         except (sqlite3.DatabaseError, DatabaseError) as error:
@@ -220,7 +220,7 @@ class SqliteStorage:
 
     async def counts(self, online_since: float) -> Counts:
         online = sum(peer.is_online(online_since) for peer in self._by_key.values())
-        return Counts(online, len(self._by_key) - online, self.path_count,
+        return Counts(online, len(self._by_key) - online, self._path_count,
                       sum(peer.paths for peer in self._by_key.values()))
 
     async def check(self) -> int:
@@ -389,7 +389,7 @@ class SqliteStorage:
                     raise
             except sqlite3.Error as error:
                 raise DatabaseError(f"{self.path}: {error}") from None
-            self.path_count += self._path_change
+            self._path_count += self._path_change
             self._committed.set()
             return result
 
