@@ -13,7 +13,7 @@ Several replicas write at once, so what one process's lock gave SQLite, PostgreS
   taken before the statements that read: interning a hash and dropping one nobody holds any more are
   then never interleaved, no holding can point at a path another replica just removed, and the
   count of paths (a row of `totals`) stays exact. Heartbeats, departures and lookups never wait for
-  it. A full announce of 100k hashes holds it for well under a second (bench/tracker.py);
+  it. A full announce holds it while it runs (100k hashes: 1-2 s on a busy 2-core machine, bench/tracker.py);
 - migrations run under another advisory lock, so replicas that start together migrate once;
 - the expiry sweep runs under a third, tried rather than waited for: one replica at a time sweeps;
 - writes' nonces are claimed in `claims`, so a write replayed at another replica is refused too.
