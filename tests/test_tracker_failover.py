@@ -152,8 +152,7 @@ def test_daemons_fail_over_when_a_replica_is_killed(start_tracker, tracker_db, c
         fleet.wait_announced(b, [str(second)])
 
         nix_on_c = c.nix_realise(str(closure), str(second))
-        giving = threading.Thread(target=lambda: [host.give(str(path)) for host, path in zip((a, b) * 2, later,
-                                                                                              strict=True)])
+        giving = threading.Thread(target=lambda: [a.give(str(later[0])), b.give(str(later[1]))])
         giving.start()  # each gift is a new set, announced as a delta while the replica dies
         with httpx.Client(base_url=c.url, timeout=10) as http:
             narinfo_miss(http)
@@ -161,6 +160,8 @@ def test_daemons_fail_over_when_a_replica_is_killed(start_tracker, tracker_db, c
             one.stop(signal.SIGKILL)
             misses = [narinfo_miss(http) for _ in range(20)]
         giving.join()
+        a.give(str(later[2]))  # and after it died: every daemon has a change to announce
+        b.give(str(later[3]))
         stdout, stderr = nix_on_c.communicate(timeout=300)
         assert nix_on_c.returncode == 0, stderr
 
