@@ -120,6 +120,7 @@ if __name__ == "__main__":
     server = PostgresServer.start()
     print(server.create_database(), flush=True)
     print("PostgreSQL is running; Ctrl-C stops and removes it", file=sys.stderr)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # so that sigwait gets them
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
