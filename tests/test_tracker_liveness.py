@@ -8,7 +8,7 @@ from trackertools import announce, error_of, new_key, random_hashes
 
 
 def test_a_silent_peer_is_left_out_then_removed(start_tracker) -> None:
-    tracker = start_tracker("--offline-after", "1s", "--remove-after", "2.5s", "--sweep-interval", "0.2s")
+    tracker = start_tracker("--offline-after", "2s", "--remove-after", "4s", "--sweep-interval", "0.2s")
     silent, alive = new_key(), new_key()
     silent_id, alive_id = bytes(silent.verify_key).hex(), bytes(alive.verify_key).hex()
     shared, own = random_hashes(5), random_hashes(5)
@@ -26,9 +26,9 @@ def test_a_silent_peer_is_left_out_then_removed(start_tracker) -> None:
 
     assert holders(shared[0]) == [alive_id, silent_id] and listed() == {silent_id: True, alive_id: True}
 
-    time.sleep(0.6)
+    time.sleep(1.2)
     heartbeat()
-    time.sleep(0.6)  # silent: 1.2 s, over the offline TTL; alive: 0.6 s
+    time.sleep(1.2)  # silent: 2.4 s, over the offline TTL; alive: 1.2 s, leaving 0.8 s for the checks below
     assert holders(shared[0]) == [alive_id] and holders(own[0]) == []
     assert listed() == {silent_id: False, alive_id: True}
     health = tracker.get("/health").json()
