@@ -283,7 +283,7 @@ def test_a_refused_daemon_asks_again_in_minutes_and_says_so_once(tmp_path: Path)
 
         def refusals() -> float:
             for line in httpx.get(fleet.tracker_url + "/metrics", timeout=5).text.splitlines():
-                if line.startswith('peerix_tracker_refusals_total{code="not_member"} '):
+                if line.startswith('peerix_tracker_refusals_total{code="not_member",'):  # and replica=
                     return float(line.split()[-1])
             return 0.0
 
