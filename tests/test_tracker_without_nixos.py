@@ -130,7 +130,7 @@ def test_daemons_use_the_tracker_through_the_tls_proxy(tmp_path: Path, closure: 
         token_file = tmp_path / "tracker.token"
         token_file.write_text(network_token + "\n")
         token_file.chmod(0o600)
-        fleet.tracker_url = url
+        fleet.tracker_urls = [url]
         a, c = fleet.host("a"), fleet.host("c")
         a.give(str(closure))
         for host in (a, c):
