@@ -106,7 +106,8 @@ class PeerService:
             return await wire.read_frame(stream.recv())
 
     async def _servable(self, peer_id: str, kind: str, hash_part: object) -> PathInfo | None:
-        """The local path if the policy lets this peer have it; the result is counted either way."""
+        """A path this host holds (or is pulling through) if the policy lets this peer have it; the
+        result is counted either way."""
         if not isinstance(hash_part, str) or not is_hash_part(hash_part):
             self.metrics.peer_requests.labels(kind, "bad-request").inc()
             return None
@@ -115,6 +116,8 @@ class PeerService:
         except Unavailable as error:
             log.error("lookup for a peer failed hash=%s error=%s", hash_part, error)
             info = None
+        if info is None and (growing := self.substituter.in_flight(hash_part)) is not None:
+            info = growing.info  # still downloading: a peer may take what is there and follow the rest
         if info is None:
             self.metrics.peer_requests.labels(kind, "not-found").inc()
             return None
