@@ -1,17 +1,21 @@
 """Pull-through: paths no peer holds come from the upstream once, through peerix, and are then held
 for the fleet. The upstream is nginx serving an xz-compressed cache signed by an "upstream" key."""
 
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from netns import Network, wait_for, why_no_netns
 
 from peerix.cli.localfleet import Host, LocalFleet, wait_until
+from peerix.common.secrets import write_secret
 from peerix.nix.narinfo import NarInfo
+from peerix.nix.signing import SecretKey
 
 from conftest import requires_nix
-from nixtools import HERE, build, closure_of, hash_part, nix
+from nixtools import HERE, build, closure_of, hash_part, nix, run
 from upstream import UpstreamCache
 
 pytestmark = requires_nix
@@ -104,3 +108,48 @@ def test_a_download_that_breaks_is_never_held_and_the_next_attempt_succeeds(flee
         verify(a, pulled)
     finally:
         broken.stop()
+
+
+@pytest.mark.skipif(why_no_netns() is not None, reason=why_no_netns() or "")
+def test_lan_hosts_that_all_want_a_path_fetch_it_from_the_upstream_once(tmp_path: Path, pulled: Path) -> None:
+    """Four hosts on a switch, no tracker, all substituting the closure at the same moment: their LAN
+    claims elect one host per path, the others follow it, and the upstream sends each NAR once."""
+    net = Network()
+    try:
+        names = "abcd"
+        hosts = {name: net.add_host(name) for name in names}
+        up = net.add_host("up")
+        cache = UpstreamCache(tmp_path / "upstream", str(pulled), address=up.addresses[0], command=up.command())
+        wait_for(lambda: hosts["a"].run("curl", "-sf", f"{cache.url}/nix-cache-info", check=False).returncode == 0)
+        keys = {}
+        for name, host in hosts.items():
+            home = tmp_path / name
+            home.mkdir()
+            keys[name] = SecretKey.generate(f"host-{name}-1")
+            write_secret(home / "host.sec", keys[name].to_text())
+            run("nix-store", "--store", str(home / "store"), "--init")
+            host.peerix("serve", "--store-root", str(home / "store"), "--state-dir", str(home / "state"),
+                        "--sign-key-file", str(home / "host.sec"), "--name", f"host-{name}",
+                        "--upstream", cache.url, "--trusted-public-keys", cache.public_key, "--no-relays",
+                        "--no-discovery", "--iroh-listen", "0.0.0.0:12305", "--lan-interval", "0.5",
+                        "--lan-expiry", "3", log=home / "peerix.log")
+        for name, host in hosts.items():
+            wait_for(lambda: host.run("curl", "-sf", "http://127.0.0.1:12304/health", check=False).returncode == 0)
+            wait_for(lambda: all(f"host-{other}" in host.get("http://127.0.0.1:12304/api/v1/peers")
+                                 for other in names if other != name), timeout=10)
+        copies = {name: subprocess.Popen(host.command(
+            "env", f"XDG_CACHE_HOME={tmp_path / name / 'xdg'}", "nix", "copy", "--from", "http://127.0.0.1:12304",
+            "--to", str(tmp_path / name / "client"), "--option", "trusted-public-keys", keys[name].public.to_text(),
+            str(pulled)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, host in hosts.items()}
+        for name, copy in copies.items():
+            _, stderr = copy.communicate(timeout=300)
+            assert copy.returncode == 0, f"{name}: {stderr}"
+            nix("store", "verify", "--store", str(tmp_path / name / "client"), "-r", str(pulled), "--sigs-needed", "1",
+                "--trusted-public-keys", keys[name].public.to_text())
+        fetches = cache.nar_fetches()
+        assert sorted(fetches.values()) == [1] * len(closure_of(pulled)), fetches
+        assert cache.bytes_sent() <= 1.1 * cache.file_bytes()
+        followed = sum("via=peer" in (tmp_path / name / "peerix.log").read_text() for name in names)
+        assert followed >= 3  # every path had one host go upstream and the others follow it
+    finally:
+        net.close()

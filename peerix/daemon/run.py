@@ -28,10 +28,11 @@ from ..store.narcache import NarCache
 from ..store.substituter import Substituter
 from ..swarm.announcer import Announcer
 from ..swarm.candidates import CandidateSource, LanSource, TrackerSource
+from ..swarm.leases import Alone, LanLeases
 from ..swarm.peer_service import PeerService
 from ..swarm.peers import Peers
 from ..swarm.policy import Policy
-from ..swarm.pull_through import Alone, PullSettings, PullThrough
+from ..swarm.pull_through import PullSettings, PullThrough
 from ..swarm.remote import RemoteSettings, RemoteStore
 from ..swarm.reputation import Reputation
 from ..swarm.transfer import TransferSettings
@@ -132,7 +133,8 @@ async def run(config: Config) -> None:
                                      temporary_dir=str(config.state_dir), compression=config.compression)
         pull = None
         if held is not None and upstream is not None:
-            pull = PullThrough(upstream, held, policy, peers, Alone(), transfers,
+            leases = LanLeases(lan) if lan is not None else Alone()
+            pull = PullThrough(upstream, held, policy, peers, leases, transfers,
                                PullSettings(min_rate=config.pull_through_min_rate))
             stack.push_async_callback(pull.close)
         substituter.remote = RemoteStore(peers, policy, RemoteSettings(miss_ttl=config.miss_ttl, transfer=transfers),

@@ -19,46 +19,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from ..net.upstream import Upstream, UpstreamError
 from ..nix.narinfo import NarInfo
 from ..store.held import Growing, HeldError, HeldPaths
 from ..telemetry.metrics import Metrics
 from .candidates import Candidate
+from .leases import Leases
 from .peers import Peers
 from .policy import Policy
-from .transfer import NarFetchError, TransferSettings, open_range
+from .transfer import NarFetchError, PeerRange, TransferSettings, open_range
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Lease:
-    granted: bool
-    holder: Candidate | None = None  # who holds it, when it is not granted
-
-
-class Leases(Protocol):
-    """Who in the fleet downloads a path from the upstream."""
-
-    async def acquire(self, hash_part: str) -> Lease:
-        """Take the lease or renew it, or learn who holds it; never raises (no answer: granted)."""
-        ...
-
-    async def release(self, hash_part: str) -> None: ...
-
-
-class Alone:
-    """Nobody to agree with (no tracker): every host fetches for itself."""
-
-    async def acquire(self, hash_part: str) -> Lease:
-        return Lease(True)
-
-    async def release(self, hash_part: str) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -69,14 +43,16 @@ class PullSettings:
     rate_window: float = 5.0
 
 
+MAX_PEERS_ASKED = 4  # peers asked whether they hold a path whole before going to the lease
+
+
 class TooSlow(Exception):
-    pass
+    """A peer sends slower than min_rate: going upstream is faster."""
 
 
 class PullThrough:
     def __init__(self, upstream: Upstream, held: HeldPaths, policy: Policy, peers: Peers, leases: Leases,
-                 transfer: TransferSettings, settings: PullSettings = PullSettings(),
-                 on_held: Callable[[], None] = lambda: None) -> None:
+                 transfer: TransferSettings, settings: PullSettings = PullSettings()) -> None:
         self.upstream = upstream
         self.held = held
         self.policy = policy
@@ -84,7 +60,6 @@ class PullThrough:
         self.leases = leases
         self.transfer = transfer
         self.settings = settings
-        self.on_held = on_held  # a path was published: worth announcing
         self._downloads: dict[str, asyncio.Task] = {}
 
     @property
@@ -122,27 +97,22 @@ class PullThrough:
         hash_part, started = info.store_path.hash_part, time.monotonic()
         outcome, how = "failed", "upstream"
         try:
+            failed: set[str] = set()  # peers that failed us: not followed again for this path
             while growing.written < info.nar_size:
-                lease = await self.leases.acquire(hash_part)
+                if await self._from_peers(growing, info, failed):  # someone holds it whole by now
+                    how = "peer"
+                    break
+                lease = await self.leases.acquire(hash_part, failed)
                 if lease.granted or lease.holder is None:
                     await self._from_upstream(growing, info, lease.granted)
                     break
                 how = "peer"
                 self.metrics.lease_waits.inc()
-                try:
-                    await self._from_holder(growing, info, lease.holder)
-                except TooSlow as error:
-                    log.info("holder too slow path=%s peer=%s: going upstream (%s)", info.store_path,
-                             lease.holder.peer_id[:10], error)
-                    await self._from_upstream(growing, info, False)
-                except NarFetchError as error:  # the holder failed: take the lease over, or follow the next
+                if not await self._follow(growing, info, lease.holder, failed):
                     self.metrics.lease_takeovers.inc()
-                    log.info("holder failed path=%s peer=%s at byte %d: %s", info.store_path,
-                             lease.holder.peer_id[:10], growing.written, error)
             await asyncio.to_thread(growing.finish)
             self.held.publish(growing, info.to_text())
             outcome = "complete"
-            self.on_held()
         except (UpstreamError, HeldError, OSError) as error:
             growing.fail(error)
             self.held.abandon(growing)
@@ -176,28 +146,57 @@ class PullThrough:
                 with contextlib.suppress(Exception):
                     await self.leases.release(info.store_path.hash_part)
 
-    async def _from_holder(self, growing: Growing, info: NarInfo, holder: Candidate) -> None:
-        """The rest of the NAR from the host that holds the lease, following its copy as it grows.
-        NarFetchError when it fails or stalls; TooSlow when it cannot keep `min_rate`."""
-        source = await open_range(self.peers, holder, info, growing.written, info.nar_size, self.transfer,
-                                  self.metrics.peer_wire_bytes.labels("received").inc)
-        if source is None:
-            raise NarFetchError("the holder has no copy (any more)")
-        window_start, window_bytes = time.monotonic(), 0
+    async def _from_peers(self, growing: Growing, info: NarInfo, failed: set[str]) -> bool:
+        """The rest of the NAR from a peer that holds it whole now (it finished its own pull-through
+        while we looked elsewhere, say); False when none does."""
+        candidates = [c for c in await self.peers.candidates(info.store_path.hash_part, fresh=True)
+                      if c.peer_id not in failed]
+        for candidate in candidates[:MAX_PEERS_ASKED]:
+            if await self._follow(growing, info, candidate, failed, growing_copy=False):
+                return True
+        return False
+
+    async def _follow(self, growing: Growing, info: NarInfo, holder: Candidate, failed: set[str],
+                      growing_copy: bool = True) -> bool:
+        """The rest of the NAR from one peer: from a copy it holds whole or, with `growing_copy`, from
+        one it is still pulling through, following it. False when it has none, or fails or stalls (it
+        is then added to `failed`); when it cannot keep `min_rate`, the rest comes from the upstream,
+        whoever holds the lease."""
         try:
-            while growing.written < info.nar_size:
-                chunk = await source.read()
-                growing.write(chunk)
-                self.metrics.upstream_saved_bytes.inc(len(chunk))
-                self.metrics.peer_received_bytes.inc(len(chunk))
-                window_bytes += len(chunk)
-                elapsed = time.monotonic() - window_start
-                if elapsed >= self.settings.rate_window:
-                    if window_bytes / elapsed < self.settings.min_rate:
-                        raise TooSlow(f"{window_bytes / elapsed / (1 << 20):.2f} MiB/s")
-                    window_start, window_bytes = time.monotonic(), 0
-        finally:
-            await source.close()
+            source = await open_range(self.peers, holder, info, growing.written, info.nar_size, self.transfer,
+                                      self.metrics.peer_wire_bytes.labels("received").inc, growing_copy)
+            if source is None:
+                return False
+            try:
+                await self._copy(growing, source)
+            finally:
+                await source.close()
+            return True
+        except NarFetchError as error:
+            failed.add(holder.peer_id)
+            log.info("pull-through peer failed path=%s peer=%s at byte %d: %s", info.store_path,
+                     holder.peer_id[:10], growing.written, error)
+            return False
+        except TooSlow as error:
+            log.info("pull-through peer too slow path=%s peer=%s: going upstream (%s)", info.store_path,
+                     holder.peer_id[:10], error)
+            await self._from_upstream(growing, info, False)
+            return True
+
+    async def _copy(self, growing: Growing, source: PeerRange) -> None:
+        """A peer's range into the held copy, as fast as `min_rate` at least (else TooSlow)."""
+        window_start, window_bytes = time.monotonic(), 0
+        while growing.written < growing.info.nar_size:
+            chunk = await source.read()
+            growing.write(chunk)
+            self.metrics.upstream_saved_bytes.inc(len(chunk))
+            self.metrics.peer_received_bytes.inc(len(chunk))
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= self.settings.rate_window:
+                if window_bytes / elapsed < self.settings.min_rate:
+                    raise TooSlow(f"{window_bytes / elapsed / (1 << 20):.2f} MiB/s")
+                window_start, window_bytes = time.monotonic(), 0
 
     async def _next(self, chunks: AsyncIterator[bytes], source: str) -> bytes | None:
         try:

@@ -562,12 +562,14 @@ class NarTransfer:
 
 
 async def open_range(peers: Peers, candidate: Candidate, info: PathInfo, start: int, end: int,
-                     settings: TransferSettings, on_wire: Callable[[int], None]) -> PeerRange | None:
-    """Bytes [start, end) of a path's NAR from one peer; None when it does not have the NAR;
-    NarFetchError (counted against the peer) when it fails to start sending them."""
+                     settings: TransferSettings, on_wire: Callable[[int], None], growing: bool = True
+                     ) -> PeerRange | None:
+    """Bytes [start, end) of a path's NAR from one peer (`growing`: or from the copy it is still
+    pulling through); None when it does not have the NAR; NarFetchError (counted against the peer)
+    when it fails to start sending them."""
     peer = candidate.peer_id
     request = wire.NarRequest(info.store_path.hash_part, nix32.encode(info.nar_hash), start, end - start,
-                              zstd_request(settings.compression, candidate))
+                              zstd_request(settings.compression, candidate), growing)
     began = time.monotonic()
     try:
         async with asyncio.timeout(peers.query_timeout):

@@ -1,0 +1,75 @@
+"""Who in the fleet downloads a path from the upstream, so the internet sees each NAR once.
+
+A lease is short and renewable: its holder renews it while its download makes progress and gives it
+up when it ends or stalls, so a holder that dies or hangs loses it within seconds. Three ways to
+agree, by what the host has:
+- a tracker: it grants the lease to one host at a time and names the holder to the others;
+- only LAN peers: each host's announcements list the paths it is fetching (its claims); a host
+  claims a path nobody claims, waits a moment for a simultaneous claim, and the lowest peer id wins;
+- neither: every host fetches for itself.
+"""
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..net.lan import LanDiscovery
+from .candidates import Candidate
+
+
+@dataclass(frozen=True)
+class Lease:
+    granted: bool
+    holder: Candidate | None = None  # who holds it, when it is not granted
+
+
+class Leases(Protocol):
+    async def acquire(self, hash_part: str, excluding: Collection[str] = ()) -> Lease:
+        """Take the lease or renew it, or learn who holds it (other than the peers `excluding`, which
+        just failed us); never raises: when nobody can be asked, the lease is granted."""
+        ...
+
+    async def release(self, hash_part: str) -> None: ...
+
+
+class Alone:
+    """Nobody to agree with: every host fetches for itself."""
+
+    async def acquire(self, hash_part: str, excluding: Collection[str] = ()) -> Lease:
+        return Lease(True)
+
+    async def release(self, hash_part: str) -> None:
+        return None
+
+
+class LanLeases:
+    """Claims in LAN announcements: whoever claimed first holds it; at the same moment, the lowest id."""
+
+    def __init__(self, lan: LanDiscovery, settle: float = 0.1) -> None:
+        self.lan = lan
+        self.settle = settle  # how long a fresh claim waits for a simultaneous one to arrive
+
+    async def acquire(self, hash_part: str, excluding: Collection[str] = ()) -> Lease:
+        if hash_part in self.lan.pulling:
+            return Lease(True)  # ours already: renewed by every announcement
+        if (holder := self._holder(hash_part, excluding)) is not None:
+            return Lease(False, holder)
+        self.lan.claim(hash_part)
+        await asyncio.sleep(self.settle)
+        holder = self._holder(hash_part, excluding)
+        if holder is not None and holder.peer_id < self.lan.peer_id:
+            self.lan.unclaim(hash_part)
+            return Lease(False, holder)
+        return Lease(True)
+
+    async def release(self, hash_part: str) -> None:
+        self.lan.unclaim(hash_part)
+
+    def _holder(self, hash_part: str, excluding: Collection[str]) -> Candidate | None:
+        claimers = [peer for peer in self.lan.live_peers()
+                    if hash_part in peer.announcement.pulling and peer.announcement.peer_id not in excluding]
+        if not claimers:
+            return None
+        first = min(claimers, key=lambda peer: peer.announcement.peer_id)
+        return Candidate(first.announcement.address, first.source)
