@@ -22,7 +22,7 @@ let
   # Settings the dedicated options own; the free-form `settings` must not fight them.
   owned = {
     listen = "listen/port";
-    tracker = "trackerUrl";
+    tracker = "trackerUrls";
     lan = "lan.enable";
     lan_interface = "lan.interface";
     static_peers = "staticPeers";
@@ -37,8 +37,22 @@ let
   };
   trackerOwned = {
     listen = "services.peerix-tracker.listen/port";
-    db = "services.peerix-tracker.dataDir";
+    db = "services.peerix-tracker.database (dataDir for SQLite)";
+    db_password_file = "services.peerix-tracker.database.passwordFile";
   };
+
+  # The tracker's database: a file in dataDir, a local PostgreSQL reached as the service's own user over
+  # the socket (peer authentication: no password anywhere), or a URL whose password comes in a file.
+  db = tcfg.database;
+  localDatabase = db.type == "postgresql" && db.createLocally;
+  trackerName = "peerix-tracker"; # the service, its dynamic user, and with createLocally the role and database
+  trackerDb =
+    if db.type == "sqlite" then
+      "${tcfg.dataDir}/tracker.sqlite"
+    else if db.createLocally then
+      "postgresql://${trackerName}@/${trackerName}?host=/run/postgresql"
+    else
+      db.url;
 
   keyDir = "/var/lib/peerix-key";
   generatedKey = "${keyDir}/host.key";
@@ -47,7 +61,7 @@ let
 
   daemonSettings = cfg.settings // {
     listen = "${bracket cfg.listen}:${toString cfg.port}";
-    tracker = if cfg.trackerUrl == null then "none" else cfg.trackerUrl;
+    tracker = if cfg.trackerUrls == [ ] then "none" else cfg.trackerUrls;
     lan = cfg.lan.enable;
     static_peers = cfg.staticPeers;
     trusted_public_keys = cfg.trustedPublicKeys;
@@ -98,6 +112,12 @@ let
   };
 in
 {
+  imports = [
+    (lib.mkChangedOptionModule [ "services" "peerix" "trackerUrl" ] [ "services" "peerix" "trackerUrls" ] (
+      config: lib.toList config.services.peerix.trackerUrl
+    ))
+  ];
+
   options.services.peerix = {
     enable = mkEnableOption "the peerix daemon, a peer-to-peer binary cache that the local Nix substitutes from";
 
@@ -132,11 +152,14 @@ in
       description = "Open the iroh port (UDP `irohPort`) and, with LAN discovery, its UDP port 12304.";
     };
 
-    trackerUrl = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "http://tracker.example.org:12305";
-      description = "URL of the tracker; null: no tracker, peers are found on the LAN and by `staticPeers` only.";
+    trackerUrls = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "http://tracker-1.example.org:12305"
+        "http://tracker-2.example.org:12305"
+      ];
+      description = "URLs of the tracker: several are replicas of one tracker, used one at a time, the next when one fails. Empty: no tracker, peers are found on the LAN and by `staticPeers` only.";
     };
 
     lan = {
@@ -254,6 +277,34 @@ in
       description = "Directory of the tracker's SQLite database; under /var/lib (a systemd StateDirectory of the service's dynamic user).";
     };
 
+    database = {
+      type = mkOption {
+        type = types.enum [
+          "sqlite"
+          "postgresql"
+        ];
+        default = "sqlite";
+        description = "Where the tracker keeps its index: an SQLite file in `dataDir` (one tracker process), or PostgreSQL, which several trackers (replicas) can share.";
+      };
+      createLocally = mkOption {
+        type = types.bool;
+        default = true;
+        description = "With PostgreSQL: run it on this host (`services.postgresql`) with a database and a role named ${trackerName}, reached over the unix socket with peer authentication, so no password exists. False: use `url`.";
+      };
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "postgresql://peerix-tracker@db.example.org:5432/peerix-tracker";
+        description = "With PostgreSQL and `createLocally = false`: the database's URL, without a password (`?host=/run/postgresql` for a unix socket).";
+      };
+      passwordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/peerix-tracker-db";
+        description = "With `url`: a file holding the database password, read by the service as a systemd credential. Never a path literal: that would copy the secret into the world-readable store.";
+      };
+    };
+
     settings = mkOption {
       type = toml.type;
       default = { };
@@ -271,8 +322,8 @@ in
       assertions =
         [
           {
-            assertion = cfg.trackerUrl != null || cfg.lan.enable || cfg.staticPeers != [ ];
-            message = "services.peerix: with no trackerUrl, lan.enable = false and no staticPeers, peerix cannot find any peer.";
+            assertion = cfg.trackerUrls != [ ] || cfg.lan.enable || cfg.staticPeers != [ ];
+            message = "services.peerix: with no trackerUrls, lan.enable = false and no staticPeers, peerix cannot find any peer.";
           }
           {
             assertion = cfg.privateKeyFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.privateKeyFile);
@@ -365,6 +416,26 @@ in
             assertion = lib.hasPrefix "/var/lib/" tcfg.dataDir;
             message = "services.peerix-tracker.dataDir must be under /var/lib: it is the service's StateDirectory.";
           }
+          {
+            assertion = db.type == "postgresql" || (db.url == null && db.passwordFile == null);
+            message = "services.peerix-tracker.database.url and passwordFile are for database.type = \"postgresql\".";
+          }
+          {
+            assertion = db.type == "sqlite" || db.createLocally != (db.url != null);
+            message = "services.peerix-tracker.database: give a url, or createLocally = true (the default), not both.";
+          }
+          {
+            assertion = !localDatabase || db.passwordFile == null;
+            message = "services.peerix-tracker.database.passwordFile: createLocally uses peer authentication over the socket, without a password.";
+          }
+          {
+            assertion = db.url == null || builtins.match "[a-z]+://[^@/]*:[^@/]*@.*" db.url == null;
+            message = "services.peerix-tracker.database.url must not hold a password (it would land in the store): use passwordFile.";
+          }
+          {
+            assertion = db.passwordFile == null || !lib.hasPrefix builtins.storeDir (toString db.passwordFile);
+            message = "services.peerix-tracker.database.passwordFile must not be in the Nix store: anyone could read it there.";
+          }
         ]
         ++ lib.mapAttrsToList (key: option: {
           assertion = !(tcfg.settings ? ${key});
@@ -373,24 +444,45 @@ in
 
       networking.firewall = mkIf tcfg.openFirewall { allowedTCPPorts = [ tcfg.port ]; };
 
+      services.postgresql = mkIf localDatabase {
+        enable = true;
+        ensureDatabases = [ trackerName ];
+        ensureUsers = [
+          {
+            name = trackerName;
+            ensureDBOwnership = true;
+          }
+        ];
+        # The service's own (dynamic) user logs in as the role of the same name over the socket.
+        authentication = lib.mkBefore "local ${trackerName} ${trackerName} peer";
+      };
+
       systemd.services.peerix-tracker = {
         description = "peerix tracker";
         wantedBy = [ "multi-user.target" ];
         wants = [ "network-online.target" ];
-        after = [ "network-online.target" ];
+        requires = lib.optional localDatabase "postgresql.service";
+        after = [ "network-online.target" ] ++ lib.optional localDatabase "postgresql.service";
         serviceConfig = hardening // {
-          ExecStart = lib.escapeShellArgs [
-            "${tcfg.package}/bin/peerix-tracker"
-            "serve"
-            "--config"
-            (toml.generate "peerix-tracker.toml" (
-              tcfg.settings
-              // {
-                listen = "${bracket tcfg.listen}:${toString tcfg.port}";
-                db = "${tcfg.dataDir}/tracker.sqlite";
-              }
-            ))
-          ];
+          ExecStart = lib.escapeShellArgs (
+            [
+              "${tcfg.package}/bin/peerix-tracker"
+              "serve"
+              "--config"
+              (toml.generate "peerix-tracker.toml" (
+                tcfg.settings
+                // {
+                  listen = "${bracket tcfg.listen}:${toString tcfg.port}";
+                  db = trackerDb;
+                }
+              ))
+            ]
+            ++ lib.optionals (db.passwordFile != null) [
+              "--db-password-file"
+              "%d/db-password"
+            ]
+          );
+          LoadCredential = lib.optional (db.passwordFile != null) "db-password:${db.passwordFile}";
           StateDirectory = lib.removePrefix "/var/lib/" tcfg.dataDir;
           StateDirectoryMode = "0700";
           RestrictAddressFamilies = [

@@ -12,7 +12,7 @@ let
       imports = [ self.nixosModules.peerix ];
       services.peerix = {
         enable = true;
-        trackerUrl = "http://tracker:12305";
+        trackerUrls = [ "http://tracker:12305" ];
         lan.enable = false;
         openFirewall = true;
         trustedPublicKeys = [ clusterPublic ];

@@ -1,16 +1,18 @@
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from nixtools import HERE, build, copy_to, why_no_nix
+from postgres import PostgresServer, why_no_postgres
 
 ROOT = HERE.parent
 
@@ -129,16 +131,51 @@ def keypair(tmp_path: Path) -> tuple[Path, Path]:
     return secret, public
 
 
+# The tracker's storage backends: every tracker test runs on each (`backend` is parametrised).
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's own PostgreSQL server (each test makes databases of its own); removed at the end."""
+    if why := why_no_postgres():
+        pytest.skip(why)
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def new_database(request: pytest.FixtureRequest, backend: str, directory: Path, name: str) -> Path | str:
+    """A fresh database for a tracker: an SQLite file in `directory`, or a new PostgreSQL database's URL."""
+    if backend == "sqlite":
+        return directory / f"{name}.db"
+    return request.getfixturevalue("postgres").create_database()
+
+
 @pytest.fixture
-def start_tracker(tmp_path: Path) -> Iterator:
-    """Start real `peerix-tracker serve` processes (see trackertools); all are stopped after the test."""
+def tracker_db(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Callable[..., Path | str]:
+    """Make a fresh database of the test's backend: `tracker_db(name)`."""
+    return lambda name="tracker": new_database(request, backend, tmp_path, name)
+
+
+@pytest.fixture
+def start_tracker(tmp_path: Path, tracker_db: Callable[..., Path | str]) -> Iterator:
+    """Start real `peerix-tracker serve` processes (see trackertools), each on a database of its own unless
+    `db` names one (replicas); all are stopped after the test."""
     from trackertools import UNLIMITED, TrackerProcess
 
     trackers: list[TrackerProcess] = []
+    numbers = itertools.count()  # tests may start trackers from several threads at once
 
-    def start(*args: str, limits: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1") -> TrackerProcess:
-        name = f"tracker-{len(trackers)}"
-        tracker = TrackerProcess(tmp_path / f"{name}.db", tmp_path / f"{name}.log", (*limits, *args), host)
+    def start(*args: str, limits: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1",
+              db: Path | str | None = None) -> TrackerProcess:
+        name = f"tracker-{next(numbers)}"
+        tracker = TrackerProcess(db or tracker_db(name), tmp_path / f"{name}.log", (*limits, *args), host)
         trackers.append(tracker)
         return tracker
 

@@ -18,7 +18,7 @@ def test_defaults() -> None:
     settings = load()
     assert settings.listen == ("127.0.0.1", 12304) and settings.priority == 30
     assert settings.trusted_public_keys == (CACHE_NIXOS_ORG_KEY,)
-    assert settings.relays and settings.discovery and settings.tracker is None
+    assert settings.relays and settings.discovery and settings.tracker == ()
     assert settings.accept is Accept.EITHER and settings.serve is Serve.SIGNED_OR_UPSTREAM
     assert settings.nar_cache_size == 1 << 30
 
@@ -40,16 +40,26 @@ exclude = ["*-secrets*", "*-source"]
 ''')
     from_file = load("--config", str(file))
     assert from_file.listen == ("::1", 4000) and from_file.priority == 10
-    assert from_file.tracker == "http://tracker.example:8080" and not from_file.relays
+    assert from_file.tracker == ("http://tracker.example:8080",) and not from_file.relays
     assert from_file.trusted_public_keys == (A, B)
     assert from_file.nar_cache_size == 512 << 20 and from_file.serve is Serve.SIGNED
     assert from_file.exclude == ("*-secrets*", "*-source")
     flags = load("--config", str(file), "--priority", "20", "--relays", "--trusted-public-keys", C,
                  "--tracker", "none", "--exclude", "*.key", "--exclude", "*-home-*")
-    assert flags.priority == 20 and flags.relays and flags.tracker is None
+    assert flags.priority == 20 and flags.relays and flags.tracker == ()
     assert flags.exclude == ("*.key", "*-home-*")
     assert flags.trusted_public_keys == (C,)
     assert flags.listen == ("::1", 4000)  # untouched by flags: still the file's
+
+
+def test_several_trackers(tmp_path: Path) -> None:
+    """Replicas of one tracker: a list in TOML, a repeated flag; --no-tracker still wins."""
+    file = tmp_path / "peerix.toml"
+    file.write_text('tracker = ["http://t1.example:12305", "https://t2.example/"]\n')
+    assert load("--config", str(file)).tracker == ("http://t1.example:12305", "https://t2.example")
+    flags = load("--config", str(file), "--tracker", "http://a:1", "--tracker", "http://b:2")
+    assert flags.tracker == ("http://a:1", "http://b:2")
+    assert load("--config", str(file), "--no-tracker").tracker == ()
 
 
 @pytest.mark.parametrize("content, message", [

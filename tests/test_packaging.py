@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,6 +51,90 @@ def test_readme_documents_every_module_option_and_its_default() -> None:
     for name, option in options.items():
         default = option["default"] if name.endswith(".package") else json.dumps(option["default"])
         assert documented[name] == (option["type"], default), name
+
+
+def evaluate(settings: str) -> dict:
+    """module.nix's config for a NixOS configuration's settings (a Nix attribute set), with the messages of
+    its failing assertions, evaluated with the stub lib."""
+    expression = f"let lib = import ./tests/nix/stub-lib.nix; in lib.evalModule ./module.nix ({settings})"
+    return json.loads(run("nix-instantiate", "--eval", "--strict", "--json", "-E", expression, cwd=ROOT).stdout)
+
+
+def command(evaluated: dict, service: str) -> tuple[list[str], dict]:
+    """A service's command line, and the settings of the TOML file it is given (the stub renders them as JSON)."""
+    args = shlex.split(evaluated["config"]["systemd"]["services"][service]["serviceConfig"]["ExecStart"])
+    return args, json.loads(args[args.index("--config") + 1].split(":", 1)[1])
+
+
+def as_toml(settings: dict, path: Path) -> Path:
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+    return path
+
+
+def test_the_module_runs_the_tracker_on_sqlite_or_postgresql(tmp_path: Path) -> None:
+    from tracker.cli import build_parser
+    from tracker.config import load
+
+    def tracker_config(evaluated: dict):
+        args, settings = command(evaluated, "peerix-tracker")
+        return args, load(build_parser().parse_args(["serve", "--config", str(as_toml(settings, tmp_path / "t.toml"))]))
+
+    sqlite = evaluate("{ services.peerix-tracker.enable = true; }")
+    args, config = tracker_config(sqlite)
+    assert sqlite["failed"] == [] and "postgresql" not in sqlite["config"]["services"]
+    assert config.db == Path("/var/lib/peerix-tracker/tracker.sqlite") and "--db-password-file" not in args
+
+    local = evaluate('{ services.peerix-tracker = { enable = true; database.type = "postgresql"; }; }')
+    args, config = tracker_config(local)
+    postgresql = local["config"]["services"]["postgresql"]
+    assert local["failed"] == [] and postgresql["enable"]
+    assert postgresql["ensureDatabases"] == ["peerix-tracker"]
+    assert postgresql["ensureUsers"] == [{"name": "peerix-tracker", "ensureDBOwnership": True}]
+    assert "local peerix-tracker peerix-tracker peer" in postgresql["authentication"]
+    assert config.db == "postgresql://peerix-tracker@/peerix-tracker?host=/run/postgresql"
+    assert config.db_password is None
+    unit = local["config"]["systemd"]["services"]["peerix-tracker"]
+    assert "postgresql.service" in unit["requires"] and "postgresql.service" in unit["after"]
+
+    remote = evaluate('{ services.peerix-tracker = { enable = true; database = { type = "postgresql"; '
+                      'createLocally = false; url = "postgresql://tracker@db.example.org:5432/peerix"; '
+                      'passwordFile = "/run/secrets/tracker-db"; }; }; }')
+    args, settings = command(remote, "peerix-tracker")
+    assert remote["failed"] == [] and "postgresql" not in remote["config"]["services"]
+    assert settings["db"] == "postgresql://tracker@db.example.org:5432/peerix"
+    assert args[args.index("--db-password-file") + 1] == "%d/db-password"
+    assert remote["config"]["systemd"]["services"]["peerix-tracker"]["serviceConfig"]["LoadCredential"] == [
+        "db-password:/run/secrets/tracker-db"]
+
+
+@pytest.mark.parametrize("database, message", [
+    ('{ url = "postgresql://t@db/p"; }', "are for database.type"),
+    ('{ type = "postgresql"; url = "postgresql://t@db/p"; }', "give a url, or createLocally"),
+    ('{ type = "postgresql"; createLocally = false; }', "give a url, or createLocally"),
+    ('{ type = "postgresql"; passwordFile = "/run/secrets/x"; }', "peer authentication"),
+    ('{ type = "postgresql"; createLocally = false; url = "postgresql://t:hunter2@db/p"; }',
+     "must not hold a password"),
+    ('{ type = "postgresql"; createLocally = false; url = "postgresql://t@db/p"; passwordFile = "/nix/store/x"; }',
+     "must not be in the Nix store"),
+])
+def test_the_module_refuses_contradicting_database_settings(database: str, message: str) -> None:
+    failed = evaluate(f"{{ services.peerix-tracker = {{ enable = true; database = {database}; }}; }}")["failed"]
+    assert len(failed) == 1 and message in failed[0], failed
+
+
+def test_the_module_gives_the_daemon_every_tracker(tmp_path: Path) -> None:
+    from peerix.cli.main import build_parser
+    from peerix.daemon.config import load
+
+    evaluated = evaluate('{ services.peerix = { enable = true; '
+                         'trackerUrls = [ "http://t1:12305" "http://t2:12305" ]; }; }')
+    _, settings = command(evaluated, "peerix")
+    assert evaluated["failed"] == [] and settings["tracker"] == ["http://t1:12305", "http://t2:12305"]
+    file = as_toml(settings, tmp_path / "peerix.toml")
+    assert load(build_parser().parse_args(["serve", "--config", str(file)])).tracker == ("http://t1:12305",
+                                                                                        "http://t2:12305")
+    alone = evaluate("{ services.peerix = { enable = true; lan.enable = false; }; }")
+    assert command(alone, "peerix")[1]["tracker"] == "none" and "cannot find any peer" in alone["failed"][0]
 
 
 def test_readme_documents_every_daemon_setting() -> None:

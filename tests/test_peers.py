@@ -154,7 +154,8 @@ def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFl
         assert answer.status_code == 200
         a.process.kill()
         a.process.wait()
-        assert httpx.get(f"{c.url}/{NarInfo.parse(answer.text).url}", timeout=30).status_code == 404
+        # A failed (a 503 that Nix retries: it may be back in a moment); the banned liar is not asked.
+        assert httpx.get(f"{c.url}/{NarInfo.parse(answer.text).url}", timeout=30).status_code == 503
     finally:
         liar.send_signal(signal.SIGTERM)
         rest, _ = liar.communicate(timeout=10)
@@ -282,7 +283,7 @@ def test_a_refused_daemon_asks_again_in_minutes_and_says_so_once(tmp_path: Path)
 
         def refusals() -> float:
             for line in httpx.get(fleet.tracker_url + "/metrics", timeout=5).text.splitlines():
-                if line.startswith('peerix_tracker_refusals_total{code="not_member"} '):
+                if line.startswith('peerix_tracker_refusals_total{code="not_member",'):  # and replica=
                     return float(line.split()[-1])
             return 0.0
 

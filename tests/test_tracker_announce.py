@@ -7,11 +7,14 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from peerix.net.tracker_protocol import LOOKUP_PATH, PEERS_PATH
-from tracker.db import SCHEMA_VERSION
+from tracker import postgres, sqlite
 
-from trackertools import TrackerProcess, announce, error_of, holders, new_key, random_hashes, signed
+from trackertools import TrackerProcess, announce, assert_whole, error_of, holders, new_key, random_hashes, signed
+
+SCHEMA_VERSION = {"sqlite": sqlite.SCHEMA_VERSION, "postgresql": postgres.SCHEMA_VERSION}
 
 
 def peer_id(key) -> str:
@@ -161,7 +164,7 @@ def test_deregister_leaves_and_forget_removes(start_tracker) -> None:
     assert bad.status_code == 400 and error_of(bad) == "invalid_request"
 
 
-def test_restart_keeps_everything(start_tracker) -> None:
+def test_restart_keeps_everything(start_tracker, backend: str) -> None:
     tracker = start_tracker()
     keys = [new_key() for _ in range(3)]
     sets = [random_hashes(200) for _ in keys]
@@ -177,7 +180,8 @@ def test_restart_keeps_everything(start_tracker) -> None:
     assert response.status_code == 200 and response.json() == {"seq": seqs[0] + 1, "paths": 100}
     health = tracker.get("/health").json()
     assert health["paths"] == 500 and health["holdings"] == 500
-    assert health["database"]["schema_version"] == SCHEMA_VERSION
+    assert health["database"]["schema_version"] == SCHEMA_VERSION[backend]
+    assert_whole(tracker.db)
 
 
 def test_a_crash_mid_announce_leaves_the_previous_set_whole(start_tracker) -> None:
@@ -198,8 +202,7 @@ def test_a_crash_mid_announce_leaves_the_previous_set_whole(start_tracker) -> No
     tracker.stop(signal.SIGKILL)
     thread.join()
 
-    with sqlite3.connect(tracker.db) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert_whole(tracker.db)
     tracker.start()
     count = peers(tracker)[peer_id(key)]["paths"]
     assert count in (1000, 150_000)
@@ -217,6 +220,7 @@ def _ignore_errors(call) -> None:
         pass  # the tracker was killed under it
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL has had one schema version so far
 def test_a_version_1_database_is_migrated_and_keeps_its_peers(start_tracker) -> None:
     """A database from before departures existed: the peers and sets survive the migration."""
     tracker = start_tracker()
@@ -228,4 +232,4 @@ def test_a_version_1_database_is_migrated_and_keeps_its_peers(start_tracker) -> 
         old.execute("PRAGMA user_version = 1")
     tracker.start()
     assert holders(tracker, hashes[0]) == [peer_id(key)]
-    assert tracker.get("/health").json()["database"]["schema_version"] == SCHEMA_VERSION == 2
+    assert tracker.get("/health").json()["database"]["schema_version"] == SCHEMA_VERSION["sqlite"] == 2

@@ -8,6 +8,7 @@ import pytest
 
 from peerix.net.tracker_protocol import ANNOUNCE_PATH, LOOKUP_PATH, PEERS_PATH, sign
 
+from conftest import BACKENDS, new_database
 from trackertools import (
     TrackerProcess,
     announce,
@@ -20,9 +21,10 @@ from trackertools import (
 )
 
 
-@pytest.fixture(scope="module")
-def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerProcess]:
-    with running_tracker(tmp_path_factory.mktemp("auth")) as tracker:
+@pytest.fixture(scope="module", params=BACKENDS)
+def tracker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerProcess]:
+    directory = tmp_path_factory.mktemp("auth")
+    with running_tracker(new_database(request, request.param, directory, "tracker"), directory) as tracker:
         yield tracker
 
 

@@ -194,7 +194,7 @@ async def test_backoff_grows_and_resets(start_tracker, tmp_path: Path) -> None:
         with pytest.raises(TrackerError, match="unreachable"):
             await client.lookup(hash_part)
         delay = client.backoff_remaining
-        client._backoff_until = 0  # skip the wait, keep the count of failures
+        client._trackers[0].down_until = 0  # skip the wait, keep the count of failures
         return delay
 
     tracker.stop()

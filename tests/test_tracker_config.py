@@ -74,6 +74,10 @@ def test_allowlist_file_and_token_file(tmp_path: Path) -> None:
     (["--db", "t.db", "--membership", "token"], "needs --token-file"),
     (["--db", "t.db", "--membership", "open", "--allow", PEER_A], "membership is open but allowlist"),
     (["--db", "t.db", "--offline-after", "1h", "--remove-after", "30m"], "remove_after must be longer"),
+    (["--db", "t.db", "--db-password-file", "pw"], "db_password_file is for a PostgreSQL database"),
+    (["--db", "postgresql://tracker:hunter2@db.example/peerix"], "password does not go in the URL"),
+    (["--db", "postgres://tracker@/peerix?host=/run/postgresql&password=x"], "password does not go in the URL"),
+    (["--db", "postgresql://tracker@db.example:port/peerix"], "not a PostgreSQL URL"),
 ])
 def test_contradictions_and_bad_values_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -101,11 +105,12 @@ def test_bad_files_are_explained(tmp_path: Path) -> None:
 
 def test_command_help_and_errors(tmp_path: Path) -> None:
     result = tracker_command("serve", "--help")
-    assert result.returncode == 0 and "--db FILE" in result.stdout and "--token-file" in result.stdout
+    assert result.returncode == 0 and "--db FILE|URL" in result.stdout and "--token-file" in result.stdout
     result = tracker_command("serve")
     assert result.returncode == 2 and "no database" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_refuses_a_database_it_cannot_own(tmp_path: Path, start_tracker) -> None:
     newer = tmp_path / "newer.db"
     with sqlite3.connect(newer) as db:

@@ -1,9 +1,7 @@
 """The single lookup's fast path answers as the Starlette route did: headers, refusals, metrics, failures."""
 
-import sqlite3
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -12,11 +10,11 @@ from peerix.net.tracker_protocol import LOOKUP_PATH, pack_hash
 from tracker.app import Tracker, create_app
 from tracker.auth import Authenticator
 from tracker.config import Config
-from tracker.db import Database
 from tracker.metrics import Metrics
 from tracker.model import Addresses, Announce
 from tracker.ratelimit import RateLimiter
-from tracker.registry import Registry
+from tracker.server import open_storage
+from tracker.storage import DatabaseError
 from tracker.sweep import Sweeper
 
 from trackertools import random_hashes
@@ -25,26 +23,24 @@ HASH, OTHER = random_hashes(2)
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Tracker]]:
-    config = Config(db=tmp_path / "t.db", address_rate=1, address_burst=5)
-    db = Database(config.db)
-    await db.open()
-    registry = Registry(db, config.offline_after)
-    await registry.load()
-    await registry.announce(b"\1" * 32, Announce("one", Addresses("01" * 32), hashes=[pack_hash(HASH)]), time.time())
-    metrics = Metrics()
+async def setup(tracker_db: Callable) -> AsyncIterator[tuple[httpx.AsyncClient, Tracker]]:
+    config = Config(db=tracker_db(), address_rate=1, address_burst=5)
+    storage = open_storage(config.db)
+    await storage.open()
+    await storage.announce(b"\1" * 32, Announce("one", Addresses("01" * 32), hashes=[pack_hash(HASH)]), time.time())
+    metrics = Metrics(config.replica)
     now = time.time()
-    tracker = Tracker(config, registry, Authenticator("open", frozenset(), (), 60, now),
+    tracker = Tracker(config, storage, Authenticator("open", frozenset(), (), 60, now),
                       RateLimiter(config.address_rate, config.address_burst), RateLimiter(1, 30), metrics,
-                      Sweeper(registry, config.remove_after, config.sweep_interval, metrics), now)
+                      Sweeper(storage, config.remove_after, config.sweep_interval, metrics), now)
     transport = httpx.ASGITransport(app=create_app(tracker), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://tracker") as client:
         yield client, tracker
-    await db.close()
+    await storage.close()
 
 
 def sample(tracker: Tracker, name: str, **labels: str) -> float | None:
-    return tracker.metrics.registry.get_sample_value(name, labels)
+    return tracker.metrics.registry.get_sample_value(name, {**labels, "replica": tracker.config.replica})
 
 
 async def test_answers_and_refusals(setup: tuple[httpx.AsyncClient, Tracker]) -> None:
@@ -78,17 +74,17 @@ async def test_answers_and_refusals(setup: tuple[httpx.AsyncClient, Tracker]) ->
 async def test_failures(setup: tuple[httpx.AsyncClient, Tracker], monkeypatch: pytest.MonkeyPatch) -> None:
     client, tracker = setup
 
-    def database_fails(*args: object) -> list:
-        raise sqlite3.OperationalError("disk I/O error")
+    async def database_fails(*args: object) -> list:
+        raise DatabaseError("disk I/O error")
 
-    monkeypatch.setattr(tracker.registry, "lookup", database_fails)
+    monkeypatch.setattr(tracker.storage, "holders", database_fails)
     failed = await client.get(f"{LOOKUP_PATH}/{HASH}")
     assert failed.status_code == 503 and failed.json()["error"]["code"] == "unavailable"
 
-    def bug(*args: object) -> list:
+    async def bug(*args: object) -> list:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(tracker.registry, "lookup", bug)
+    monkeypatch.setattr(tracker.storage, "holders", bug)
     failed = await client.get(f"{LOOKUP_PATH}/{HASH}")
     assert failed.status_code == 500 and failed.json() == {
         "error": {"code": "internal", "message": "the tracker failed; this is a bug"}}

@@ -10,6 +10,7 @@ import pytest
 
 from peerix.net.tracker_protocol import ANNOUNCE_PATH, LOOKUP_PATH, PEERS_PATH
 
+from conftest import BACKENDS, new_database
 from trackertools import (
     TrackerProcess,
     announce,
@@ -24,10 +25,11 @@ from trackertools import (
 HASH = random_hashes(1)[0]
 
 
-@pytest.fixture(scope="module")
-def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerProcess]:
-    with running_tracker(tmp_path_factory.mktemp("limits"), "--max-body", "64K", "--max-announce-hashes", "1000",
-                         "--max-lookup-hashes", "100") as tracker:
+@pytest.fixture(scope="module", params=BACKENDS)
+def tracker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackerProcess]:
+    directory = tmp_path_factory.mktemp("limits")
+    with running_tracker(new_database(request, request.param, directory, "tracker"), directory, "--max-body", "64K",
+                         "--max-announce-hashes", "1000", "--max-lookup-hashes", "100") as tracker:
         yield tracker
         assert "Traceback" not in tracker.log and " 500 " not in tracker.log
 

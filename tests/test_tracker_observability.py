@@ -3,13 +3,12 @@
 import asyncio
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from peerix.net.tracker_protocol import LOOKUP_PATH, PEERS_PATH, pack_hash
-from tracker.db import Database
 from tracker.metrics import Metrics
 from tracker.model import Addresses, Announce
-from tracker.registry import Registry
+from tracker.server import open_storage
 from tracker.sweep import Sweeper
 
 from trackertools import announce, new_key, random_hashes, signed
@@ -58,16 +57,15 @@ def test_health_metrics_and_audit(start_tracker) -> None:
     assert "kind=delta" in audit[1] and "added=2 removed=1 paths=11" in audit[1]
 
 
-async def test_the_sweep_reports_how_it_went(tmp_path: Path) -> None:
-    db = Database(tmp_path / "t.db")
-    await db.open()
-    registry = Registry(db, offline_after=60)
+async def test_the_sweep_reports_how_it_went(tracker_db: Callable) -> None:
+    storage = open_storage(tracker_db())
+    await storage.open()
     hashes = [pack_hash(h) for h in random_hashes(3)]
     long_ago = time.time() - 7200
-    await registry.announce(os.urandom(32), Announce("old", Addresses("x"), hashes=hashes), long_ago)
-    await registry.announce(os.urandom(32), Announce("new", Addresses("y"), hashes=hashes[:1]), time.time())
-    metrics = Metrics()
-    sweeper = Sweeper(registry, remove_after=3600, interval=0.05, metrics=metrics)
+    await storage.announce(os.urandom(32), Announce("old", Addresses("x"), hashes=hashes), long_ago)
+    await storage.announce(os.urandom(32), Announce("new", Addresses("y"), hashes=hashes[:1]), time.time())
+    metrics = Metrics("replica-1")
+    sweeper = Sweeper(storage, remove_after=3600, interval=0.05, metrics=metrics)
     assert sweeper.status(time.time())["status"] == "stopped"
 
     sweeper.start()
@@ -76,17 +74,18 @@ async def test_the_sweep_reports_how_it_went(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
     status = sweeper.status(time.time())
     assert status["status"] == "ok" and status["last_removed"] == 1
-    assert [peer.name for peer in registry.peers()] == ["new"] and db.path_count == 1
+    assert [peer.name for peer in await storage.peers()] == ["new"] and (await storage.counts(0)).paths == 1
     assert sweeper.status(time.time() + 1)["status"] == "late"
 
-    await sweeper.stop()  # else a sweep may remove the stale peer before the database closes, and never fail
-    await registry.announce(os.urandom(32), Announce("stale", Addresses("z"), hashes=hashes), long_ago)
-    await db.close()  # the next sweep cannot reach the database
+    await sweeper.stop()  # else a sweep may remove the stale peer before the storage closes, and never fail
+    await storage.announce(os.urandom(32), Announce("stale", Addresses("z"), hashes=hashes), long_ago)
+    await storage.close()  # the next sweep cannot reach the database
     sweeper.start()
     async with asyncio.timeout(30):
         while sweeper.last_error is None:
             await asyncio.sleep(0.02)
     assert sweeper.status(time.time())["status"] == "failed" and "closed" in sweeper.last_error
-    assert metrics.registry.get_sample_value("peerix_tracker_sweeps_total", {"result": "failed"}) >= 1
+    assert metrics.registry.get_sample_value("peerix_tracker_sweeps_total",
+                                             {"result": "failed", "replica": "replica-1"}) >= 1
     await sweeper.stop()
     assert sweeper.status(time.time())["status"] == "stopped"

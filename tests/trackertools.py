@@ -1,17 +1,24 @@
 """A real `peerix-tracker serve` process on loopback for tests, and ways to talk to it."""
 
+import asyncio
 import json
+import os
 import random
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 import nacl.signing
+from prometheus_client.parser import text_string_to_metric_families
 
 from peerix.net.tracker_protocol import ANNOUNCE_PATH, LOOKUP_PATH, sign
 from peerix.nix import nix32
@@ -24,11 +31,13 @@ UNLIMITED = ("--address-rate", "100000", "--address-burst", "100000", "--peer-ra
 
 
 class TrackerProcess:
-    """`peerix-tracker serve` on a database file; its log is kept for assertions."""
+    """`peerix-tracker serve` on a database (a file or a PostgreSQL URL); its log is kept for assertions."""
 
-    def __init__(self, db: Path, log_path: Path, args: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1") -> None:
+    def __init__(self, db: Path | str, log_path: Path, args: tuple[str, ...] = UNLIMITED,
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
         self.db = db
         self.args = args
+        self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.host = host  # the address it listens on; it is always reached at 127.0.0.1 unless told otherwise
         self.port = free_port()
@@ -41,7 +50,7 @@ class TrackerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tracker.cli", "serve", "--db", str(self.db),
                  "--listen", f"{self.host}:{self.port}", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
             )
         deadline = time.monotonic() + 20
         while True:
@@ -81,21 +90,59 @@ class TrackerProcess:
         return httpx.get(self.url + path, timeout=10, **kw)
 
     def metric(self, name: str) -> float:
-        """The value of one sample of /metrics, e.g. 'peerix_tracker_announces_total{kind="delta"}' (0 if absent)."""
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
+        """The value of one sample of /metrics, e.g. 'peerix_tracker_announces_total{kind="delta"}' (0 if absent);
+        the label every replica's own counters carry, `replica`, is not named."""
+        wanted_name, _, labels = name.partition("{")
+        wanted = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == wanted_name and {k: v for k, v in sample.labels.items() if k != "replica"} == wanted:
+                    return sample.value
         return 0.0
 
 
 @contextmanager
-def running_tracker(directory: Path, *args: str, limits: tuple[str, ...] = UNLIMITED) -> Iterator[TrackerProcess]:
-    """A tracker for a whole test module (from tmp_path_factory), where tests cannot disturb each other."""
-    tracker = TrackerProcess(directory / "tracker.db", directory / "tracker.log", (*limits, *args))
+def running_tracker(db: Path | str, directory: Path, *args: str,
+                    limits: tuple[str, ...] = UNLIMITED) -> Iterator[TrackerProcess]:
+    """A tracker for a whole test module (a database from conftest.new_database, a directory from
+    tmp_path_factory), where tests cannot disturb each other."""
+    tracker = TrackerProcess(db, directory / "tracker.log", (*limits, *args))
     try:
         yield tracker
     finally:
         tracker.stop()
+
+
+def query(db: Path | str, sql: str) -> list[tuple]:
+    """The rows of a query on a tracker's database, read as an operator would (sqlite3, or asyncpg)."""
+    if isinstance(db, Path):
+        with sqlite3.connect(db) as connection:
+            return connection.execute(sql).fetchall()
+
+    async def rows() -> list[tuple]:
+        connection = await asyncpg.connect(db)
+        try:
+            return [tuple(row) for row in await connection.fetch(sql)]
+        finally:
+            await connection.close()
+
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, so async tests may ask too
+        return thread.submit(asyncio.run, rows()).result()
+
+
+def assert_whole(db: Path | str) -> None:
+    """The database is consistent: SQLite's own check, and on either, every holding names a known path and
+    peer, every path is held by someone (no orphans), and the counts agree with the rows."""
+    if isinstance(db, Path):
+        assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert query(db, "SELECT count(*) FROM holdings h WHERE NOT EXISTS (SELECT 1 FROM paths x WHERE x.id = h.path) "
+                     "OR NOT EXISTS (SELECT 1 FROM peers p WHERE p.id = h.peer)") == [(0,)]
+    assert query(db, "SELECT count(*) FROM paths x WHERE NOT EXISTS (SELECT 1 FROM holdings h WHERE h.path = x.id)"
+                 ) == [(0,)]
+    assert query(db, "SELECT count(*) FROM peers p WHERE paths <> (SELECT count(*) FROM holdings h "
+                     "WHERE h.peer = p.id)") == [(0,)]
+    if not isinstance(db, Path):
+        assert query(db, "SELECT (SELECT paths FROM totals) = (SELECT count(*) FROM paths)") == [(True,)]
 
 
 def new_key() -> nacl.signing.SigningKey:

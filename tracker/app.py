@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import math
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from peerix.net.tracker_protocol import (
     API,
     LOOKUP_PATH,
     PEERS_PATH,
+    Signature,
     is_peer_id,
     pack_hash,
 )
@@ -47,7 +47,6 @@ from peerix.net.tracker_protocol import (
 from . import dashboard, openapi
 from .auth import Authenticator
 from .config import Config
-from .db import DatabaseError, SequenceMismatch
 from .metrics import Metrics
 from .model import (
     ApiError,
@@ -63,7 +62,7 @@ from .model import (
     render_peer,
 )
 from .ratelimit import RateLimiter
-from .registry import Registry
+from .storage import Counts, DatabaseError, SequenceMismatch, Storage
 from .sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class Tracker:
     """Everything the routes use, assembled once by the server."""
 
     config: Config
-    registry: Registry
+    storage: Storage
     auth: Authenticator
     address_limits: RateLimiter
     peer_limits: RateLimiter
@@ -90,7 +89,14 @@ class Tracker:
 
 
 def create_app(t: Tracker) -> ASGIApp:
-    config, registry, metrics = t.config, t.registry, t.metrics
+    config, storage, metrics = t.config, t.storage, t.metrics
+
+    def online_since(now: float) -> float:
+        return now - config.offline_after
+
+    def unavailable(route: str, error: DatabaseError) -> ApiError:
+        log.error("database failed route=%s error=%s", route, error)
+        return ApiError(503, "unavailable", "the tracker's database failed; retry later")
 
     def refuse(scope: Scope, error: ApiError) -> Response:
         metrics.refusals.labels(error.code).inc()
@@ -108,22 +114,27 @@ def create_app(t: Tracker) -> ASGIApp:
                 return await endpoint(request)
             except ApiError as error:
                 return refuse(request.scope, error)
-            except (sqlite3.Error, DatabaseError) as error:
-                log.error("database failed route=%s error=%s", endpoint.__name__, error)
-                return refuse(request.scope, ApiError(503, "unavailable", "the tracker's database failed; "
-                                                      "retry later"))
+            except DatabaseError as error:
+                return refuse(request.scope, unavailable(endpoint.__name__, error))
         return answer
 
-    def authenticate(request: Request, body: bytes, now: float, write: bool) -> str | None:
-        return authenticate_scope(request.scope, request.headers, body, now, write)
-
-    def authenticate_scope(scope: Scope, headers: Headers, body: bytes, now: float, write: bool) -> str | None:
+    def signature_of(scope: Scope, headers: Headers, body: bytes, now: float, write: bool) -> Signature | None:
+        """The request's verified signature (None for an anonymous read); ApiError when it is refused."""
         path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
-        peer_id = t.auth.authenticate(scope["method"], path, headers, body, now, write)
-        scope.setdefault("state", {})["peer"] = peer_id  # as request.state.peer: refusals log it
-        if write and peer_id and (wait := t.peer_limits.take(peer_id, now)):
+        signature = t.auth.authenticate(scope["method"], path, headers, body, now, write)
+        scope.setdefault("state", {})["peer"] = signature and signature.peer_id  # as request.state.peer: logged
+        return signature
+
+    async def authenticate_write(request: Request, body: bytes, now: float) -> str:
+        """A write's signature, its replay check (with the storage: across replicas) and the peer's rate limit;
+        the signing peer."""
+        signature = signature_of(request.scope, request.headers, body, now, write=True)
+        assert signature is not None
+        if not await storage.claim(*t.auth.replay_key(signature)):
+            raise ApiError(401, "replayed", "this request was already received; sign each request anew")
+        if wait := t.peer_limits.take(signature.peer_id, now):
             raise _rate_limited(wait, "this peer")
-        return peer_id
+        return signature.peer_id
 
     advice = {"advice": {name: rate for name, rate in (("max_upload_rate", config.advised_upload_rate),
                                                         ("max_download_rate", config.advised_download_rate))
@@ -135,11 +146,10 @@ def create_app(t: Tracker) -> ASGIApp:
     async def announce(request: Request) -> Response:
         now = time.time()
         body = await _read_body(request, config.max_body)
-        peer_id = authenticate(request, body, now, write=True)
-        assert peer_id is not None
+        peer_id = await authenticate_write(request, body, now)
         update = parse_announce(body, peer_id, config.max_announce_hashes)
         try:
-            peer, added, removed = await registry.announce(bytes.fromhex(peer_id), update, now)
+            peer, added, removed = await storage.announce(bytes.fromhex(peer_id), update, now)
         except SequenceMismatch as error:
             raise ApiError(409, "sequence_mismatch", f"since {update.since} does not match: {error}; "
                            "announce the full set") from None
@@ -148,10 +158,10 @@ def create_app(t: Tracker) -> ASGIApp:
                    peer.name, update.kind, peer.seq, added, removed, peer.paths, _client(request.scope))
         return JSONResponse({"seq": peer.seq, "paths": peer.paths, **advice})
 
-    def answer_lookup(scope: Scope, headers: Headers, hash_part: str) -> bytes:
+    async def answer_lookup(scope: Scope, headers: Headers, hash_part: str) -> bytes:
         """The body of a single lookup; ApiError when refused. Shared by the route and the fast path."""
         now = time.time()
-        authenticate_scope(scope, headers, b"", now, write=False)
+        signature_of(scope, headers, b"", now, write=False)
         try:
             packed = pack_hash(hash_part)
         except ValueError:
@@ -159,21 +169,23 @@ def create_app(t: Tracker) -> ASGIApp:
                            f"{hash_part[:64]!r}") from None
         query = scope["query_string"]
         limit = parse_limit(QueryParams(query).get("limit"), config.lookup_limit) if query else config.lookup_limit
-        peers = registry.lookup(packed, now, limit)
+        peers = await storage.holders(packed, online_since(now), limit)
         count_lookups("single", [peers], now)
         return render_lookup(hash_part, peers).encode()
 
     @api_route
     async def lookup(request: Request) -> Response:
-        return Response(answer_lookup(request.scope, request.headers, request.path_params["hash"]), media_type=JSON)
+        return Response(await answer_lookup(request.scope, request.headers, request.path_params["hash"]),
+                        media_type=JSON)
 
     @api_route
     async def lookup_batch(request: Request) -> Response:
         now = time.time()
         body = await _read_body(request, config.max_body)
-        authenticate(request, body, now, write=False)
+        signature_of(request.scope, request.headers, body, now, write=False)
         asked, limit = parse_lookup(body, config.max_lookup_hashes, config.lookup_limit)
-        found = await registry.lookup_many(asked, now, limit)
+        held = await storage.holders_many(list(asked.values()), online_since(now), limit)
+        found = {hash_part: held.get(packed, []) for hash_part, packed in asked.items()}
         count_lookups("batch", found.values(), now)
         return Response(render_batch(found), media_type=JSON)
 
@@ -181,18 +193,22 @@ def create_app(t: Tracker) -> ASGIApp:
         hits = sum(1 for peers in results if peers)
         metrics.looked_up(kind, hits, len(results) - hits, now)
 
+    async def listing(now: float) -> Response:
+        since = online_since(now)
+        records = ",".join(render_peer(peer, peer.is_online(since)) for peer in await storage.peers())
+        return Response(f'{{"peers":[{records}]}}', media_type=JSON)
+
     @api_route
     async def peers(request: Request) -> Response:
         now = time.time()
-        authenticate(request, b"", now, write=False)
-        records = ",".join(render_peer(peer, registry.is_online(peer, now)) for peer in registry.peers())
-        return Response(f'{{"peers":[{records}]}}', media_type=JSON)
+        signature_of(request.scope, request.headers, b"", now, write=False)
+        return await listing(now)
 
     @api_route
     async def deregister(request: Request) -> Response:
         now = time.time()
         body = await _read_body(request, config.max_body)
-        peer_id = authenticate(request, body, now, write=True)
+        peer_id = await authenticate_write(request, body, now)
         target = request.path_params["peer_id"]
         if not is_peer_id(target):
             raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")
@@ -200,7 +216,7 @@ def create_app(t: Tracker) -> ASGIApp:
             raise ApiError(403, "forbidden", "a peer can only deregister itself")
         forget = parse_deregister(body)
         key = bytes.fromhex(target)
-        peer = await (registry.remove(key) if forget else registry.depart(key, now))
+        peer = await (storage.remove(key) if forget else storage.depart(key, now))
         if peer is None:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
         audit.info("deregister peer=%s name=%r forget=%s paths=%d client=%s", peer_id, peer.name,
@@ -229,13 +245,11 @@ def create_app(t: Tracker) -> ASGIApp:
     @api_route
     async def admin_peers(request: Request) -> Response:
         admin(request)
-        now = time.time()
-        records = ",".join(render_peer(peer, registry.is_online(peer, now)) for peer in registry.peers())
-        return Response(f'{{"peers":[{records}]}}', media_type=JSON)
+        return await listing(time.time())
 
     @api_route
     async def admin_remove(request: Request) -> Response:
-        peer = await registry.remove(admin_target(request))
+        peer = await storage.remove(admin_target(request))
         if peer is None:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
         audit.info("admin remove peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, peer.paths,
@@ -244,15 +258,15 @@ def create_app(t: Tracker) -> ASGIApp:
 
     @api_route
     async def admin_purge(request: Request) -> Response:
-        key = admin_target(request)
-        held = next((p.paths for p in registry.peers() if p.key == key), 0)
-        peer = await registry.purge(key)
-        if peer is None:
+        purged = await storage.purge(admin_target(request))
+        if purged is None:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
-        audit.info("admin purge peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, held,
+        peer, dropped = purged
+        audit.info("admin purge peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, dropped,
                    _client(request.scope))
-        return JSONResponse({"purged": peer.peer_id, "paths": held})
+        return JSONResponse({"purged": peer.peer_id, "paths": dropped})
 
+    @api_route
     async def home(request: Request) -> Response:
         if t.auth.membership != "open" and not _on_this_host(request.scope, request.headers):
             return refuse(request.scope, ApiError(
@@ -260,11 +274,11 @@ def create_app(t: Tracker) -> ASGIApp:
                 "with its addresses, so it is shown only on the tracker's own host (a loopback client, e.g. "
                 "through an SSH tunnel)"))
         now = time.time()
+        since = online_since(now)
         snapshot = dashboard.Snapshot(
-            now=now, version=__version__, membership=t.auth.membership, offline_after=config.offline_after,
-            remove_after=config.remove_after,
-            peers=[(peer, registry.is_online(peer, now)) for peer in registry.peers()],
-            paths=registry.db.path_count, holdings=registry.holdings,
+            now=now, version=__version__, replica=config.replica, membership=t.auth.membership,
+            offline_after=config.offline_after, remove_after=config.remove_after,
+            peers=[(peer, peer.is_online(since)) for peer in await storage.peers()], counts=await storage.counts(since),
             announces_per_second=metrics.announce_rate.per_second(now),
             lookups_per_second=metrics.lookup_rate.per_second(now), sweep=t.sweeper.status(now),
         )
@@ -272,40 +286,37 @@ def create_app(t: Tracker) -> ASGIApp:
             "content-security-policy": dashboard.CSP, "x-content-type-options": "nosniff",
             "referrer-policy": "no-referrer", "cache-control": "no-store"})
 
-    async def health(request: Request) -> Response:
-        now = time.time()
-        status = "ok"
+    async def fleet(now: float) -> tuple[dict, Counts | None]:
+        """The database's state and the fleet's counts, or why they cannot be had (within 2 s)."""
         try:
             async with asyncio.timeout(2):
-                database = {"status": "ok", "schema_version": await registry.db.check(), "bytes": registry.db.size()}
-        except Exception as error:  # health reports any failure rather than raising it
-            status, database = "error", {"status": "error", "error": f"{type(error).__name__}: {error}"}
+                database = {"status": "ok", "schema_version": await storage.check(), "bytes": await storage.size()}
+                return database, await storage.counts(online_since(now))
+        except Exception as error:  # reported, not raised: these pages must answer when the database does not
+            return {"status": "error", "error": f"{type(error).__name__}: {error}"}, None
+
+    async def health(request: Request) -> Response:
+        now = time.time()
+        database, counts = await fleet(now)
         sweep = t.sweeper.status(now)
-        if status == "ok" and sweep["status"] != "ok":
-            status = "degraded"
-        online = registry.count_online(now)
+        status = "error" if counts is None else "degraded" if sweep["status"] != "ok" else "ok"
         body = {
-            "status": status, "version": __version__, "uptime": round(now - t.started_at, 1),
+            "status": status, "version": __version__, "replica": config.replica, "uptime": round(now - t.started_at, 1),
             "membership": t.auth.membership, "database": database, "sweep": sweep,
-            "peers": {"online": online, "offline": len(registry.peers()) - online},
-            "paths": registry.db.path_count, "holdings": registry.holdings,
+            "peers": counts and {"online": counts.peers_online, "offline": counts.peers_offline},
+            "paths": counts and counts.paths, "holdings": counts and counts.holdings,
         }
-        return JSONResponse(body, status_code=503 if status == "error" else 200)
+        return JSONResponse(body, status_code=503 if counts is None else 200)
 
     async def prometheus(request: Request) -> Response:
+        database, counts = await fleet(time.time())
+        metrics.fleet(counts, database.get("bytes"))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     api_document = dumps(openapi.document()).encode()
 
     async def api_description(request: Request) -> Response:
         return Response(api_document, media_type=JSON)
-
-    def gauges() -> dict[str, float]:
-        online = registry.count_online(time.time())
-        return {"peers_online": online, "peers_offline": len(registry.peers()) - online,
-                "paths": registry.db.path_count, "holdings": registry.holdings, "database_bytes": registry.db.size()}
-
-    metrics.watch(gauges)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
@@ -357,12 +368,11 @@ def create_app(t: Tracker) -> ASGIApp:
                 if wait := address_limits.take(_client(scope), time.time()):
                     raise _rate_limited(wait, "this address")
                 route = "lookup"
-                body = answer_lookup(scope, Headers(scope=scope), path[skip:])
+                body = await answer_lookup(scope, Headers(scope=scope), path[skip:])
             except ApiError as error:
                 response = refuse(scope, error)
-            except (sqlite3.Error, DatabaseError) as error:
-                log.error("database failed route=lookup error=%s", error)
-                response = refuse(scope, ApiError(503, "unavailable", "the tracker's database failed; retry later"))
+            except DatabaseError as error:
+                response = refuse(scope, unavailable("lookup", error))
             else:
                 status = 200
                 await send({"type": "http.response.start", "status": 200,

@@ -1,9 +1,11 @@
 """Who may do what: request signatures, the replay cache and membership (open, allowlist, token).
 
 Every write is signed by the peer it changes (see peerix.net.tracker_protocol): its timestamp must
-lie within `max_clock_skew` of the tracker's clock and its nonce must be new. Nonces are kept in
-memory until their timestamp goes stale, so requests signed before the tracker started are refused
-too: otherwise a restart would reopen the window for requests captured just before it.
+lie within `max_clock_skew` of the tracker's clock and its nonce must be new. The storage remembers
+nonces until their timestamp goes stale (`replay_key`), so that replicas sharing a database refuse a
+replay whichever of them it reaches; requests signed before the tracker started are refused too,
+since a restart of an SQLite tracker, which keeps them in memory, would reopen the window for
+requests captured just before it.
 
 Reads are open to anyone under `open` membership. Under `allowlist` or `token` they need what a
 write needs to get in (a signature by a listed key, or a token), so a private fleet does not tell
@@ -21,8 +23,6 @@ from peerix.net.tracker_protocol import TOKEN_SCHEME, Signature
 
 from .model import ApiError
 
-_PRUNE_AT = 100_000
-
 
 class Authenticator:
     def __init__(self, membership: str, allowlist: frozenset[str], tokens: tuple[str, ...],
@@ -32,11 +32,11 @@ class Authenticator:
         self._tokens = [token.encode() for token in tokens]
         self.max_clock_skew = max_clock_skew
         self._not_before = math.floor(started_at)
-        self._nonces: dict[str, float] = {}  # peer id + nonce -> when the timestamp goes stale
 
     def authenticate(self, method: str, path: str, headers: Mapping[str, str], body: bytes, now: float,
-                     write: bool) -> str | None:
-        """The verified peer id (None for an anonymous read); ApiError when the request is refused."""
+                     write: bool) -> Signature | None:
+        """The verified signature (None for an anonymous read); ApiError when the request is refused. A
+        write's nonce is checked afterwards, with the storage (`replay_key`)."""
         if self.membership == "token":
             self._check_token(headers.get("authorization", ""))
         if not write and self.membership != "allowlist":
@@ -58,9 +58,12 @@ class Authenticator:
         # an unlisted id (403) would tell a stranger who is on the allowlist.
         if self.membership == "allowlist" and signature.peer_id not in self.allowlist:
             raise ApiError(403, "not_member", f"peer {signature.peer_id} is not on this tracker's allowlist")
-        if write:
-            self._check_nonce(signature, now)
-        return signature.peer_id
+        return signature
+
+    def replay_key(self, signature: Signature) -> tuple[bytes, float]:
+        """What the storage remembers of a write to refuse its replay, and until when: after that, the
+        request is refused as stale anyway."""
+        return bytes.fromhex(signature.peer_id + signature.nonce), signature.timestamp + self.max_clock_skew
 
     def _check_token(self, authorization: str) -> None:
         scheme, _, token = authorization.partition(" ")
@@ -71,16 +74,3 @@ class Authenticator:
         if not any(hmac.compare_digest(offered, known) for known in self._tokens):
             raise ApiError(403, "not_member", "the network token is not valid here")
 
-    def _check_nonce(self, signature: Signature, now: float) -> None:
-        key = signature.peer_id + signature.nonce
-        if key in self._nonces:
-            raise ApiError(401, "replayed", "this request was already received; sign each request anew")
-        if len(self._nonces) >= _PRUNE_AT:
-            self.prune(now)
-        self._nonces[key] = signature.timestamp + self.max_clock_skew
-
-    def prune(self, now: float) -> None:
-        """Forget nonces whose timestamps are stale anyway."""
-        stale = [key for key, until in self._nonces.items() if until < now]
-        for key in stale:
-            del self._nonces[key]

@@ -12,7 +12,7 @@ from peerix.common.secrets import SecretFileError, add_token
 
 from . import config
 from .admin import AdminError
-from .db import DatabaseError
+from .storage import DatabaseError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

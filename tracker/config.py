@@ -3,19 +3,24 @@
 One table names every setting once: its TOML key, its flag (the key with dashes) and its parser,
 so the two sources cannot drift apart. Secrets never sit in the TOML file or on the command line
 (both are often world-readable: the Nix store, `ps`): network tokens come from `token_file`, one
-a line, so a token is rotated by listing the new one next to the old one for a while.
+a line, so a token is rotated by listing the new one next to the old one for a while, and a
+PostgreSQL password from `db_password_file` (or libpq's PGPASSFILE), never from the URL.
 """
 
 import argparse
 import re
+import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from peerix.common.secrets import SecretFileError, read_secret
 from peerix.common.units import parse_listen, parse_size
 from peerix.net.tracker_protocol import is_peer_id
+
+from .storage import is_postgres
 
 DEFAULT_PORT = 12305
 MEMBERSHIPS = ("open", "allowlist", "token")
@@ -28,7 +33,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    db: Path
+    db: Path | str  # an SQLite file, or a PostgreSQL URL without a password
+    db_password: str | None = None
+    replica: str = "tracker"  # load() makes it HOST:PORT
     listen: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT)
     membership: str = "open"
     allowlist: frozenset[str] = frozenset()
@@ -84,6 +91,29 @@ def _size(value: object) -> int:
     return size
 
 
+def _database(value: object) -> Path | str:
+    """An SQLite file, or a PostgreSQL URL (postgres:// too; a unix socket as ?host=/run/postgresql)."""
+    text = str(value)
+    if not is_postgres(text):
+        return Path(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as error:
+        raise ValueError(f"not a PostgreSQL URL: {error}") from None
+    if parts.password is not None or "password" in parse_qs(parts.query):
+        raise ValueError("a password does not go in the URL, which shows in `ps` and in config files: put it in "
+                         "db_password_file (or a PGPASSFILE)")
+    return text
+
+
+def _name(value: object) -> str:
+    text = str(value)
+    if not 0 < len(text) <= 64 or not text.isprintable():
+        raise ValueError(f"expected 1 to 64 printable characters, got {value!r}")
+    return text
+
+
 def _listen(value: object) -> tuple[str, int]:
     return parse_listen(str(value))
 
@@ -126,7 +156,12 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("db", lambda value: Path(str(value)), "SQLite database file (required)", "FILE"),
+    Setting("db", _database, "SQLite database file, or a PostgreSQL URL: postgresql://USER@HOST:PORT/DB, "
+            "postgresql://USER@/DB?host=/run/postgresql for a unix socket (required)", "FILE|URL"),
+    Setting("db_password_file", lambda value: Path(str(value)), "file holding the PostgreSQL password "
+            "(mode 0600; default: libpq's PGPASSFILE, else ~/.pgpass, else none)", "FILE"),
+    Setting("replica", _name, "this tracker's name among replicas sharing a database, in metrics, /health and "
+            "the dashboard (default: HOST:PORT)", "NAME"),
     Setting("listen", _listen, f"address to listen on (default: 127.0.0.1:{DEFAULT_PORT})", "HOST:PORT"),
     Setting("membership", _membership, "who may write: open (any key), allowlist or token "
             "(default: allowlist or token when one is given, else open)", "MODE"),
@@ -186,7 +221,12 @@ def load(args: argparse.Namespace) -> Config:
         except ValueError as error:
             raise ConfigError(f"{name}: {error}") from None
     if "db" not in values:
-        raise ConfigError("no database: give --db FILE (or db = \"FILE\" in the config file)")
+        raise ConfigError("no database: give --db FILE or --db postgresql://... (or db = \"...\" in the config file)")
+    if file := values.pop("db_password_file", None):
+        if not isinstance(values["db"], str):
+            raise ConfigError("db_password_file is for a PostgreSQL database; an SQLite file has no password")
+        values["db_password"] = _read_password(file)
+    values.setdefault("replica", f"{socket.gethostname()}:{values.get('listen', Config.listen)[1]}")
     if file := values.pop("allowlist_file", None):
         values["allowlist"] = values.get("allowlist", frozenset()) | _read_allowlist(file)
     if file := values.pop("token_file", None):
@@ -224,6 +264,16 @@ def _read_allowlist(path: Path) -> frozenset[str]:
         return _peer_ids(_lines(text))
     except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_password(path: Path) -> str:
+    try:
+        password = read_secret(path).rstrip("\r\n")
+    except SecretFileError as error:
+        raise ConfigError(str(error)) from None
+    if not password or "\n" in password:
+        raise ConfigError(f"{path}: expected the password alone on one line")
+    return password
 
 
 def _read_tokens(path: Path) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from html import escape
 
 from .model import Peer
+from .storage import Counts
 
 REFRESH_SECONDS = 10
 CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -19,12 +20,12 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; ba
 class Snapshot:
     now: float
     version: str
+    replica: str  # the one answering: counts come from the database, rates are this replica's
     membership: str
     offline_after: float
     remove_after: float
     peers: list[tuple[Peer, bool]]  # each peer with whether it is online
-    paths: int
-    holdings: int
+    counts: Counts
     announces_per_second: float
     lookups_per_second: float
     sweep: dict
@@ -32,14 +33,14 @@ class Snapshot:
 
 def render(snap: Snapshot) -> str:
     peers = sorted(snap.peers, key=lambda item: (not item[1], -item[0].last_seen, item[0].name))
-    online = sum(is_online for _, is_online in peers)
+    counts = snap.counts
     totals = [
-        ("peers-online", "Peers online", f"{online:,}"),
-        ("peers-offline", "Peers offline", f"{len(peers) - online:,}"),
-        ("paths", "Store paths", f"{snap.paths:,}"),
-        ("holdings", "Holdings", f"{snap.holdings:,}"),
-        ("announce-rate", "Announces / min", f"{snap.announces_per_second * 60:,.1f}"),
-        ("lookup-rate", "Lookups / min", f"{snap.lookups_per_second * 60:,.1f}"),
+        ("peers-online", "Peers online", f"{counts.peers_online:,}"),
+        ("peers-offline", "Peers offline", f"{counts.peers_offline:,}"),
+        ("paths", "Store paths", f"{counts.paths:,}"),
+        ("holdings", "Holdings", f"{counts.holdings:,}"),
+        ("announce-rate", "Announces / min (this replica)", f"{snap.announces_per_second * 60:,.1f}"),
+        ("lookup-rate", "Lookups / min (this replica)", f"{snap.lookups_per_second * 60:,.1f}"),
     ]
     cards = "".join(f'<div class="card" id="{key}"><div class="value">{value}</div><div class="label">{label}</div>'
                     f"</div>" for key, label, value in totals)
@@ -67,7 +68,8 @@ def render(snap: Snapshot) -> str:
 {rows}
 </tbody>
 </table>
-<footer id="footer" class="muted">peerix-tracker {escape(snap.version)} · membership {escape(snap.membership)} ·
+<footer id="footer" class="muted">peerix-tracker {escape(snap.version)} · replica {escape(snap.replica)} ·
+membership {escape(snap.membership)} ·
 offline after {_duration(snap.offline_after)}, removed after {_duration(snap.remove_after)} ·
 last sweep {last_sweep} ({escape(sweep["status"])})</footer>
 </body>

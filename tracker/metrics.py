@@ -1,10 +1,18 @@
-"""Prometheus metrics of the tracker, in a registry of its own, and the recent rates the dashboard shows."""
+"""Prometheus metrics of the tracker, in a registry of its own, and the recent rates the dashboard shows.
+
+Several replicas may serve one fleet. What a replica counts itself (requests, announces, lookups,
+refusals, sweeps) carries `replica="<name>"`, so a fleet's totals are sums over replicas; what the
+database says (peers, paths, holdings, its size) describes the fleet and carries no replica label:
+every replica reports the same values.
+"""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .storage import Counts
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -35,9 +43,13 @@ class RecentRate:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        r = CollectorRegistry()  # this replica's own counters, published with its label
+        self.registry.register(_ReplicaLabel(r, replica))
+        self.registry.register(_FleetGauges(self))
+        self.counts: Counts | None = None  # the database's last answer to a scrape; None when it failed
+        self.database_bytes: int | None = None
         self.requests = Counter("peerix_tracker_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("peerix_tracker_http_request_duration_seconds", "Time to answer a request",
@@ -55,7 +67,8 @@ class Metrics:
         self.refusals = Counter("peerix_tracker_refusals", "Requests refused, by error code", ["code"], registry=r)
         self.expired = Counter("peerix_tracker_expired_peers", "Peers removed by the sweep after going silent",
                                registry=r)
-        self.sweeps = Counter("peerix_tracker_sweeps", "Sweeps, by result (ok, failed)", ["result"], registry=r)
+        self.sweeps = Counter("peerix_tracker_sweeps", "Sweeps, by result (ok, failed, skipped: another replica "
+                              "was sweeping)", ["result"], registry=r)
         self.announce_rate = RecentRate()
         self.lookup_rate = RecentRate()
         # Label children looked up once: labels() costs more than the increment it leads to.
@@ -90,23 +103,43 @@ class Metrics:
         self._misses.inc(misses)
         self.lookup_rate.add(now)
 
-    def watch(self, gauges: Callable[[], dict[str, float]]) -> None:
-        """Publish `gauges()` (name -> value, read at scrape time) as gauges."""
-        self.registry.register(_GaugeCollector(gauges))
+    def fleet(self, counts: Counts | None, database_bytes: int | None) -> None:
+        """What the database says, for the scrape about to be answered."""
+        self.counts, self.database_bytes = counts, database_bytes
 
 
-class _GaugeCollector:
-    _HELP = {
-        "peers_online": "Peers heard from within the offline TTL",
-        "peers_offline": "Peers silent for longer than the offline TTL but not yet removed",
-        "paths": "Distinct store path hashes held by any peer",
-        "holdings": "Pairs of a peer and a hash it holds",
-        "database_bytes": "Size of the database on disk, write-ahead log included",
-    }
+class _ReplicaLabel:
+    """The metrics of a registry, each sample labelled with the replica that counted it."""
 
-    def __init__(self, gauges: Callable[[], dict[str, float]]) -> None:
-        self.gauges = gauges
+    def __init__(self, counters: CollectorRegistry, replica: str) -> None:
+        self.counters = counters
+        self.replica = replica
 
     def collect(self) -> Iterator[Metric]:
-        for name, value in self.gauges().items():
-            yield GaugeMetricFamily(f"peerix_tracker_{name}", self._HELP[name], value=value)
+        for family in self.counters.collect():
+            family.samples = [sample._replace(labels={**sample.labels, "replica": self.replica})
+                              for sample in family.samples]
+            yield family
+
+
+class _FleetGauges:
+    """The fleet as the database counts it; only `database_up` when the database did not answer."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.metrics.counts
+        yield GaugeMetricFamily("peerix_tracker_database_up", "Whether the database answered this scrape",
+                                value=counts is not None)
+        if counts is None:
+            return
+        for name, help, value in (
+            ("peers_online", "Peers heard from within the offline TTL", counts.peers_online),
+            ("peers_offline", "Peers silent for longer than the offline TTL, or departed, but not yet removed",
+             counts.peers_offline),
+            ("paths", "Distinct store path hashes held by any peer", counts.paths),
+            ("holdings", "Pairs of a peer and a hash it holds", counts.holdings),
+            ("database_bytes", "Size of the database on disk", self.metrics.database_bytes or 0),
+        ):
+            yield GaugeMetricFamily(f"peerix_tracker_{name}", help, value=value)

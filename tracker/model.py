@@ -7,6 +7,7 @@ so a newer daemon can talk to an older tracker.
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from urllib.parse import urlsplit
@@ -92,6 +93,18 @@ class Peer:
     @cached_property
     def peer_id(self) -> str:
         return self.key.hex()
+
+    @classmethod
+    def from_row(cls, row: Sequence) -> "Peer":
+        """A peer from the storages' columns: id, key, name, addresses (JSON), seq, paths, first_seen,
+        last_seen, departed."""
+        id_, key, name, addresses, seq, paths, first_seen, last_seen, departed = row
+        return cls(id_, key, name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen, last_seen,
+                   departed)
+
+    def is_online(self, online_since: float) -> bool:
+        """Heard from since `online_since` (now minus the offline TTL) and not departed."""
+        return self.departed is None and self.last_seen >= online_since
 
     @cached_property
     def record(self) -> str:

@@ -1,7 +1,8 @@
-"""Run the tracker: open the database, load the peers, serve the app under uvicorn beside the sweep."""
+"""Run the tracker: open the storage, serve the app under uvicorn beside the sweep."""
 
 import logging
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -10,29 +11,35 @@ from peerix.common.server import Server
 from .app import Tracker, create_app
 from .auth import Authenticator
 from .config import Config
-from .db import Database
 from .metrics import Metrics
+from .postgres import PostgresStorage
 from .ratelimit import RateLimiter
-from .registry import Registry
+from .sqlite import SqliteStorage
+from .storage import Storage, is_postgres
 from .sweep import Sweeper
 
 log = logging.getLogger(__name__)
 
 
+def open_storage(location: Path | str, password: str | None = None) -> Storage:
+    """The storage `--db` names: a PostgreSQL URL, else an SQLite file (not opened yet)."""
+    if isinstance(location, str) and is_postgres(location):
+        return PostgresStorage(location, password)
+    return SqliteStorage(Path(location))
+
+
 async def serve(config: Config) -> None:
     started_at = time.time()
-    db = Database(config.db)
-    await db.open()
+    storage = open_storage(config.db, config.db_password)
+    await storage.open()
     try:
-        registry = Registry(db, config.offline_after)
-        await registry.load()
-        metrics = Metrics()
+        metrics = Metrics(config.replica)
         auth = Authenticator(config.membership, config.allowlist, config.tokens, config.max_clock_skew, started_at)
         address_limits = RateLimiter(config.address_rate, config.address_burst)
         peer_limits = RateLimiter(config.peer_rate, config.peer_burst)
-        sweeper = Sweeper(registry, config.remove_after, config.sweep_interval, metrics,
-                          prune=(auth.prune, address_limits.prune, peer_limits.prune))
-        app = create_app(Tracker(config, registry, auth, address_limits, peer_limits, metrics, sweeper, started_at))
+        sweeper = Sweeper(storage, config.remove_after, config.sweep_interval, metrics,
+                          prune=(address_limits.prune, peer_limits.prune))
+        app = create_app(Tracker(config, storage, auth, address_limits, peer_limits, metrics, sweeper, started_at))
         host, port = config.listen
         server = Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",
@@ -42,12 +49,14 @@ async def serve(config: Config) -> None:
         if config.membership == "open" and not config.loopback_only:
             log.warning("membership is open on a public address: any key can announce; "
                         "use an allowlist or a network token for a fleet listen=%s:%d", host, port)
-        log.info("serving db=%s listen=%s:%d membership=%s peers=%d paths=%d", config.db, host, port,
-                 config.membership, len(registry.peers()), db.path_count)
+        counts = await storage.counts(started_at - config.offline_after)
+        log.info("serving db=%s replica=%s listen=%s:%d membership=%s peers=%d paths=%d", storage.name,
+                 config.replica, host, port, config.membership, counts.peers_online + counts.peers_offline,
+                 counts.paths)
         sweeper.start()
         try:
             await server.serve()
         finally:
             await sweeper.stop()
     finally:
-        await db.close()
+        await storage.close()

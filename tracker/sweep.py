@@ -2,7 +2,9 @@
 
 It runs once at start (peers may have gone silent while the tracker was down), then every
 `interval`, and keeps how its last run went for /health: a sweep that failed, or has not finished
-for three intervals, makes the tracker `degraded`.
+for three intervals, makes the tracker `degraded`. Replicas sharing a database sweep one at a time:
+a replica that finds another at it counts the round as done (`skipped`), since that one removes
+what this one would have.
 """
 
 import asyncio
@@ -11,16 +13,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from .metrics import Metrics
-from .registry import Registry
+from .storage import DatabaseError, Storage
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("tracker.audit")
 
 
 class Sweeper:
-    def __init__(self, registry: Registry, remove_after: float, interval: float, metrics: Metrics,
+    def __init__(self, storage: Storage, remove_after: float, interval: float, metrics: Metrics,
                  prune: Sequence[Callable[[float], None]] = ()) -> None:
-        self.registry = registry
+        self.storage = storage
         self.remove_after = remove_after
         self.interval = interval
         self.metrics = metrics
@@ -48,19 +50,23 @@ class Sweeper:
         started = time.monotonic()
         now = time.time()
         try:
-            removed = await self.registry.expire(now, self.remove_after)
+            removed = await self.storage.expire(now - self.remove_after)
             for prune in self.prune:
                 prune(now)
         except Exception as error:  # the loop must outlive a bad sweep; /health reports it
             self.last_error = f"{type(error).__name__}: {error}"
             self.metrics.sweeps.labels("failed").inc()
-            log.exception("sweep failed")
+            if isinstance(error, DatabaseError):  # an outage, said in a line; anything else is a bug
+                log.error("sweep failed error=%s", error)
+            else:
+                log.exception("sweep failed")
             return
+        self.metrics.sweeps.labels("ok" if removed is not None else "skipped").inc()
+        removed = removed or []
         for peer in removed:
             audit.info("peer expired peer=%s name=%r paths=%d silent_for=%.0f", peer.peer_id, peer.name, peer.paths,
                        now - peer.last_seen)
         self.metrics.expired.inc(len(removed))
-        self.metrics.sweeps.labels("ok").inc()
         self.last_run, self.last_removed, self.last_error = now, len(removed), None
         self.last_duration = time.monotonic() - started
 

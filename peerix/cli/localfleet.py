@@ -87,8 +87,8 @@ class Host:
             "--iroh-listen", f"127.0.0.1:{self.iroh_port}", "--no-relays", "--no-discovery", "--no-lan",
             "--upstream", "none", *trust, *extra,
         ]
-        if self.fleet.tracker_url:
-            args += ["--tracker", self.fleet.tracker_url]
+        for url in self.fleet.tracker_urls:
+            args += ["--tracker", url]
         self.process = self.fleet.spawn(args, self.home / "peerix.log")
         wait_until(lambda: _healthy(self.url, self.process), f"{self.name}'s daemon")
 
@@ -142,7 +142,7 @@ class LocalFleet:
         self.cluster_file = root / "cluster.key"
         write_secret(self.cluster_file, self.cluster.to_text())
         self.hosts: dict[str, Host] = {}
-        self.tracker_url = ""
+        self.tracker_urls: list[str] = []  # what hosts started from now on are given (replicas: several)
         self.tracker_process: subprocess.Popen | None = None
         self._processes: list[subprocess.Popen] = []
 
@@ -162,9 +162,13 @@ class LocalFleet:
                 process.kill()
                 process.wait()
 
+    @property
+    def tracker_url(self) -> str:
+        return self.tracker_urls[0] if self.tracker_urls else ""
+
     def start_tracker(self, *extra: str, port: int | None = None) -> None:
         port = port or free_port()
-        self.tracker_url = f"http://127.0.0.1:{port}"
+        self.tracker_urls = [f"http://127.0.0.1:{port}"]
         self.tracker_process = self.spawn(
             [sys.executable, "-m", "tracker.cli", "--log-level", self.log_level, "serve",
              "--db", str(self.root / "tracker.sqlite"), "--listen", f"127.0.0.1:{port}", *extra],

@@ -114,7 +114,9 @@ class Config:
                                                  _network, "CIDR", many=True)
     name: str = setting(None, "name shown to other peers (default: the host name)", _name, "NAME",
                         factory=socket.gethostname)
-    tracker: str | None = setting(None, "tracker URL; none: no tracker", _optional_url, "URL")
+    tracker: tuple[str, ...] = setting((), "tracker URL; several (repeatable) are replicas of one tracker, used "
+                                       "one at a time, the next when one fails; none: no tracker (default: none)",
+                                       _optional_url, "URL", many=True)
     tracker_token_file: Path | None = setting(None, "file holding the network token of a token-membership "
                                               "tracker (mode 0600): the first line that is neither "
                                               "blank nor a # comment", Path, "FILE")
@@ -238,7 +240,7 @@ def load(args: argparse.Namespace) -> Config:
         try:
             if f.metadata["many"]:
                 items = value if isinstance(value, list) else [value]
-                parsed[name] = tuple(f.metadata["parse"](item) for item in items)
+                parsed[name] = tuple(item for item in map(f.metadata["parse"], items) if item is not None)
             else:
                 parsed[name] = f.metadata["parse"](value)
         except (ValueError, TypeError) as error:

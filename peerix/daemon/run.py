@@ -125,7 +125,7 @@ async def run(config: Config) -> None:
             stack.push_async_callback(_deregister, tracker)
 
             def tracker_status() -> dict[str, Any] | None:
-                return {"url": config.tracker, "announced_paths": announcer.announced,
+                return {"url": tracker.url, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
                         "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
         transfers = TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
@@ -190,7 +190,7 @@ async def run(config: Config) -> None:
         background += [_every(60, metrics.activity.save, activity_file), _ready(server, endpoint.peer_id, local)]
         tasks = [asyncio.create_task(job) for job in background]
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
-                 key.public.to_text(), endpoint.peer_id, config.tracker)
+                 key.public.to_text(), endpoint.peer_id, ",".join(config.tracker) or None)
         try:
             await server.serve()
         finally:

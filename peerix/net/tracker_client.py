@@ -1,6 +1,7 @@
-"""The daemon's client of the tracker: signed announces with delta sync, lookups, fast failure.
+"""The daemon's client of the tracker: signed announces with delta sync, lookups, fast failure, failover.
 
     client = TrackerClient("https://tracker.example.org", seed, state_dir)   # token="..." for a token network
+    client = TrackerClient(["https://t1.example.org", "https://t2.example.org"], seed, state_dir)  # replicas
     await client.announce(hash_parts, PeerAddresses(client.peer_id, ("192.0.2.4:4433",)), "host-a")
     await client.heartbeat()                        # every HEARTBEAT_INTERVAL; or announce an unchanged set
     peers = await client.lookup(hash_part)          # online peers holding it, most recently seen first
@@ -9,16 +10,24 @@
     await client.aclose()
 
 Delta sync: the set the tracker acknowledged last and its sequence number are kept in
-`state_dir/tracker-<digest of the URL>.state` (a JSON line, then the packed 20-byte hashes; replaced
+`state_dir/tracker-<digest of the URLs>.state` (a JSON line, then the packed 20-byte hashes; replaced
 atomically), so a restarted daemon sends what changed, not everything. The first announce, and any
 after the tracker answers 409, send the full set; a set larger than `max_hashes_per_request` goes as
 a full announce of its first part and deltas for the rest. If the tracker's count of the peer's set
 disagrees with the client's after a delta, the client sends the full set at once.
 
-Failing fast: the daemon must answer Nix within 100 ms when the tracker is down. The connect
-timeout is short, lookups have a deadline of their own (`lookup_timeout`), nothing is retried inside
-a call, and after a failure (unreachable, timeout, 5xx) the client backs off, 1 s doubling to 60 s
-with jitter, or for the tracker's Retry-After on a 429. A refusal that will not go away by itself
+Failover: with several trackers (replicas of one database) the client uses one at a time. When it is
+unreachable, times out or answers 5xx, that tracker backs off (1 s doubling to 60 s, with jitter)
+and the same call goes on to the next one that is not backing off, so a lookup survives a dead
+replica within its request; the client stays with the one that answered. The sync state is the
+client's, not a tracker's: the next announce is a delta to whichever tracker answers (replicas share
+the sequence numbers; an independent tracker answers 409 and gets the full set).
+
+Failing fast: the daemon must answer Nix within 100 ms when the trackers are down. The connect
+timeout is short, lookups have a deadline of their own (`lookup_timeout`), and a call tries each
+tracker at most once. When every tracker is backing off, or after a 429 (for its Retry-After: a
+rate limit is not a reason to ask the next replica), the client as a whole is backed off. A refusal
+that will not go away by itself
 (400, 401 other than a stale timestamp or a replay, 403, 413: not a member, no token or a wrong one,
 a request too large) is logged once as an error and backs off for REFUSED_BACKOFF, so a refused
 daemon asks once every few minutes, not every second; a 409 is no refusal of that kind, it asks for
@@ -38,7 +47,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,19 +130,33 @@ class TrackerError(Exception):
         self.lasting = lasting  # a refusal that asking again soon would not change; the client logged it
 
 
+@dataclass
+class _Tracker:
+    url: str
+    failures: int = 0  # in a row, for the backoff's doubling
+    down_until: float = 0.0  # monotonic time until which it is not asked
+
+    def backing_off(self, now: float) -> bool:
+        return self.down_until > now
+
+
 class TrackerClient:
-    def __init__(self, url: str, seed: bytes, state_dir: Path, *, timeout: float = 5.0, connect_timeout: float = 0.5,
-                 lookup_timeout: float = 0.5, token: str | None = None,
+    def __init__(self, urls: str | Sequence[str], seed: bytes, state_dir: Path, *, timeout: float = 5.0,
+                 connect_timeout: float = 0.5, lookup_timeout: float = 0.5, token: str | None = None,
                  max_hashes_per_request: int = 100_000) -> None:
-        self.url = url.rstrip("/")
+        self.urls = tuple(url.rstrip("/") for url in ([urls] if isinstance(urls, str) else urls))
+        if not self.urls:
+            raise ValueError("a tracker client needs at least one tracker URL")
+        self._trackers = [_Tracker(url) for url in self.urls]
+        self._current = 0  # the tracker in use: the last one that answered
         self._key = nacl.signing.SigningKey(seed)
         self.peer_id = peer_id(self._key)
         self.max_hashes_per_request = max_hashes_per_request
         self._lookup_timeout = httpx.Timeout(lookup_timeout, connect=min(connect_timeout, lookup_timeout))
         headers = {"authorization": f"{TOKEN_SCHEME} {token}"} if token else {}
-        self._http = httpx.AsyncClient(base_url=self.url, headers=headers,
-                                       timeout=httpx.Timeout(timeout, connect=connect_timeout))
-        digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self._identity = " ".join(self.urls)  # whose sequence numbers the sync state holds
+        digest = hashlib.sha256(self._identity.encode()).hexdigest()[:16]
         self._state_path = Path(state_dir) / f"tracker-{digest}.state"
         self._acked: set[bytes] = set()  # the set the tracker acknowledged last...
         self._seq: int | None = None     # ...under this sequence number (None: nothing acknowledged)
@@ -142,29 +165,47 @@ class TrackerClient:
         self._saved_seq: int | None = None
         self._last: tuple[PeerAddresses, str] | None = None
         self._write_lock = asyncio.Lock()
-        self._failures = 0
-        self._backoff_until = 0.0
+        self._paused_until = 0.0  # a 429 or a lasting refusal: no tracker is asked until then
         self._clock_offset = 0.0
         self.advice: dict[str, int] = {}  # what the tracker's last announce answer advised, e.g. max_upload_rate
+
+    @property
+    def url(self) -> str:
+        """The tracker in use."""
+        return self.urls[self._current]
 
     # Backoff
 
     @property
     def backoff_remaining(self) -> float:
-        return max(0.0, self._backoff_until - time.monotonic())
+        """Seconds until some tracker may be asked again (0 while one may be now)."""
+        now = time.monotonic()
+        down = min(tracker.down_until for tracker in self._trackers)
+        return max(0.0, self._paused_until - now, down - now)
 
     @property
     def in_backoff(self) -> bool:
         return self.backoff_remaining > 0
 
-    def _back_off(self, message: str, retry_after: float | None = None, status: int | None = None) -> TrackerError:
-        if retry_after is None:
-            self._failures += 1
-            delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
-        else:
-            delay = retry_after
-        self._backoff_until = time.monotonic() + delay
+    def _down(self, tracker: _Tracker, message: str, status: int | None = None) -> TrackerError:
+        """The tracker failed (unreachable, a timeout, a 5xx): it is not asked again for a while."""
+        tracker.failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (tracker.failures - 1)) * random.uniform(0.8, 1.2)
+        tracker.down_until = time.monotonic() + delay
         return TrackerError(f"{message}; backing off for {delay:.1f} s", status=status, retry_after=delay)
+
+    def _pause(self, message: str, delay: float, status: int) -> TrackerError:
+        self._paused_until = time.monotonic() + delay
+        return TrackerError(f"{message}; backing off for {delay:.1f} s", status=status, retry_after=delay)
+
+    def _in_turn(self) -> Iterator[tuple[int, _Tracker]]:
+        """The trackers to ask, the one in use first, then the next ones in order; none that is backing off."""
+        now = time.monotonic()
+        count = len(self._trackers)
+        for step in range(count):
+            index = (self._current + step) % count
+            if not self._trackers[index].backing_off(now):
+                yield index, self._trackers[index]
 
     # Announces
 
@@ -302,29 +343,48 @@ class TrackerClient:
 
     async def _request(self, method: str, path: str, payload: dict | None = None,
                        timeout: httpx.Timeout | None = None) -> dict:
+        """Ask the tracker in use, else the next ones in turn (each once); the answer of the first that answers."""
         if self.in_backoff:
             raise TrackerError(f"tracker {self.url} is backed off for {self.backoff_remaining:.1f} s",
                                retry_after=self.backoff_remaining)
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         extra = {"timeout": timeout} if timeout is not None else {}
+        failure: TrackerError | None = None
+        for index, tracker in self._in_turn():
+            if failure is not None:
+                log.warning("tracker failed, asking the next one tracker=%s next=%s error=%s", self.url, tracker.url,
+                            failure)
+            self._current = index
+            try:
+                response = await self._send(tracker, method, path, body, payload is not None, extra)
+            except httpx.TransportError as error:
+                failure = self._down(tracker, f"tracker {tracker.url} unreachable ({type(error).__name__}: {error})")
+                continue
+            if response.status_code >= 500:
+                failure = self._down(tracker, f"tracker {tracker.url} failed with {response.status_code}",
+                                     response.status_code)
+                continue
+            tracker.failures = 0
+            return self._answer(response)
+        assert failure is not None  # not in backoff: some tracker was asked
+        raise failure
+
+    async def _send(self, tracker: _Tracker, method: str, path: str, body: bytes, json_body: bool,
+                    extra: dict) -> httpx.Response:
+        """One signed request to one tracker, signed again once if it finds the clock wrong."""
         for attempt in range(2):
             headers = sign(self._key, method, path, body, timestamp=int(time.time() + self._clock_offset))
-            if payload is not None:
+            if json_body:
                 headers["content-type"] = "application/json"
-            try:
-                response = await self._http.request(method, path, content=body, headers=headers, **extra)
-            except httpx.TransportError as error:
-                raise self._back_off(f"tracker {self.url} unreachable ({type(error).__name__}: {error})") from None
+            response = await self._http.request(method, tracker.url + path, content=body, headers=headers, **extra)
             if attempt == 0 and response.status_code == 401 and _code(response) == "stale_timestamp":
                 self._correct_clock(response)
                 continue
             break
-        return self._answer(response)
+        return response
 
     def _answer(self, response: httpx.Response) -> dict:
         status = response.status_code
-        if status >= 500:
-            raise self._back_off(f"tracker {self.url} failed with {status}", status=status)
         try:
             data = response.json()
         except ValueError:
@@ -332,8 +392,7 @@ class TrackerClient:
         if status == 429:
             header = response.headers.get("retry-after", "")
             retry_after = float(header) if header.isdigit() else BACKOFF_START
-            raise self._back_off(f"tracker {self.url} is rate limiting this peer", retry_after, status)
-        self._failures = 0
+            raise self._pause(f"tracker {self.url} is rate limiting this peer", retry_after, status)
         if status >= 400:
             error = data.get("error", {}) if isinstance(data, dict) else {}
             code, reason = (error.get("code"), error.get("message")) if isinstance(error, dict) else (None, None)
@@ -347,7 +406,7 @@ class TrackerClient:
     def _refused(self, status: int, code: str | None, reason: str | None) -> TrackerError:
         """A lasting refusal: back off for minutes, and say so once (the client asks nothing meanwhile)."""
         delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
-        self._backoff_until = time.monotonic() + delay
+        self._paused_until = time.monotonic() + delay
         hint = _HINTS.get(code or "")
         log.error("tracker refused this peer, not asking again for %.0f s tracker=%s peer=%s status=%d code=%s "
                   "message=%r%s", delay, self.url, self.peer_id, status, code, reason,
@@ -379,8 +438,9 @@ class TrackerClient:
         header, _, packed = data.partition(b"\n")
         try:
             meta = json.loads(header)
-            valid = (meta["format"] == _STATE_FORMAT and meta["tracker"] == self.url and meta["peer"] == self.peer_id
-                     and len(packed) == meta["count"] * HASH_BYTES and isinstance(meta["seq"], int))
+            valid = (meta["format"] == _STATE_FORMAT and meta["tracker"] == self._identity
+                     and meta["peer"] == self.peer_id and len(packed) == meta["count"] * HASH_BYTES
+                     and isinstance(meta["seq"], int))
         except (ValueError, KeyError, TypeError):
             valid = False
         if not valid:
@@ -398,7 +458,7 @@ class TrackerClient:
         if self._seq is None:
             await asyncio.to_thread(self._state_path.unlink, missing_ok=True)
             return
-        meta = {"format": _STATE_FORMAT, "tracker": self.url, "peer": self.peer_id, "seq": self._seq,
+        meta = {"format": _STATE_FORMAT, "tracker": self._identity, "peer": self.peer_id, "seq": self._seq,
                 "count": len(self._acked)}
         data = json.dumps(meta).encode() + b"\n" + b"".join(self._acked)
         await asyncio.to_thread(_write_atomically, self._state_path, data)

@@ -1,4 +1,4 @@
-"""The tracker's SQLite database: schema, migrations and every query.
+"""The tracker's SQLite storage, the default: schema, migrations and every query.
 
 Hash parts are interned: `paths` maps the 20 bytes behind a hash part to a small integer, and
 `holdings` pairs path ids with peer ids, indexed both ways (path -> peers answers lookups, peer ->
@@ -19,21 +19,27 @@ whole. Other work has connections of its own, which WAL lets run beside a write:
   passive checkpoint never finds the log fully copied and the log never restarts (it reached 6 GB
   while 100 peers announced 100k hashes each), so past _WAL_LIMIT a TRUNCATE checkpoint follows:
   it holds writes off only while it copies what the passive one left.
+
+One tracker process owns the file (`<db>.lock`), so the peers table, small (a row a machine) and read by
+every lookup, is mirrored in memory as `Peer` objects whose JSON is rendered once per change; a lookup
+is an index probe that names rows, and the mirror turns them into peers.
 """
 
 import asyncio
 import fcntl
-import json
 import logging
+import operator
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 import aiosqlite
 
-from .model import Addresses, Announce, Peer, dumps
+from .model import Announce, Peer, dumps
+from .storage import Counts, DatabaseError, SequenceMismatch
 
 log = logging.getLogger(__name__)
 
@@ -92,28 +98,18 @@ _PROBE_CACHE_KIB = 32768
 _READERS = 2
 _CHECKPOINT_INTERVAL = 1.0
 _WAL_LIMIT = 256 << 20
+_CLAIMS_PRUNED_AT = 100_000
+_LAST_SEEN = operator.attrgetter("last_seen")
 
 
-class DatabaseError(Exception):
-    """The file cannot serve as this tracker's database; the message says why."""
-
-
-class SequenceMismatch(Exception):
-    def __init__(self, held: int | None) -> None:
-        super().__init__("no set is held for this peer" if held is None else f"the tracker holds sequence {held}")
-        self.held = held
-
-
-def _peer(row: tuple) -> Peer:
-    id_, key, name, addresses, seq, paths, first_seen, last_seen, departed = row
-    return Peer(id_, key, name, Addresses.from_json(json.loads(addresses)), seq, paths, first_seen, last_seen,
-                departed)
-
-
-class Database:
+class SqliteStorage:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.path_count = 0  # distinct hash parts held by anyone, kept up to date by every write
+        self.name = str(path)
+        self._path_count = 0  # distinct hash parts held by anyone, kept up to date by every write
+        self._by_key: dict[bytes, Peer] = {}  # the peers table, mirrored
+        self._by_row: dict[int, Peer] = {}
+        self._claims: dict[bytes, float] = {}  # writes' keys, until when; one process, so memory is enough
         self._lock = asyncio.Lock()
         self._lock_file: int | None = None
         self._writer: aiosqlite.Connection | None = None
@@ -145,8 +141,10 @@ class Database:
             self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
             await self._configure(self._checkpointer, 1024)
             self._checkpoints = asyncio.create_task(self._checkpoint_after_commits(), name="checkpoints")
-            self.path_count = (await self._query("SELECT count(*) FROM paths"))[0][0]
-        except sqlite3.DatabaseError as error:
+            self._path_count = (await self._query("SELECT count(*) FROM paths"))[0][0]
+            for row in await self._query(f"SELECT {_PEER} FROM peers"):
+                self._store(Peer.from_row(row))
+        except (sqlite3.DatabaseError, DatabaseError) as error:
             await self.close()
             raise DatabaseError(f"{self.path}: {error}; is it a peerix tracker database?") from None
         except BaseException:
@@ -203,23 +201,32 @@ class Database:
     # Reads
 
     async def peers(self) -> list[Peer]:
-        return [_peer(row) for row in await self._query(f"SELECT {_PEER} FROM peers")]
+        return list(self._by_key.values())
 
-    def holders(self, packed: bytes) -> list[int]:
-        """Rows of the peers holding a hash; runs on the calling (event loop) thread."""
-        assert self._probe is not None
-        return [row[0] for row in self._probe.execute(_HOLDERS, (packed,))]
+    async def holders(self, packed: bytes, online_since: float, limit: int) -> list[Peer]:
+        """An index probe on the calling (event loop) thread: ~20 µs, less than the hop to a worker."""
+        if self._probe is None:
+            raise DatabaseError("the database is closed")
+        try:
+            rows = [row[0] for row in self._probe.execute(_HOLDERS, (packed,))]
+        except sqlite3.Error as error:
+            raise DatabaseError(f"{self.path}: {error}") from None
+        return self._online(rows, online_since, limit)
 
-    async def holders_many(self, packed: list[bytes]) -> dict[bytes, list[int]]:
-        """As `holders` for many hashes, on a worker thread; hashes nobody holds are left out."""
+    async def holders_many(self, packed: list[bytes], online_since: float, limit: int) -> dict[bytes, list[Peer]]:
         rows = await self._query(_HOLDERS_MANY, (b"".join(packed),))
-        return {hash_: list(map(int, peers.split(","))) for hash_, peers in rows if peers}
+        found = {hash_: self._online(map(int, peers.split(",")), online_since, limit) for hash_, peers in rows if peers}
+        return {hash_: peers for hash_, peers in found.items() if peers}
+
+    async def counts(self, online_since: float) -> Counts:
+        online = sum(peer.is_online(online_since) for peer in self._by_key.values())
+        return Counts(online, len(self._by_key) - online, self._path_count,
+                      sum(peer.paths for peer in self._by_key.values()))
 
     async def check(self) -> int:
-        """Prove the database answers; returns the schema version."""
         return (await self._query("PRAGMA user_version"))[0][0]
 
-    def size(self) -> int:
+    async def size(self) -> int:
         """Bytes on disk, write-ahead log included."""
         return _size(self.path) + _size(Path(f"{self.path}-wal"))
 
@@ -230,8 +237,29 @@ class Database:
         reader = await self._idle_readers.get()
         try:
             return list(await reader.execute_fetchall(sql, parameters))
+        except sqlite3.Error as error:
+            raise DatabaseError(f"{self.path}: {error}") from None
         finally:
             self._idle_readers.put_nowait(reader)
+
+    def _online(self, rows: Iterable[int], online_since: float, limit: int) -> list[Peer]:
+        """The online peers among database rows, most recently seen first (a row not yet mirrored is skipped)."""
+        peers = [peer for row in rows if (peer := self._by_row.get(row)) is not None and peer.is_online(online_since)]
+        peers.sort(key=_LAST_SEEN, reverse=True)
+        return peers[:limit]
+
+    def _store(self, peer: Peer) -> Peer:
+        if (old := self._by_key.get(peer.key)) is not None and old.row != peer.row:
+            self._by_row.pop(old.row, None)
+        self._by_key[peer.key] = peer
+        self._by_row[peer.row] = peer
+        return peer
+
+    def _forget(self, peer: Peer) -> Peer:
+        if (held := self._by_key.get(peer.key)) is not None and held.row == peer.row:
+            del self._by_key[peer.key]
+            self._by_row.pop(peer.row, None)
+        return peer
 
     # Writes
 
@@ -272,9 +300,10 @@ class Database:
                 f"UPDATE peers SET name = ?, addresses = ?, seq = ?, paths = paths + ?, last_seen = ?, "
                 f"departed = NULL WHERE id = ? RETURNING {_PEER}",
                 (announce.name, dumps(announce.addresses.to_json()), seq, added - removed, now, row))
-            return _peer(next(iter(rows))), added, removed
+            return Peer.from_row(next(iter(rows))), added, removed
 
-        return await self._write(work)
+        peer, added, removed = await self._write(work)
+        return self._store(peer), added, removed
 
     async def depart(self, key: bytes, now: float) -> Peer | None:
         """Mark a peer as gone, keeping its set and sequence for its return."""
@@ -282,27 +311,26 @@ class Database:
         async def work(db: aiosqlite.Connection) -> Peer | None:
             rows = await db.execute_fetchall(f"UPDATE peers SET departed = ? WHERE key = ? RETURNING {_PEER}",
                                              (now, key))
-            return _peer(next(iter(rows))) if rows else None
+            return Peer.from_row(next(iter(rows))) if rows else None
 
-        return await self._write(work)
+        peer = await self._write(work)
+        return peer and self._store(peer)
 
-    async def purge(self, key: bytes) -> Peer | None:
-        """Drop a peer's set but keep the peer; its sequence becomes 0, so its next delta meets a 409
-        and it announces its set afresh."""
-
-        async def work(db: aiosqlite.Connection) -> Peer | None:
+    async def purge(self, key: bytes) -> tuple[Peer, int] | None:
+        async def work(db: aiosqlite.Connection) -> tuple[Peer, int] | None:
             rows = await db.execute_fetchall("SELECT id FROM peers WHERE key = ?", (key,))
             if not rows:
                 return None
             row = next(iter(rows))[0]
             await db.execute("DELETE FROM gone")
             await db.execute("INSERT INTO gone SELECT path FROM holdings WHERE peer = ?", (row,))
-            await self._release(db, row)
+            dropped = await self._release(db, row)
             rows = await db.execute_fetchall(f"UPDATE peers SET paths = 0, seq = 0 WHERE id = ? RETURNING {_PEER}",
                                              (row,))
-            return _peer(next(iter(rows)))
+            return Peer.from_row(next(iter(rows))), dropped
 
-        return await self._write(work)
+        purged = await self._write(work)
+        return purged and (self._store(purged[0]), purged[1])
 
     async def remove(self, key: bytes, silent_since: float | None = None) -> Peer | None:
         """Remove a peer and its hashes (only if not heard from since `silent_since`, when given)."""
@@ -313,13 +341,34 @@ class Database:
                 (key, float("inf") if silent_since is None else silent_since))
             if not rows:
                 return None
-            peer = _peer(next(iter(rows)))
+            peer = Peer.from_row(next(iter(rows)))
             await db.execute("DELETE FROM gone")
             await db.execute("INSERT INTO gone SELECT path FROM holdings WHERE peer = ?", (peer.row,))
             await self._release(db, peer.row)
             return peer
 
-        return await self._write(work)
+        peer = await self._write(work)
+        return peer and self._forget(peer)
+
+    async def claim(self, key: bytes, until: float) -> bool:
+        if key in self._claims:
+            return False
+        if len(self._claims) >= _CLAIMS_PRUNED_AT:
+            self._prune_claims(time.time())
+        self._claims[key] = until
+        return True
+
+    def _prune_claims(self, now: float) -> None:
+        for key in [key for key, until in self._claims.items() if until < now]:
+            del self._claims[key]
+
+    async def expire(self, silent_since: float) -> list[Peer]:
+        self._prune_claims(time.time())
+        removed = []
+        for stale in [peer for peer in self._by_key.values() if peer.last_seen < silent_since]:
+            if (peer := await self.remove(stale.key, silent_since)) is not None:
+                removed.append(peer)
+        return removed
 
     async def _write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run `work` as one transaction; on any failure, cancellation included, nothing of it stays."""
@@ -330,14 +379,17 @@ class Database:
             if db.in_transaction:  # a rollback that was itself cancelled
                 await db.rollback()
             self._path_change = 0
-            await db.execute("BEGIN IMMEDIATE")
             try:
-                result = await work(db)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.rollback()
-                raise
-            self.path_count += self._path_change
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await work(db)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await db.rollback()
+                    raise
+            except sqlite3.Error as error:
+                raise DatabaseError(f"{self.path}: {error}") from None
+            self._path_count += self._path_change
             self._committed.set()
             return result
 
