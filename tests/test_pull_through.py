@@ -16,6 +16,7 @@ from peerix.nix.signing import SecretKey
 
 from conftest import requires_nix
 from nixtools import HERE, build, closure_of, hash_part, nix, run
+from rollout import Rollout
 from upstream import UpstreamCache
 
 pytestmark = requires_nix
@@ -153,3 +154,54 @@ def test_lan_hosts_that_all_want_a_path_fetch_it_from_the_upstream_once(tmp_path
         assert followed >= 3  # every path had one host go upstream and the others follow it
     finally:
         net.close()
+
+
+needs_netns = pytest.mark.skipif(why_no_netns() is not None, reason=why_no_netns() or "")
+
+
+@pytest.fixture(scope="module")
+def rollout_closure() -> Path:
+    return build(HERE / "nix" / "rollout.nix", seed="rollout-1")
+
+
+@needs_netns
+def test_eight_hosts_rolling_out_one_closure_fetch_each_nar_from_the_upstream_once(tmp_path: Path,
+                                                                                   rollout_closure: Path) -> None:
+    fleet = Rollout(tmp_path, rollout_closure, hosts=8, rate="160mbit")
+    try:
+        fleet.start_all()
+        fleet.copy_all()
+        for name in fleet.hosts:
+            fleet.verify(name)
+        fetches = fleet.upstream.nar_fetches()
+        assert sorted(fetches.values()) == [1] * len(closure_of(rollout_closure)), fetches
+        assert fleet.upstream.bytes_sent() <= 1.1 * fleet.upstream.file_bytes()
+        assert sum(fleet.metric(name, "peerix_lease_waits_total") for name in fleet.hosts) > 0
+    finally:
+        fleet.close()
+
+
+@needs_netns
+def test_a_lease_holder_killed_halfway_through_a_nar_is_taken_over(tmp_path: Path, rollout_closure: Path) -> None:
+    """The holder dies mid-NAR: another host takes the lease over and finishes from the upstream, which
+    sends at most that NAR's file once more."""
+    fleet = Rollout(tmp_path, rollout_closure, hosts=3, rate="80mbit")  # 10 MB/s: the big NAR takes seconds
+    try:
+        fleet.start_all()
+        big = max((fleet.upstream.cache / "nar").iterdir(), key=lambda path: path.stat().st_size).stat().st_size
+        copies = {name: fleet.copy(name) for name in fleet.hosts}
+        holder = wait_for(lambda: next((name for name in fleet.hosts
+                                        if fleet.metric(name, "peerix_upstream_bytes_total") > big / 2), None),
+                          timeout=60, interval=0.05)
+        fleet.kill(holder)
+        for name, copy in copies.items():
+            _, stderr = copy.communicate(timeout=300)
+            if name != holder:
+                assert copy.returncode == 0, f"{name}: {stderr}"
+                fleet.verify(name)
+        taken_over = [name for name in fleet.hosts if name != holder
+                      and fleet.metric(name, "peerix_lease_takeovers_total") >= 1]
+        assert taken_over, "no host took the lease over"
+        assert fleet.upstream.bytes_sent() <= fleet.upstream.file_bytes() + big
+    finally:
+        fleet.close()

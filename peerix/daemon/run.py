@@ -28,7 +28,7 @@ from ..store.narcache import NarCache
 from ..store.substituter import Substituter
 from ..swarm.announcer import Announcer
 from ..swarm.candidates import CandidateSource, LanSource, TrackerSource
-from ..swarm.leases import Alone, LanLeases
+from ..swarm.leases import Alone, LanLeases, Leases, TrackerLeases
 from ..swarm.peer_service import PeerService
 from ..swarm.peers import Peers
 from ..swarm.policy import Policy
@@ -94,7 +94,7 @@ async def run(config: Config) -> None:
         sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         background = []
-        lan = tracker_source = None
+        lan = tracker_source = tracker = None
         if config.lan or config.static_peers:
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
@@ -133,7 +133,9 @@ async def run(config: Config) -> None:
                                      temporary_dir=str(config.state_dir), compression=config.compression)
         pull = None
         if held is not None and upstream is not None:
-            leases = LanLeases(lan) if lan is not None else Alone()
+            leases: Leases = LanLeases(lan) if lan is not None else Alone()
+            if tracker is not None:
+                leases = TrackerLeases(tracker, leases)
             pull = PullThrough(upstream, held, policy, peers, leases, transfers,
                                PullSettings(min_rate=config.pull_through_min_rate))
             stack.push_async_callback(pull.close)

@@ -44,6 +44,7 @@ class PullSettings:
 
 
 MAX_PEERS_ASKED = 4  # peers asked whether they hold a path whole before going to the lease
+MAX_LEASE_WAIT = 15.0  # seconds waited for a failed holder's lease to run out before fetching anyway
 
 
 class TooSlow(Exception):
@@ -98,12 +99,17 @@ class PullThrough:
         outcome, how = "failed", "upstream"
         try:
             failed: set[str] = set()  # peers that failed us: not followed again for this path
+            waited = 0.0
             while growing.written < info.nar_size:
                 if await self._from_peers(growing, info, failed):  # someone holds it whole by now
                     how = "peer"
                     break
                 lease = await self.leases.acquire(hash_part, failed)
-                if lease.granted or lease.holder is None:
+                if lease.holder is None and not lease.granted and waited < MAX_LEASE_WAIT:
+                    waited += lease.wait  # the holder failed us and its lease has yet to run out
+                    await asyncio.sleep(lease.wait)
+                    continue
+                if lease.holder is None:
                     await self._from_upstream(growing, info, lease.granted)
                     break
                 how = "peer"
@@ -144,7 +150,7 @@ class PullThrough:
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
                 with contextlib.suppress(Exception):
-                    await self.leases.release(info.store_path.hash_part)
+                    await self.leases.release(info.store_path.hash_part, growing.written == info.nar_size)
 
     async def _from_peers(self, growing: Growing, info: NarInfo, failed: set[str]) -> bool:
         """The rest of the NAR from a peer that holds it whole now (it finished its own pull-through
