@@ -11,6 +11,7 @@ from netns import Network, wait_for, why_no_netns
 
 from peerix.cli.localfleet import Host, LocalFleet, wait_until
 from peerix.common.secrets import write_secret
+from peerix.common.units import size_text
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import SecretKey
 
@@ -59,6 +60,10 @@ def test_a_path_no_peer_holds_comes_from_the_upstream_once_and_is_held(fleet: Lo
     closure = closure_of(pulled)
     assert sorted(upstream.nar_fetches().values()) == [1] * len(closure)  # each NAR once, xz inflated on the way
     assert a.metric("peerix_upstream_fetches_total{outcome=\"complete\"}") == len(closure)
+    fetched = a.metric("peerix_upstream_bytes_total")
+    assert fetched > 0
+    dashboard = httpx.get(f"{a.url}/dashboard").text
+    assert f'id="fetched-from-upstream">{size_text(int(fetched))}<' in dashboard  # kept in the lifetime totals
     # held, announced and served to the next host: the upstream sees nothing more
     fleet.wait_announced(a, closure)
     b = fleet.host("b")

@@ -113,9 +113,7 @@ class PullThrough:
                     await self._from_upstream(growing, info, lease.granted)
                     break
                 how = "peer"
-                self.metrics.lease_waits.inc()
-                if not await self._follow(growing, info, lease.holder, failed):
-                    self.metrics.lease_takeovers.inc()
+                self.metrics.lease_waited(holder_failed=not await self._follow(growing, info, lease.holder, failed))
             await asyncio.to_thread(growing.finish)
             self.held.publish(growing, info.to_text())
             outcome = "complete"
@@ -137,7 +135,7 @@ class PullThrough:
         skip = growing.written
         renewer = asyncio.create_task(self._renew(growing)) if leased else None
         try:
-            chunks = self.upstream.nar(info, self.metrics.upstream_bytes.inc)
+            chunks = self.upstream.nar(info, self.metrics.from_upstream)
             async with contextlib.aclosing(chunks):
                 while (chunk := await self._next(chunks, "the upstream")) is not None:
                     if skip:
@@ -195,7 +193,7 @@ class PullThrough:
         while growing.written < growing.info.nar_size:
             chunk = await source.read()
             growing.write(chunk)
-            self.metrics.upstream_saved_bytes.inc(len(chunk))
+            self.metrics.saved_from_upstream(len(chunk))
             self.metrics.peer_received_bytes.inc(len(chunk))
             window_bytes += len(chunk)
             elapsed = time.monotonic() - window_start

@@ -89,6 +89,21 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._sent_children: dict[str, Counter] = {}
 
+    def from_upstream(self, count: int) -> None:
+        self.upstream_bytes.inc(count)
+        self.activity.count("bytes_from_upstream", count)
+
+    def saved_from_upstream(self, count: int) -> None:
+        self.upstream_saved_bytes.inc(count)
+        self.activity.count("bytes_saved_from_upstream", count)
+
+    def lease_waited(self, holder_failed: bool) -> None:
+        self.lease_waits.inc()
+        self.activity.count("lease_waits")
+        if holder_failed:
+            self.lease_takeovers.inc()
+            self.activity.count("lease_takeovers")
+
     def observe_sent(self, route: str, count: int) -> None:
         """Body bytes of a response, as they are sent."""
         child = self._sent_children.get(route)
