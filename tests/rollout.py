@@ -3,7 +3,7 @@ tracker, and an upstream cache (nginx) behind a rate-limited link. Shared by tes
 and bench/rollout.py.
 
 Each host runs a peerix daemon (tracker only, no LAN discovery) whose `upstream` is the stand-in;
-its Nix copies the closure into a client store of its own, through its daemon or, for comparison,
+its Nix substitutes the closure into a client store of its own, through its daemon or, for comparison,
 straight from the upstream as plain Nix would.
 """
 
@@ -74,26 +74,35 @@ class Rollout:
         wait_for(lambda: len(json.loads(next(iter(self.hosts.values())).get(
             f"{self.tracker_url}/api/v1/peers"))["peers"]) == len(self.hosts), timeout=30)
 
-    def copy(self, name: str, through_peerix: bool = True) -> subprocess.Popen:
-        """Real Nix on a host copying the closure into a fresh client store."""
-        home, source = self.home(name), DAEMON if through_peerix else self.upstream.url
-        key = self.keys[name].public.to_text() if through_peerix else self.upstream.public_key
+    def copy(self, name: str, substituters: tuple[str, ...] = (DAEMON,)) -> subprocess.Popen:
+        """Real Nix on a host substituting the closure into a fresh client store from `substituters`
+        (its daemon, the upstream, or both in this order as a fleet would configure them)."""
+        home = self.home(name)
+        keys = f"{self.keys[name].public.to_text()} {self.upstream.public_key}"
         client = home / f"client-{time.monotonic_ns()}"
         return subprocess.Popen(self.hosts[name].command(
-            "env", f"XDG_CACHE_HOME={home / 'xdg'}", "nix", "copy", "--from", source, "--to", str(client),
-            "--option", "trusted-public-keys", key, "--option", "narinfo-cache-negative-ttl", "0",
-            str(self.closure)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            "env", f"XDG_CACHE_HOME={home / 'xdg'}", "nix-store", "--store", str(client),
+            "--realise", str(self.closure), "--option", "substituters", " ".join(substituters),
+            "--option", "trusted-public-keys", keys, "--option", "narinfo-cache-negative-ttl", "0"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def copy_all(self, through_peerix: bool = True, timeout: float = 600) -> dict[str, float]:
+    def copy_all(self, substituters: tuple[str, ...] = (DAEMON,), timeout: float = 600) -> dict[str, float]:
         """Every host at the same moment; {host: seconds until its copy was done}."""
         started = time.monotonic()
-        copies = {name: self.copy(name, through_peerix) for name in self.hosts}
+        copies = {name: self.copy(name, substituters) for name in self.hosts}
         done = {}
-        for name, copy in copies.items():
-            _, stderr = copy.communicate(timeout=timeout)
-            if copy.returncode != 0:
-                raise AssertionError(f"{name}: nix copy failed:\n{stderr}")
-            done[name] = time.monotonic() - started
+        pending = dict(copies)
+        while pending:
+            for name, copy in list(pending.items()):
+                if copy.poll() is None:
+                    continue
+                done[name] = time.monotonic() - started
+                del pending[name]
+                if copy.returncode != 0:
+                    raise AssertionError(f"{name}: nix-store --realise failed:\n{copy.stderr.read()}")
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"still copying after {timeout} s: {sorted(pending)}")
+            time.sleep(0.02)
         return done
 
     def verify(self, name: str) -> None:

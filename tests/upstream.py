@@ -58,6 +58,8 @@ http {{
     def add(self, *paths: str, compression: str = "xz") -> None:
         nix("copy", "--to", f"file://{self.cache}?compression={compression}&secret-key={self.root / 'upstream.sec'}",
             *paths)
+        # As cache.nixos.org says it (without a Priority, Nix would rank this cache first, at 0).
+        (self.cache / "nix-cache-info").write_text("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")
 
     def _answers(self) -> bool:
         try:
