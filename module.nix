@@ -31,6 +31,7 @@ let
     priority = "priority";
     iroh_listen = "irohPort";
     exclude = "exclude";
+    pull_through = "pullThrough";
     sign_key_file = "privateKeyFile";
     state_dir = "(fixed: /var/lib/peerix)";
   };
@@ -68,6 +69,7 @@ let
     priority = cfg.priority;
     iroh_listen = "0.0.0.0:${toString cfg.irohPort}";
     exclude = cfg.exclude;
+    pull_through = cfg.pullThrough;
   } // lib.optionalAttrs (cfg.lan.interface != null) { lan_interface = cfg.lan.interface; };
 
   hardening = {
@@ -208,7 +210,13 @@ in
     upstreamCache = mkOption {
       type = types.nullOr types.str;
       default = "https://cache.nixos.org";
-      description = "Binary cache that vouches for unsigned paths by their NarHash; null: no upstream checks.";
+      description = "Binary cache that vouches for unsigned paths by their NarHash, and that paths no peer holds are pulled through from; null: neither.";
+    };
+
+    pullThrough = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Fetch a path no peer holds from the upstream cache, stream it to Nix and hold it for the fleet (one download per path for the fleet with a tracker or LAN peers).";
     };
 
     priority = mkOption {

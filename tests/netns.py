@@ -29,6 +29,7 @@ class Host:
         self.network = network
         self.ns = f"px{network.tag}{name}"
         self.addresses: list[str] = []
+        self.interfaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
         ip("netns", "add", self.ns)
         ip("-n", self.ns, "link", "set", "lo", "up")
@@ -50,6 +51,12 @@ class Host:
 
     def peerix(self, *args: str, log: Path) -> subprocess.Popen:
         return self.start([sys.executable, "-m", "peerix.cli", *args], log)
+
+    def shape(self, rate: str) -> None:
+        """Limit what this host sends to `rate` (e.g. "20mbit") with tbf: this kernel has no netem."""
+        for interface in self.interfaces:
+            self.run("tc", "qdisc", "add", "dev", interface, "root", "tbf", "rate", rate, "burst", "64kb",
+                     "latency", "50ms")
 
     def get(self, url: str) -> str:
         return self.run("curl", "-sf", "--max-time", "5", url).stdout
@@ -95,6 +102,7 @@ class Network:
         ip("link", "set", near, "netns", host.ns)
         ip("link", "set", far, "netns", other.ns)
         ip("-n", host.ns, "addr", "add", f"{address}/{prefix}", "dev", near)
+        host.interfaces.append(near)
         ip("-n", host.ns, "link", "set", near, "up")
         host.addresses.append(address)
         if bridge:

@@ -37,6 +37,7 @@ from peerix.net.tracker_protocol import (
     ADMIN_PEERS_PATH,
     ANNOUNCE_PATH,
     API,
+    LEASES_PATH,
     LOOKUP_PATH,
     PEERS_PATH,
     Signature,
@@ -58,6 +59,7 @@ from .model import (
     parse_limit,
     parse_lookup,
     render_batch,
+    render_lease,
     render_lookup,
     render_peer,
 )
@@ -86,6 +88,7 @@ class Tracker:
     metrics: Metrics
     sweeper: Sweeper
     started_at: float
+    lease_limits: RateLimiter | None = None  # lease requests per peer; none: unlimited (tests)
 
 
 def create_app(t: Tracker) -> ASGIApp:
@@ -125,16 +128,56 @@ def create_app(t: Tracker) -> ASGIApp:
         scope.setdefault("state", {})["peer"] = signature and signature.peer_id  # as request.state.peer: logged
         return signature
 
-    async def authenticate_write(request: Request, body: bytes, now: float) -> str:
+    async def authenticate_write(request: Request, body: bytes, now: float,
+                                 limits: RateLimiter | None = t.peer_limits) -> str:
         """A write's signature, its replay check (with the storage: across replicas) and the peer's rate limit;
         the signing peer."""
         signature = signature_of(request.scope, request.headers, body, now, write=True)
         assert signature is not None
         if not await storage.claim(*t.auth.replay_key(signature)):
             raise ApiError(401, "replayed", "this request was already received; sign each request anew")
-        if wait := t.peer_limits.take(signature.peer_id, now):
+        if limits is not None and (wait := limits.take(signature.peer_id, now)):
             raise _rate_limited(wait, "this peer")
         return signature.peer_id
+
+    def packed_hash(request: Request) -> bytes:
+        hash_part = request.path_params["hash"]
+        try:
+            return pack_hash(hash_part)
+        except ValueError:
+            raise ApiError(400, "invalid_hash", f"not a store path hash part (32 nix32 characters): "
+                           f"{hash_part[:64]!r}") from None
+
+    @api_route
+    async def lease(request: Request) -> Response:
+        """Take, renew or learn about the lease on a path: which host fetches it from the upstream for the
+        fleet. Only a peer the tracker knows (it announced) may hold one: the others must reach it."""
+        now = time.time()
+        packed = packed_hash(request)
+        body = await _read_body(request, config.max_body)
+        peer_id = await authenticate_write(request, body, now, t.lease_limits)
+        key = bytes.fromhex(peer_id)
+        held = await storage.lease(packed, key, now + config.lease_ttl, now)
+        granted = held.holder == key
+        if granted and (held.peer is None or not held.peer.is_online(online_since(now))):
+            await storage.release(packed, key)
+            raise ApiError(409, "not_announced", "a lease goes to an online peer that others can reach: announce "
+                           "first")
+        metrics.leases.labels("granted" if granted else "held").inc()
+        holder = None if granted else held.peer
+        return Response(render_lease(request.path_params["hash"], granted, held.until, config.lease_ttl, holder),
+                        media_type=JSON)
+
+    @api_route
+    async def release(request: Request) -> Response:
+        now = time.time()
+        packed = packed_hash(request)
+        body = await _read_body(request, config.max_body)
+        peer_id = await authenticate_write(request, body, now, t.lease_limits)
+        released = await storage.release(packed, bytes.fromhex(peer_id))
+        if released:
+            metrics.leases.labels("released").inc()
+        return JSONResponse({"hash": request.path_params["hash"], "released": released})
 
     advice = {"advice": {name: rate for name, rate in (("max_upload_rate", config.advised_upload_rate),
                                                         ("max_download_rate", config.advised_download_rate))
@@ -333,6 +376,8 @@ def create_app(t: Tracker) -> ASGIApp:
         Route(LOOKUP_PATH, lookup_batch, methods=["POST"]),
         Route(PEERS_PATH, peers, methods=["GET"]),
         Route(PEERS_PATH + "/{peer_id}", deregister, methods=["DELETE"]),
+        Route(LEASES_PATH + "/{hash}", lease, methods=["POST"]),
+        Route(LEASES_PATH + "/{hash}", release, methods=["DELETE"]),
         Route(ADMIN_PEERS_PATH, admin_peers, methods=["GET"]),
         Route(ADMIN_PEERS_PATH + "/{peer_id}", admin_remove, methods=["DELETE"]),
         Route(ADMIN_PEERS_PATH + "/{peer_id}/purge", admin_purge, methods=["POST"]),

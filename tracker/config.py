@@ -52,6 +52,9 @@ class Config:
     address_burst: float = 400.0
     peer_rate: float = 1.0
     peer_burst: float = 30.0
+    lease_ttl: float = 6.0
+    lease_rate: float = 50.0
+    lease_burst: float = 500.0
     admin_tokens: tuple[str, ...] = ()
     advised_upload_rate: int | None = None
     advised_download_rate: int | None = None
@@ -182,6 +185,11 @@ SETTINGS = (
     Setting("address_burst", _positive(float), "burst of API requests per client address (default: 400)", "N"),
     Setting("peer_rate", _positive(float), "writes per second per peer (default: 1)", "N"),
     Setting("peer_burst", _positive(float), "burst of writes per peer (default: 30)", "N"),
+    Setting("lease_ttl", _seconds, "how long a pull-through lease lasts without a renewal: a holder that dies "
+            "or stalls loses it this soon (default: 6s)", "DURATION"),
+    Setting("lease_rate", _positive(float), "lease requests (takes, renewals, releases) per second per peer "
+            "(default: 50)", "N"),
+    Setting("lease_burst", _positive(float), "burst of lease requests per peer (default: 500)", "N"),
     Setting("admin_token_file", lambda value: Path(str(value)), "file of admin tokens for /api/v1/admin and "
             "`peerix-tracker admin`, one a line (mode 0600); none: the admin API is off", "FILE"),
     Setting("advised_upload_rate", _size, "bytes per second each peer is advised to send at most (peers' own "

@@ -69,6 +69,8 @@ class Metrics:
                                registry=r)
         self.sweeps = Counter("peerix_tracker_sweeps", "Sweeps, by result (ok, failed, skipped: another replica "
                               "was sweeping)", ["result"], registry=r)
+        self.leases = Counter("peerix_tracker_leases", "Lease requests, by result (granted: taken or renewed; "
+                              "held: another peer holds it; released)", ["result"], registry=r)
         self.announce_rate = RecentRate()
         self.lookup_rate = RecentRate()
         # Label children looked up once: labels() costs more than the increment it leads to.

@@ -255,6 +255,12 @@ def render_lookup(hash_part: str, peers: list[Peer]) -> str:
     return f'{{"hash":"{hash_part}","peers":[{",".join(peer.record for peer in peers)}]}}'
 
 
+def render_lease(hash_part: str, granted: bool, until: float, ttl: float, holder: Peer | None) -> str:
+    """A lease as it stands: granted to the asker, or held by `holder` (its record, to fetch from it)."""
+    return (f'{{"hash":"{hash_part}","granted":{"true" if granted else "false"},"until":{round(until, 3)},'
+            f'"ttl":{ttl},"holder":{holder.record if holder else "null"}}}')
+
+
 def render_batch(found: dict[str, list[Peer]]) -> str:
     """Each peer once, in `peers`; `results` maps each hash held by someone to indexes into it."""
     index: dict[int, int] = {}

@@ -12,6 +12,7 @@ from peerix import __version__
 from peerix.net.tracker_protocol import (
     ADMIN_PEERS_PATH,
     ANNOUNCE_PATH,
+    LEASES_PATH,
     LOOKUP_PATH,
     NONCE_HEADER,
     PEER_HEADER,
@@ -110,6 +111,12 @@ SCHEMAS: dict[str, Any] = {
         "oneOf": [{"required": ["hashes"], "not": {"anyOf": [{"required": ["added"]}, {"required": ["removed"]}]},
                    "description": "a full announce"},
                   {"required": ["since"], "description": "a delta; without added and removed, a heartbeat"}]},
+    "Lease": {"type": "object", "required": ["hash", "granted", "until", "ttl", "holder"], "properties": {
+        "hash": HASH, "granted": {"type": "boolean", "description": "the asker holds it (taken or renewed)"},
+        "until": {"type": "number", "description": "when it runs out without a renewal (Unix time)"},
+        "ttl": {"type": "number", "description": "seconds a lease lasts"},
+        "holder": {"oneOf": [{"type": "null"}, _ref("PeerRecord")],
+                   "description": "who holds it, when not the asker"}}},
     "Announced": {"type": "object", "required": ["seq", "paths"], "properties": {
         "seq": {"type": "integer"}, "paths": {"type": "integer"},
         "advice": {"type": "object", "additionalProperties": {"type": "integer"}}}},
@@ -154,6 +161,20 @@ def document() -> dict[str, Any]:
             "responses": {"200": _ok({"type": "object", "required": ["paths"], "properties": {
                 "departed": PEER_ID, "removed": PEER_ID, "paths": {"type": "integer"}}}),
                 "404": _error("not_found: the tracker holds nothing for the peer"), **_WRITE_ERRORS}})},
+        LEASES_PATH + "/{hash}": {
+            "post": _signed({
+                "summary": "Take or renew the lease on a path (who fetches it from the upstream for the fleet), "
+                           "or learn who holds it",
+                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": HASH}],
+                "responses": {"200": _ok(_ref("Lease")),
+                              "409": _error("not_announced: only a peer that announced may hold a lease"),
+                              **_WRITE_ERRORS}}),
+            "delete": _signed({
+                "summary": "Give up a lease this peer holds",
+                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": HASH}],
+                "responses": {"200": _ok({"type": "object", "required": ["hash", "released"], "properties": {
+                    "hash": HASH, "released": {"type": "boolean"}}}), **_WRITE_ERRORS}}),
+        },
         ADMIN_PEERS_PATH: {"get": _admin({"summary": "Every peer (admin)",
                                           "responses": {"200": _ok(_ref("Peers")), **_ADMIN_ERRORS}})},
         ADMIN_PEERS_PATH + "/{peer_id}": {"delete": _admin({

@@ -41,7 +41,7 @@ import asyncpg
 from peerix import __version__
 
 from .model import Announce, Peer, dumps
-from .storage import Counts, DatabaseError, SequenceMismatch
+from .storage import Counts, DatabaseError, Lease, SequenceMismatch
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,14 @@ MIGRATIONS = (
     CREATE TABLE claims (
         key bytea PRIMARY KEY,              -- a write's peer and nonce: a second one is a replay
         until double precision NOT NULL     -- after this its timestamp is stale anyway
+    );
+    """,
+    # 2: leases: which host fetches a path from the upstream for the fleet.
+    """
+    CREATE TABLE leases (
+        hash bytea PRIMARY KEY,             -- the 20 bytes behind the 32 nix32 characters
+        holder bytea NOT NULL,              -- the holder's key
+        until double precision NOT NULL
     );
     """,
 )
@@ -204,6 +212,20 @@ _REMOVE = f"""
 WITH peer AS (DELETE FROM peers WHERE key = $1 AND last_seen < $2 RETURNING {_PEER}),
 {_releasing("DELETE FROM holdings h USING peer WHERE h.peer = peer.id RETURNING h.path", "(SELECT id FROM peer)")}
 SELECT {_PEER} FROM peer
+"""
+
+# $1 hash, $2 key, $3 until, $4 now: granted or renewed unless someone else holds a lease running past now.
+_LEASE = f"""
+WITH taken AS (
+    INSERT INTO leases AS l (hash, holder, until) VALUES ($1, $2, $3)
+    ON CONFLICT (hash) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+    WHERE l.until < $4 OR l.holder = EXCLUDED.holder
+    RETURNING holder, until
+), held AS (
+    SELECT holder, until FROM taken
+    UNION ALL SELECT holder, until FROM leases WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM taken)
+)
+SELECT held.holder, held.until, {_P_PEER} FROM held LEFT JOIN peers p ON p.key = held.holder
 """
 
 _CONNECTIONS = 6
@@ -443,12 +465,22 @@ class PostgresStorage:
             "INSERT INTO claims (key, until) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true", key, until))
         return claimed is not None
 
+    async def lease(self, packed: bytes, key: bytes, until: float, now: float) -> Lease:
+        row = await self._write(lambda db: db.fetchrow(_LEASE, packed, key, until, now))
+        return Lease(bytes(row[0]), row[1], self._peer(row[2:]) if row[2] is not None else None)
+
+    async def release(self, packed: bytes, key: bytes) -> bool:
+        status = await self._write(lambda db: db.execute("DELETE FROM leases WHERE hash = $1 AND holder = $2",
+                                                         packed, key))
+        return _count(status) == 1
+
     async def expire(self, silent_since: float) -> list[Peer] | None:
         async with self._connection(_WRITE_TIMEOUT) as db:
             if not await db.fetchval(f"SELECT pg_try_advisory_lock({LOCK_CLASS}, {SWEEP_LOCK})"):
                 return None
             try:
                 await db.execute("DELETE FROM claims WHERE until < $1", time.time())
+                await db.execute("DELETE FROM leases WHERE until < $1", time.time())
                 keys = [row[0] for row in await db.fetch("SELECT key FROM peers WHERE last_seen < $1", silent_since)]
                 return [peer for key in keys if (peer := await self.remove(bytes(key), silent_since)) is not None]
             finally:

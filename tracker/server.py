@@ -37,9 +37,11 @@ async def serve(config: Config) -> None:
         auth = Authenticator(config.membership, config.allowlist, config.tokens, config.max_clock_skew, started_at)
         address_limits = RateLimiter(config.address_rate, config.address_burst)
         peer_limits = RateLimiter(config.peer_rate, config.peer_burst)
+        lease_limits = RateLimiter(config.lease_rate, config.lease_burst)
         sweeper = Sweeper(storage, config.remove_after, config.sweep_interval, metrics,
-                          prune=(address_limits.prune, peer_limits.prune))
-        app = create_app(Tracker(config, storage, auth, address_limits, peer_limits, metrics, sweeper, started_at))
+                          prune=(address_limits.prune, peer_limits.prune, lease_limits.prune))
+        app = create_app(Tracker(config, storage, auth, address_limits, peer_limits, metrics, sweeper, started_at,
+                                 lease_limits))
         host, port = config.listen
         server = Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",

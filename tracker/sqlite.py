@@ -39,7 +39,7 @@ from typing import TypeVar
 import aiosqlite
 
 from .model import Announce, Peer, dumps
-from .storage import Counts, DatabaseError, SequenceMismatch
+from .storage import Counts, DatabaseError, Lease, SequenceMismatch
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class SqliteStorage:
         self._by_key: dict[bytes, Peer] = {}  # the peers table, mirrored
         self._by_row: dict[int, Peer] = {}
         self._claims: dict[bytes, float] = {}  # writes' keys, until when; one process, so memory is enough
+        self._leases: dict[bytes, tuple[bytes, float]] = {}  # packed hash -> (holder's key, until)
         self._lock = asyncio.Lock()
         self._lock_file: int | None = None
         self._writer: aiosqlite.Connection | None = None
@@ -362,8 +363,25 @@ class SqliteStorage:
         for key in [key for key, until in self._claims.items() if until < now]:
             del self._claims[key]
 
+    async def lease(self, packed: bytes, key: bytes, until: float, now: float) -> Lease:
+        """In memory, like the claims: one process holds the file, and a restart costs a lease no more
+        than its time to live."""
+        held = self._leases.get(packed)
+        if held is None or held[1] < now or held[0] == key:
+            held = self._leases[packed] = (key, until)
+        return Lease(held[0], held[1], self._by_key.get(held[0]))
+
+    async def release(self, packed: bytes, key: bytes) -> bool:
+        if self._leases.get(packed, (None, 0.0))[0] != key:
+            return False
+        del self._leases[packed]
+        return True
+
     async def expire(self, silent_since: float) -> list[Peer]:
-        self._prune_claims(time.time())
+        now = time.time()
+        self._prune_claims(now)
+        for packed in [packed for packed, (_, until) in self._leases.items() if until < now]:
+            del self._leases[packed]
         removed = []
         for stale in [peer for peer in self._by_key.values() if peer.last_seen < silent_since]:
             if (peer := await self.remove(stale.key, silent_since)) is not None:

@@ -6,8 +6,8 @@
 
 The database is the truth. Everything the routes show comes from it, counts included, so every
 replica answers alike; what a replica keeps for itself (rate limits, the replay cache, its request
-counters) it says is its own. A new kind of state (leases, say) is a new group of methods here, with
-one implementation in each module; the routes never see which database answers.
+counters) it says is its own. A new kind of state (leases, for one) is a new group of methods here,
+with one implementation in each module; the routes never see which database answers.
 
 Every failure to reach or use the database is a `DatabaseError`, which the routes answer with 503.
 """
@@ -36,6 +36,15 @@ class Counts:
     peers_offline: int
     paths: int  # distinct hash parts that someone holds
     holdings: int  # (peer, hash part) pairs: the sum of every peer's set
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who fetches a path from the upstream for the fleet, until when."""
+
+    holder: bytes  # the holder's key
+    until: float
+    peer: Peer | None  # the holder as the tracker knows it (None: it never announced)
 
 
 class Storage(Protocol):
@@ -85,12 +94,21 @@ class Storage(Protocol):
         """Remove a peer and its set."""
 
     async def expire(self, silent_since: float) -> list[Peer] | None:
-        """Remove the peers not heard from since `silent_since`, one transaction each, and forget claims that
-        have run out; None when another replica is doing it at this moment."""
+        """Remove the peers not heard from since `silent_since`, one transaction each, and forget claims and
+        leases that have run out; None when another replica is doing it at this moment."""
 
     async def claim(self, key: bytes, until: float) -> bool:
         """Remember a write's key (its peer and nonce) until `until`; False when it was claimed before, by any
         replica: the write is a replay."""
+
+    # Leases: one host at a time fetches a path from the upstream, the others follow it
+
+    async def lease(self, packed: bytes, key: bytes, until: float, now: float) -> Lease:
+        """Grant the lease on a hash to `key` until `until` when nobody holds one that runs past `now`,
+        or renew it if `key` holds it; either way, the lease as it stands."""
+
+    async def release(self, packed: bytes, key: bytes) -> bool:
+        """End `key`'s lease on a hash; False when it held none."""
 
 
 def is_postgres(location: str) -> bool:

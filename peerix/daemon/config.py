@@ -124,7 +124,16 @@ class Config:
                                                    "peer's path acceptable and our own path shareable "
                                                    "(repeatable)", _public_key, "KEY", many=True)
     upstream: str | None = setting("https://cache.nixos.org", "binary cache that vouches for unsigned paths "
-                                   "by their NarHash; none: no upstream checks", _optional_url, "URL")
+                                   "by their NarHash, and that paths no peer holds are pulled through from; "
+                                   "none: neither", _optional_url, "URL")
+    pull_through: bool = setting(True, "fetch a path no peer holds from the upstream, stream it to Nix and hold it "
+                                 "for the fleet; with a tracker, one host fetches each path and the others follow "
+                                 "it", parse_bool)
+    upstream_cache_size: int = setting(4 << 30, "disk budget for pulled-through paths, held outside the Nix store "
+                                       "until Nix imports them (default: 4G)", parse_size, "SIZE")
+    pull_through_min_rate: int = setting(1 << 20, "bytes per second a host following another host's pull-through "
+                                         "must get, else it goes to the upstream itself (default: 1M)", parse_size,
+                                         "RATE")
     accept: Accept = setting(Accept.EITHER, "what makes a peer's path acceptable: "
                              + ", ".join(a.value for a in Accept), Accept, "POLICY")
     serve: Serve = setting(Serve.SIGNED_OR_UPSTREAM, "what peers may fetch from us: "

@@ -22,14 +22,17 @@ from ..net.lan import LanDiscovery, LanSettings
 from ..net.tracker_client import TrackerClient, TrackerError
 from ..net.upstream import Upstream
 from ..nix.signing import PublicKey, SecretKey
+from ..store.held import HeldPaths
 from ..store.local import LocalStore
 from ..store.narcache import NarCache
 from ..store.substituter import Substituter
 from ..swarm.announcer import Announcer
 from ..swarm.candidates import CandidateSource, LanSource, TrackerSource
+from ..swarm.leases import Alone, LanLeases, Leases, TrackerLeases
 from ..swarm.peer_service import PeerService
 from ..swarm.peers import Peers
 from ..swarm.policy import Policy
+from ..swarm.pull_through import PullSettings, PullThrough
 from ..swarm.remote import RemoteSettings, RemoteStore
 from ..swarm.reputation import Reputation
 from ..swarm.transfer import TransferSettings
@@ -68,7 +71,9 @@ async def run(config: Config) -> None:
             stack.push_async_callback(upstream.aclose)
         policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream,
                         config.exclude)
-        substituter = Substituter(local, key, nar_cache)
+        held = (HeldPaths(config.state_dir / "held", config.upstream_cache_size, local.store_dir)
+                if upstream is not None and config.pull_through else None)
+        substituter = Substituter(local, key, nar_cache, held=held)
         stack.callback(substituter.close)
 
         seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
@@ -89,7 +94,7 @@ async def run(config: Config) -> None:
         sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
         background = []
-        lan = tracker_source = None
+        lan = tracker_source = tracker = None
         if config.lan or config.static_peers:
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
@@ -114,7 +119,8 @@ async def run(config: Config) -> None:
             advised = {name: throttle for name, throttle, mine in (
                 ("max_upload_rate", uploads, config.max_upload_rate),
                 ("max_download_rate", downloads, config.max_download_rate)) if mine is None}  # local settings win
-            announcer = Announcer(tracker, local, policy, endpoint.address, config.name, metrics, advised=advised)
+            announcer = Announcer(tracker, local, policy, endpoint.address, config.name, metrics, advised=advised,
+                                  held=held)
             background.append(announcer.run())
             stack.push_async_callback(_deregister, tracker)
 
@@ -122,11 +128,19 @@ async def run(config: Config) -> None:
                 return {"url": tracker.url, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
                         "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
-        substituter.remote = RemoteStore(peers, policy, RemoteSettings(
-            miss_ttl=config.miss_ttl,
-            transfer=TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
-                                      max_sources=config.max_sources, stall_timeout=config.stall_timeout,
-                                      temporary_dir=str(config.state_dir), compression=config.compression)))
+        transfers = TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
+                                     max_sources=config.max_sources, stall_timeout=config.stall_timeout,
+                                     temporary_dir=str(config.state_dir), compression=config.compression)
+        pull = None
+        if held is not None and upstream is not None:
+            leases: Leases = LanLeases(lan) if lan is not None else Alone()
+            if tracker is not None:
+                leases = TrackerLeases(tracker, leases)
+            pull = PullThrough(upstream, held, policy, peers, leases, transfers,
+                               PullSettings(min_rate=config.pull_through_min_rate))
+            stack.push_async_callback(pull.close)
+        substituter.remote = RemoteStore(peers, policy, RemoteSettings(miss_ttl=config.miss_ttl, transfer=transfers),
+                                         pull)
 
         def network() -> dict[str, Any]:
             address = endpoint.address()

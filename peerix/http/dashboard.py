@@ -42,6 +42,9 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
         ("hit-ratio", "Narinfo hit ratio", "-" if ratio is None else f"{ratio:.0%}"),
         ("verification-failures", "Verification failures", f"{totals['verification_failures']:,}"),
         ("transfers", "Transfers (failed)", f"{totals['transfers_complete']:,} ({totals['transfers_failed']:,})"),
+        ("fetched-from-upstream", "Fetched from upstream", size_text(totals["bytes_from_upstream"])),
+        ("saved-from-upstream", "Upstream bytes saved", size_text(totals["bytes_saved_from_upstream"])),
+        ("lease-waits", "Lease waits (takeovers)", f"{totals['lease_waits']:,} ({totals['lease_takeovers']:,})"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div>'
                         f'<div class="value" id="{key}">{html.escape(value)}</div></div>'

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
+from ..nix.storepath import is_hash_part
 from .endpoint import EndpointAddress, another_process
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"PXL1"
 MAX_PACKET = 1400  # one unfragmented datagram on any LAN
 SIGNATURE_SIZE = 64
+MAX_PULLING = 16  # leases a packet carries: 16 hash parts fit beside everything else in one datagram
 MAX_INCARNATION = 64
 
 
@@ -54,6 +56,7 @@ class Announcement:
     name: str
     sent_at: float  # sender's clock, strictly increasing per sender: the replay guard
     wants_answer: bool = False
+    pulling: tuple[str, ...] = ()  # hash parts it is fetching from the upstream for the LAN: its leases
 
     @property
     def peer_id(self) -> str:
@@ -65,6 +68,7 @@ def encode(announcement: Announcement, key: nacl.signing.SigningKey) -> bytes:
         "v": 1, "id": announcement.peer_id, "name": announcement.name, "direct": list(announcement.address.direct),
         "relay": announcement.address.relay_url, "t": announcement.sent_at, "ask": announcement.wants_answer,
         "inc": announcement.address.incarnation,
+        **({"pull": list(announcement.pulling)} if announcement.pulling else {}),
     }, separators=(",", ":")).encode()
     packet = MAGIC + body + key.sign(MAGIC + body).signature
     if len(packet) > MAX_PACKET:
@@ -81,9 +85,9 @@ def decode(packet: bytes, now: float, max_skew: float) -> Announcement:
     signed, signature = packet[:-SIGNATURE_SIZE], packet[-SIGNATURE_SIZE:]
     try:
         body = json.loads(signed[len(MAGIC):])
-        peer_id, name, direct, relay, sent_at, ask, incarnation = (
+        peer_id, name, direct, relay, sent_at, ask, incarnation, pulling = (
             body["id"], body["name"], body["direct"], body.get("relay"), body["t"], body.get("ask", False),
-            body.get("inc"))
+            body.get("inc"), body.get("pull", []))
         key = nacl.signing.VerifyKey(bytes.fromhex(peer_id))
     except (ValueError, KeyError, TypeError, nacl.exceptions.CryptoError) as error:
         raise PacketError(f"malformed: {error}") from None
@@ -95,12 +99,14 @@ def decode(packet: bytes, now: float, max_skew: float) -> Announcement:
         raise PacketError(f"unsigned: bad signature for {peer_id[:10]}") from None
     if not (isinstance(name, str) and isinstance(direct, list) and all(isinstance(a, str) for a in direct)
             and isinstance(sent_at, int | float) and (relay is None or isinstance(relay, str))
-            and (incarnation is None or isinstance(incarnation, str) and 0 < len(incarnation) <= MAX_INCARNATION)):
+            and (incarnation is None or isinstance(incarnation, str) and 0 < len(incarnation) <= MAX_INCARNATION)
+            and isinstance(pulling, list) and len(pulling) <= MAX_PULLING
+            and all(isinstance(h, str) and is_hash_part(h) for h in pulling)):
         raise PacketError("malformed: wrong field types")
     if abs(now - sent_at) > max_skew:
         raise PacketError(f"stale: sent {now - sent_at:.0f} s from now")
     address = EndpointAddress(peer_id, tuple(direct), relay, incarnation)
-    return Announcement(address, name[:64], float(sent_at), bool(ask))
+    return Announcement(address, name[:64], float(sent_at), bool(ask), tuple(pulling))
 
 
 @dataclass
@@ -142,6 +148,7 @@ class LanDiscovery(asyncio.DatagramProtocol):
         self._static: set[tuple[str, int]] = set()
         self._last_sent = 0.0
         self._task: asyncio.Task | None = None
+        self.pulling: dict[str, None] = {}  # our leases, oldest first: sent in every announcement
 
     async def start(self) -> None:
         interface = pick_interface(self.settings.interface)
@@ -179,7 +186,17 @@ class LanDiscovery(asyncio.DatagramProtocol):
     def _announcement(self, ask: bool) -> bytes:
         # Strictly increasing even when the clock is coarse: receivers drop anything not newer.
         self._last_sent = max(time.time(), self._last_sent + 1e-6)
-        return encode(Announcement(self.address(), self.host_name, self._last_sent, ask), self.key)
+        return encode(Announcement(self.address(), self.host_name, self._last_sent, ask,
+                                   tuple(self.pulling)[-MAX_PULLING:]), self.key)
+
+    def claim(self, hash_part: str) -> None:
+        """Tell the LAN at once that this host fetches the path from the upstream (until `unclaim`)."""
+        self.pulling[hash_part] = None
+        self._send(self._targets + sorted(self._static))
+
+    def unclaim(self, hash_part: str) -> None:
+        if self.pulling.pop(hash_part, False) is None:
+            self._send(self._targets + sorted(self._static))
 
     def _send(self, targets: Sequence[tuple[str, int]], ask: bool = False) -> None:
         if self._transport is None:

@@ -57,6 +57,7 @@ import nacl.signing
 from .tracker_protocol import (
     ANNOUNCE_PATH,
     HASH_BYTES,
+    LEASES_PATH,
     LOOKUP_PATH,
     PEERS_PATH,
     TOKEN_SCHEME,
@@ -328,6 +329,23 @@ class TrackerClient:
 
     async def peers(self) -> list[PeerRecord]:
         return self._records((await self._request("GET", PEERS_PATH)).get("peers"))
+
+    # Pull-through leases
+
+    async def lease(self, hash_part: str) -> tuple[bool, PeerRecord | None, float]:
+        """Take or renew the path's pull-through lease: whether it is ours, who holds it otherwise (when
+        the tracker knows), and how long a lease lasts without a renewal."""
+        pack_hash(hash_part)
+        answer = await self._request("POST", f"{LEASES_PATH}/{hash_part}", timeout=self._lookup_timeout)
+        holder = answer.get("holder")
+        try:
+            return bool(answer["granted"]), self._records([holder])[0] if holder else None, float(answer["ttl"])
+        except (KeyError, TypeError, ValueError):
+            raise TrackerError(f"tracker {self.url} answered a malformed lease") from None
+
+    async def release_lease(self, hash_part: str) -> None:
+        pack_hash(hash_part)
+        await self._request("DELETE", f"{LEASES_PATH}/{hash_part}", timeout=self._lookup_timeout)
 
     def _records(self, items: object, skip_self: bool = False) -> list[PeerRecord]:
         try:

@@ -25,6 +25,7 @@ from ..nix.storepath import is_hash_part
 API = "/api/v1"
 ANNOUNCE_PATH = f"{API}/announce"
 LOOKUP_PATH = f"{API}/lookup"
+LEASES_PATH = f"{API}/leases"
 PEERS_PATH = f"{API}/peers"
 ADMIN_PEERS_PATH = f"{API}/admin/peers"
 

@@ -12,9 +12,10 @@ object. A request opens a bidirectional stream; the answer comes back on it.
                      blocks (compression.py); or `{"status": "not-found"}`; the stream then finishes.
 
 A range is asked for so that a transfer can resume, or be split between peers; a peer that
-answers with fewer bytes than it announced has failed. `zstd`: "prefer" asks for compression (a
-slow link), "accept" leaves it to the sender (which compresses when its own upload is slow);
-absent, the bytes come raw. Status values other than "ok" carry
+answers with fewer bytes than it announced has failed. A peer pulling a NAR through from the upstream
+serves the part it has and the rest as it arrives, unless the request says `"growing": false`.
+`zstd`: "prefer" asks for compression (a slow link), "accept" leaves it to the sender (which
+compresses when its own upload is slow); absent, the bytes come raw. Status values other than "ok" carry
 an optional "message". Unknown fields are ignored, so fields can be added within version 1.
 """
 
@@ -66,10 +67,12 @@ class NarRequest:
     offset: int = 0
     length: int | None = None  # None: to the end
     zstd: str | None = None  # "prefer", "accept" or None
+    growing: bool = True  # a NAR the peer is still pulling through will do (it sends bytes as they come)
 
     def to_frame(self) -> bytes:
         message = {"hash": self.hash_part, "nar_hash": self.nar_hash, "offset": self.offset, "length": self.length}
-        return encode_frame(message | ({"zstd": self.zstd} if self.zstd else {}))
+        return encode_frame(message | ({"zstd": self.zstd} if self.zstd else {})
+                            | ({} if self.growing else {"growing": False}))
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> "NarRequest":
@@ -80,7 +83,8 @@ class NarRequest:
         if not _is_count(offset) or not (length is None or _is_count(length)):
             raise WireError("nar request offset and length must be non-negative integers")
         zstd = message.get("zstd")
-        return cls(hash_part, nar_hash, offset, length, zstd if zstd in ("prefer", "accept") else None)
+        return cls(hash_part, nar_hash, offset, length, zstd if zstd in ("prefer", "accept") else None,
+                   message.get("growing") is not False)
 
 
 def _is_count(value: object) -> bool:

@@ -115,6 +115,7 @@ class HeldPaths:
         self._total = 0
         self._growing: dict[str, Growing] = {}
         self.evicted = 0
+        self.version = 0  # changes whenever the set of held paths does: time to announce
         directory.mkdir(parents=True, exist_ok=True)
         found = []
         for entry in os.scandir(directory):
@@ -153,8 +154,8 @@ class HeldPaths:
             self._entries.move_to_end(hash_part)
         return info
 
-    def hashes(self) -> list[str]:
-        return list(self._entries)
+    def infos(self) -> list[PathInfo]:
+        return list(self._entries.values())
 
     def nar_path(self, hash_part: str) -> bytes:
         return os.fsencode(self.directory / f"{hash_part}.nar")
@@ -203,11 +204,13 @@ class HeldPaths:
         info = self._entries.pop(hash_part, None)
         if info is not None:
             self._total -= info.nar_size
+            self.version += 1
             self._remove_files(hash_part)
 
     def _add(self, hash_part: str, info: PathInfo) -> None:
         self._entries[hash_part] = info
         self._total += info.nar_size
+        self.version += 1
 
     def _evict(self) -> None:
         while self._total > self.max_bytes and self._entries:

@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 from ..nix import nar, nix32
 from ..nix.narinfo import NarInfo, PathInfo
 from ..nix.signing import Info, SecretKey, add_signature
+from .held import Growing, HeldPaths
 from .local import LocalStore
 from .narcache import NarCache, NarCacheWriter
 
@@ -58,11 +59,12 @@ class Network(Protocol):
 
 class Substituter:
     def __init__(self, local: LocalStore, key: SecretKey | None, nar_cache: NarCache | None = None,
-                 remote: Network | None = None) -> None:
+                 remote: Network | None = None, held: HeldPaths | None = None) -> None:
         self.local = local
         self.key = key
         self.nar_cache = nar_cache
         self.remote = remote
+        self.held = held  # paths pulled through from the upstream, outside the Nix store
         # Nix asks twice (HEAD, then GET) and a fleet asks for the same paths over and over.
         # Signed infos are kept until the database changes: a database read costs a thread hop.
         self._sign = functools.lru_cache(maxsize=CACHE_ENTRIES)(key.sign) if key else None
@@ -97,7 +99,8 @@ class Substituter:
         return add_signature(info, self._sign(info.fingerprint())) if self._sign else info
 
     async def path_info(self, hash_part: str) -> PathInfo | None:
-        """Signed info for a path in the local store, or None; `hash_part` must be validated."""
+        """Signed info for a path this host holds: in the local store, else among the held paths;
+        None otherwise. `hash_part` must be validated."""
         info = self._cached(hash_part)
         if info is None:
             try:
@@ -105,11 +108,23 @@ class Substituter:
             except sqlite3.Error as error:
                 raise Unavailable(f"store database: {error}") from error
             if info is None:
-                return None
+                return self._held(hash_part)
             info = self._signed(info)
             self._remember(hash_part, info)
         # The database can outlive the files (or vice versa for a moment during garbage collection).
-        return info if self.local.has_files(info.store_path) else None
+        if not self.local.has_files(info.store_path):
+            return self._held(hash_part)
+        if self.held is not None and self.held.get(hash_part) is not None:
+            self.held.drop(hash_part)  # Nix imported it: the store serves it from now on
+        return info
+
+    def _held(self, hash_part: str) -> PathInfo | None:
+        info = self.held.get(hash_part) if self.held is not None else None
+        return self._signed(info) if info is not None else None
+
+    def in_flight(self, hash_part: str) -> Growing | None:
+        """A NAR still downloading from the upstream: peers may follow it, Nix waits for it whole."""
+        return self.held.growing(hash_part) if self.held is not None else None
 
     def _cached(self, hash_part: str) -> PathInfo | None:
         generation = self.local.generation()
@@ -135,11 +150,11 @@ class Substituter:
         syscall-bound; more threads only fight over the GIL and the two cores of a small host.
         A NAR made only of small files is also written to the NAR cache on the way.
         """
-        cache = self.nar_cache
-        cached = cache.lookup(info.nar_hash, info.nar_size) if cache else None
-        if cached:
-            yield nar.FileContents(cached, info.nar_size)
+        whole = self._whole_file(info)
+        if whole:
+            yield nar.FileContents(whole, info.nar_size)
             return
+        cache = self.nar_cache
         writer = cache.writer(info.nar_hash, info.nar_size) if cache else None
         walk = nar.coalesce(nar.segments(self.local.real_path(info.store_path)))
         async with contextlib.aclosing(self._on_walker(_teed(walk, writer))) as parts:
@@ -151,15 +166,21 @@ class Substituter:
     async def nar_chunks(self, info: PathInfo, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The NAR, or its bytes [start, end), as bytes only, for transports without zero-copy
         (peers over iroh). A range is cut from the tree (or the cached NAR) without reading what
-        lies before it."""
+        lies before it. A NAR still downloading is followed as it grows."""
         end = info.nar_size if end is None else end
+        growing = self.in_flight(info.store_path.hash_part)
+        if growing is not None and growing.info.nar_hash == info.nar_hash:
+            async with contextlib.aclosing(growing.read(start, end)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
         if (start, end) != (0, info.nar_size):
             cursor = self._cursors.pop(info.nar_hash, None)
             if cursor is None or cursor.offset > start:
                 if cursor:
                     self._walker.submit(cursor.close)
-                cached = self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
-                cursor = nar.SegmentCursor([nar.FileContents(cached, info.nar_size)] if cached else
+                whole = self._whole_file(info)
+                cursor = nar.SegmentCursor([nar.FileContents(whole, info.nar_size)] if whole else
                                            nar.segments(self.local.real_path(info.store_path)))
             async with contextlib.aclosing(self._on_walker(nar.byte_range(cursor, start, end))) as chunks:
                 async for chunk in chunks:
@@ -176,6 +197,13 @@ class Substituter:
                 async with contextlib.aclosing(self._on_walker(nar.read_file(part))) as chunks:
                     async for chunk in chunks:
                         yield chunk
+
+    def _whole_file(self, info: PathInfo) -> bytes | None:
+        """A file that holds the path's whole NAR: a held path's, else the NAR cache's copy."""
+        hash_part = info.store_path.hash_part
+        if self.held is not None and self.held.get(hash_part) is not None and not self.local.has_files(info.store_path):
+            return self.held.nar_path(hash_part)
+        return self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
 
     async def _on_walker(self, parts: Iterator[T]) -> AsyncIterator[T]:
         loop = asyncio.get_running_loop()

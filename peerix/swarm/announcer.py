@@ -12,6 +12,7 @@ from collections.abc import Callable
 from ..common.throttle import Throttle
 from ..net.endpoint import EndpointAddress
 from ..net.tracker_client import PeerAddresses, TrackerClient, TrackerError
+from ..store.held import HeldPaths
 from ..store.local import LocalStore
 from ..telemetry.metrics import Metrics
 from .policy import Policy
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 class Announcer:
     def __init__(self, client: TrackerClient, local: LocalStore, policy: Policy, address: Callable[[], EndpointAddress],
                  name: str, metrics: Metrics, poll: float = 1.0, heartbeat: float = 60.0,
-                 advised: dict[str, Throttle] | None = None) -> None:
+                 advised: dict[str, Throttle] | None = None, held: HeldPaths | None = None) -> None:
+        self.held = held  # paths pulled through, held outside the store: announced like the store's
         self.advised = advised or {}  # throttles the tracker's advice applies to (those without a local setting)
         self.client = client
         self.local = local
@@ -39,7 +41,7 @@ class Announcer:
     async def run(self) -> None:
         generation, last = None, 0.0
         while True:
-            current = self.local.generation()
+            current = (self.local.generation(), self.held.version if self.held else None)
             due = current != generation or time.monotonic() - last >= self.heartbeat
             if due and not self.client.in_backoff:  # a backed-off client would fail at once: one try a period
                 try:
@@ -57,7 +59,9 @@ class Announcer:
             await asyncio.sleep(self.poll)
 
     async def announce(self) -> None:
-        hashes = [name[:32] for name, sigs in await self.local.signatures() if self.policy.announceable(name, sigs)]
+        held = [(info.store_path.basename, info.sigs) for info in self.held.infos()] if self.held else []
+        hashes = [name[:32] for name, sigs in await self.local.signatures() + held
+                  if self.policy.announceable(name, sigs)]
         address = self.address()
         await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url,
                                                          incarnation=address.incarnation), self.name)

@@ -103,7 +103,7 @@ class TrackerSource:
         if self._unresponsive:
             log.info("tracker answers again tracker=%s", self.client.url)
         self._unresponsive = False
-        found = [Candidate(_address(r), self.name) for r in records]
+        found = [Candidate(address_of(r), self.name) for r in records]
         self._remember(records)
         if len(self._answers) >= self.entries:
             self._answers.clear()
@@ -123,11 +123,11 @@ class TrackerSource:
             known = self.seen.get(record.peer_id)
             if known is not None and record.last_seen < known.last_seen:
                 continue  # an answer that overtook a newer one
-            if known is not None and another_process(_address(known), _address(record)):
-                self.on_restart(_address(record))
+            if known is not None and another_process(address_of(known), address_of(record)):
+                self.on_restart(address_of(record))
             self.seen[record.peer_id] = record
 
 
-def _address(record: PeerRecord) -> EndpointAddress:
+def address_of(record: PeerRecord) -> EndpointAddress:
     a = record.addresses
     return EndpointAddress(a.endpoint_id, a.direct, a.relay_url, a.incarnation)

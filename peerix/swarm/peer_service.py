@@ -57,7 +57,7 @@ class PeerService:
             request = wire.NarRequest.from_message(await self._request(stream))
         except wire.WireError as error:
             return await self._refuse(stream, peer_id, "bad-request", str(error))
-        info = await self._servable(peer_id, "nar", request.hash_part)
+        info = await self._servable(peer_id, "nar", request.hash_part, growing=request.growing)
         if info is None or nix32.encode(info.nar_hash) != request.nar_hash:
             await self._send(stream.send(), wire.encode_frame({"status": "not-found"}))
             return await self._finish(stream.send())
@@ -105,8 +105,9 @@ class PeerService:
         async with asyncio.timeout(self.timeout):
             return await wire.read_frame(stream.recv())
 
-    async def _servable(self, peer_id: str, kind: str, hash_part: object) -> PathInfo | None:
-        """The local path if the policy lets this peer have it; the result is counted either way."""
+    async def _servable(self, peer_id: str, kind: str, hash_part: object, growing: bool = True) -> PathInfo | None:
+        """A path this host holds (or is pulling through) if the policy lets this peer have it; the
+        result is counted either way."""
         if not isinstance(hash_part, str) or not is_hash_part(hash_part):
             self.metrics.peer_requests.labels(kind, "bad-request").inc()
             return None
@@ -115,6 +116,8 @@ class PeerService:
         except Unavailable as error:
             log.error("lookup for a peer failed hash=%s error=%s", hash_part, error)
             info = None
+        if info is None and growing and (in_flight := self.substituter.in_flight(hash_part)) is not None:
+            info = in_flight.info  # still downloading: a peer may take what is there and follow the rest
         if info is None:
             self.metrics.peer_requests.labels(kind, "not-found").inc()
             return None

@@ -1,5 +1,6 @@
 """Paths from the peer network: find who has a path, take the first narinfo that passes policy;
-its NAR then comes through a transfer (transfer.py) from the peers that have it.
+its NAR then comes through a transfer (transfer.py) from the peers that have it. A path no peer
+has but the upstream cache does is pulled through (pull_through.py), when that is on.
 
 Only "no peer has it" is remembered (for miss_ttl): when a peer that may have the path does not
 answer, or is left alone after failures, the lookup raises HoldersFailed and the next one asks
@@ -22,6 +23,7 @@ from ..store.substituter import HoldersFailed, NarUnavailable
 from .candidates import Candidate
 from .peers import Peers
 from .policy import Policy, Verdict
+from .pull_through import PullThrough
 from .transfer import NarFetchError, NarTransfer, TransferSettings, describe
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class RemotePath:
     info: PathInfo  # as accepted: only the signatures we trust
     verdict: Verdict
     peers: tuple[Candidate, ...]  # who to ask for the NAR, the one that answered first
+    upstream: NarInfo | None = None  # no peer had it: pulled through from the upstream, as it published it
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,11 @@ class _Expiring(OrderedDict):
 
 
 class RemoteStore:
-    def __init__(self, peers: Peers, policy: Policy, settings: RemoteSettings = RemoteSettings()) -> None:
+    def __init__(self, peers: Peers, policy: Policy, settings: RemoteSettings = RemoteSettings(),
+                 pull: PullThrough | None = None) -> None:
         self.peers = peers
         self.policy = policy
+        self.pull = pull
         self.metrics = peers.metrics
         self.settings = settings
         self._paths = _Expiring(16384)
@@ -103,8 +108,11 @@ class RemoteStore:
             self.metrics.remote_lookups.labels("holders-failed").inc()
             raise HoldersFailed(f"the {len(candidates)} peers that may have {hash_part} did not answer "
                                 f"({len(candidates) - len(available)} backing off)")
+        if found is None and self.pull is not None and (upstream := await self.pull.find(hash_part)) is not None:
+            found = RemotePath(upstream, Verdict(True, f"signed by {_signers(self.policy, upstream)}; pulled through "
+                                                       f"from {self.pull.upstream.url}"), (), upstream)
         self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
-        self.metrics.remote_lookups.labels("hit" if found else "miss").inc()
+        self.metrics.remote_lookups.labels(("upstream" if found.upstream else "hit") if found else "miss").inc()
         return found
 
     async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> tuple[RemotePath | None, bool]:
@@ -196,6 +204,8 @@ class RemoteStore:
         path = self.known(hash_part) or await self.path_info(hash_part)
         if path is None or path.info.nar_hash != info.nar_hash:
             raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
+        if path.upstream is not None and self.pull is not None:
+            return self.pull.open(path.upstream)
         transfer = NarTransfer(self.peers, path.info, path.peers, self.settings.transfer,
                                on_mismatch=lambda: self.forget(hash_part))
         try:
@@ -207,3 +217,7 @@ class RemoteStore:
     def forget(self, hash_part: str) -> None:
         """Look the path up again next time: its peers failed."""
         self._paths.pop(hash_part, None)
+
+
+def _signers(policy: Policy, info: PathInfo) -> str:
+    return ", ".join(sig.partition(":")[0] for sig in policy.trusted_sigs(info))

@@ -243,33 +243,11 @@ class NarTransfer:
 
     async def _open(self, candidate: Candidate, start: int, end: int) -> PeerRange | None:
         """A range from one peer; None when it does not have the NAR; NarFetchError when it fails."""
-        peer = candidate.peer_id
-        request = wire.NarRequest(self.info.store_path.hash_part, nix32.encode(self.info.nar_hash), start, end - start,
-                                  zstd_request(self.settings.compression, candidate))
-        peers = self.peers
-        began = time.monotonic()
         try:
-            async with asyncio.timeout(peers.query_timeout):
-                stream, header = await peers.endpoint.request(candidate.address, wire.NAR_ALPN, request.to_frame(),
-                                                              wire.read_frame)
-        except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+            return await open_range(self.peers, candidate, self.info, start, end, self.settings, self._on_wire)
+        except NarFetchError:
             self._holder_failed = True
-            peers.failed(peer, "nar", "unreachable", describe(error))
-            raise NarFetchError(describe(error)) from None
-        if header.get("status") != "ok":
-            peers.metrics.peer_fetches.labels("nar", "not-found").inc()
-            return None
-        if header.get("size") != end - start:
-            self._holder_failed = True
-            peers.failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
-            raise NarFetchError("wrong size")
-        blocks = header.get("encoding") == wire.ZSTD_BLOCKS
-        if blocks and request.zstd is None:
-            self._holder_failed = True
-            peers.failed(peer, "nar", "rejected", "compressed although not asked to")
-            raise NarFetchError("unasked compression")
-        peers.reputation.succeeded(peer, time.monotonic() - began)
-        return PeerRange(candidate, stream.recv(), start, end, self.settings.read_timeout, blocks, self._on_wire)
+            raise
 
     def _on_wire(self, size: int) -> None:
         self.wire_bytes += size
@@ -581,6 +559,37 @@ class NarTransfer:
         if self.wire_bytes and self.wire_bytes < 0.95 * received:
             parts.append(f"zstd {received / self.wire_bytes:.1f}x")
         return ", ".join(parts)
+
+
+async def open_range(peers: Peers, candidate: Candidate, info: PathInfo, start: int, end: int,
+                     settings: TransferSettings, on_wire: Callable[[int], None], growing: bool = True
+                     ) -> PeerRange | None:
+    """Bytes [start, end) of a path's NAR from one peer (`growing`: or from the copy it is still
+    pulling through); None when it does not have the NAR; NarFetchError (counted against the peer)
+    when it fails to start sending them."""
+    peer = candidate.peer_id
+    request = wire.NarRequest(info.store_path.hash_part, nix32.encode(info.nar_hash), start, end - start,
+                              zstd_request(settings.compression, candidate), growing)
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(peers.query_timeout):
+            stream, header = await peers.endpoint.request(candidate.address, wire.NAR_ALPN, request.to_frame(),
+                                                          wire.read_frame)
+    except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
+        peers.failed(peer, "nar", "unreachable", describe(error))
+        raise NarFetchError(describe(error)) from None
+    if header.get("status") != "ok":
+        peers.metrics.peer_fetches.labels("nar", "not-found").inc()
+        return None
+    if header.get("size") != end - start:
+        peers.failed(peer, "nar", "rejected", f"announced {header.get('size')} bytes, not {end - start}")
+        raise NarFetchError("wrong size")
+    blocks = header.get("encoding") == wire.ZSTD_BLOCKS
+    if blocks and request.zstd is None:
+        peers.failed(peer, "nar", "rejected", "compressed although not asked to")
+        raise NarFetchError("unasked compression")
+    peers.reputation.succeeded(peer, time.monotonic() - began)
+    return PeerRange(candidate, stream.recv(), start, end, settings.read_timeout, blocks, on_wire)
 
 
 def zstd_request(mode: str, candidate: Candidate) -> str | None:

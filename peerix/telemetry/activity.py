@@ -18,6 +18,7 @@ RECENT = 50
 TOTALS = (
     "bytes_to_nix", "bytes_to_peers", "bytes_from_peers", "narinfo_hits", "narinfo_misses",
     "transfers_complete", "transfers_failed", "verification_failures",
+    "bytes_from_upstream", "bytes_saved_from_upstream", "lease_waits", "lease_takeovers",
 )
 
 

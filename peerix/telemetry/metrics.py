@@ -75,8 +75,34 @@ class Metrics:
             "peerix_lan_packets_dropped", "LAN discovery packets dropped by reason (oversized, malformed, "
             "unsigned, stale, replayed)", ["reason"], registry=r,
         )
+        self.upstream_bytes = Counter("peerix_upstream_bytes", "Bytes fetched from the upstream cache for pull-through "
+                                      "(as they crossed the network, compressed)", registry=r)
+        self.upstream_fetches = Counter("peerix_upstream_fetches", "Paths pulled through by outcome (complete, "
+                                        "failed), from the upstream or from the host holding the lease",
+                                        ["outcome"], registry=r)
+        self.upstream_saved_bytes = Counter("peerix_upstream_saved_bytes", "NAR bytes of pulled-through paths that "
+                                            "came from the host holding the lease instead of the upstream", registry=r)
+        self.lease_waits = Counter("peerix_lease_waits", "Pull-throughs that followed the host holding the path's "
+                                   "lease instead of going upstream", registry=r)
+        self.lease_takeovers = Counter("peerix_lease_takeovers", "Lease holders that failed while followed, so this "
+                                       "host took over", registry=r)
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._sent_children: dict[str, Counter] = {}
+
+    def from_upstream(self, count: int) -> None:
+        self.upstream_bytes.inc(count)
+        self.activity.count("bytes_from_upstream", count)
+
+    def saved_from_upstream(self, count: int) -> None:
+        self.upstream_saved_bytes.inc(count)
+        self.activity.count("bytes_saved_from_upstream", count)
+
+    def lease_waited(self, holder_failed: bool) -> None:
+        self.lease_waits.inc()
+        self.activity.count("lease_waits")
+        if holder_failed:
+            self.lease_takeovers.inc()
+            self.activity.count("lease_takeovers")
 
     def observe_sent(self, route: str, count: int) -> None:
         """Body bytes of a response, as they are sent."""
