@@ -42,6 +42,9 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
         ("hit-ratio", "Narinfo hit ratio", "-" if ratio is None else f"{ratio:.0%}"),
         ("verification-failures", "Verification failures", f"{totals['verification_failures']:,}"),
         ("transfers", "Transfers (failed)", f"{totals['transfers_complete']:,} ({totals['transfers_failed']:,})"),
+        ("logs-served", "Build logs served", f"{totals['logs_served']:,}"),
+        ("listings-served", "Listings served", f"{totals['listings_served']:,}"),
+        ("realisations-served", "Realisations served", f"{totals['realisations_served']:,}"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div>'
                         f'<div class="value" id="{key}">{html.escape(value)}</div></div>'

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import functools
+import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
@@ -10,10 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from ..nix import nar, nix32
+from ..nix.listing import render, tree_listing
 from ..nix.narinfo import NarInfo, PathInfo
+from ..nix.realisation import Realisation
 from ..nix.signing import Info, SecretKey, add_signature
-from .local import LocalStore
+from ..nix.storepath import StorePath
+from .listings import Listings
+from .local import MAX_LOG, LocalStore
 from .narcache import NarCache, NarCacheWriter
+
+log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 16384
 RANGE_CURSORS = 8  # NAR walks kept where the last range ended, for the next piece of a split
@@ -55,6 +62,16 @@ class Network(Protocol):
         """The verified NAR of a path `find` returned; raises NarUnavailable when it cannot start
         (HoldersFailed when its holders failed)."""
 
+    async def open_range(self, info: PathInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the NAR of a path `find` returned, which no hash can check (Nix
+        checks the NAR it makes of them); raises as `open_nar` does."""
+
+    async def build_log(self, drv: StorePath) -> bytes | None:
+        """A peer's build log of the derivation (at most MAX_LOG bytes), or None."""
+
+    async def realisation(self, id_: str) -> Realisation | None:
+        """A peer's realisation with only its trusted signatures (at least one), or None."""
+
 
 class Substituter:
     def __init__(self, local: LocalStore, key: SecretKey | None, nar_cache: NarCache | None = None,
@@ -69,6 +86,7 @@ class Substituter:
         self._cache: OrderedDict[str, PathInfo] = OrderedDict()
         self._cache_generation: object = None
         self._cursors: OrderedDict[bytes, nar.SegmentCursor] = OrderedDict()
+        self.listings = Listings()
         self._walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-walker")
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
@@ -91,7 +109,58 @@ class Substituter:
             return self.nar(info)
         if self.remote is None:
             raise NarUnavailable(f"{info.store_path} is not in this host's store any more")
-        return await self.remote.open_nar(info)
+        return self.listings.proving(await self.remote.open_nar(info), info.nar_hash)
+
+    async def open_range(self, info: PathInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the NAR of a path `lookup` returned: cut from the local tree, else
+        fetched from peers (unverified: a part of a NAR has no hash to check). Raises as `open_nar`."""
+        if await self.path_info(info.store_path.hash_part) is not None:
+            return self.nar_chunks(info, start, end)
+        if self.remote is None:
+            raise NarUnavailable(f"{info.store_path} is not in this host's store any more")
+        return await self.remote.open_range(info, start, end)
+
+    async def listing(self, hash_part: str) -> bytes | None:
+        """The `.ls` of a path: a local path's from its tree, a peer's only once proven (its NAR came
+        through here and matched its NarHash); None otherwise."""
+        info = await self.lookup(hash_part)
+        if info is None:
+            return None
+        if (text := self.listings.get(info.nar_hash)) is not None:
+            return text
+        if await self.path_info(hash_part) is None:
+            return None  # a peer's path whose NAR has not been through here: nothing proves a listing
+        root = self.local.real_path(info.store_path)
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(self._walker, lambda: render(tree_listing(root)))
+        except OSError as error:  # NarError included: the path went away, or changed, as it was walked
+            log.warning("cannot list path=%s error=%s", info.store_path, error)
+            return None
+        self.listings.put(info.nar_hash, text)
+        return text
+
+    async def build_log(self, drv: StorePath) -> bytes | None:
+        """The build log of a derivation: this host's, else a peer's; None when nobody has it."""
+        text = await asyncio.to_thread(self.local.read_build_log, drv, MAX_LOG)
+        if text is None and self.remote is not None:
+            text = await self.remote.build_log(drv)
+        return text
+
+    async def local_realisation(self, id_: str) -> Realisation | None:
+        """A realisation from this host's database, signed by this host too."""
+        try:
+            found = await self.local.realisation(id_)
+        except sqlite3.Error as error:
+            raise Unavailable(f"store database: {error}") from error
+        return self._signed(found) if found else None
+
+    async def realisation(self, id_: str) -> Realisation | None:
+        """A realisation this host built, else one a peer has and a trusted key signed; signed by this
+        host too, as Nix 2.8 does not check it."""
+        found = await self.local_realisation(id_)
+        if found is None and self.remote is not None and (found := await self.remote.realisation(id_)):
+            found = self._signed(found)
+        return found
 
     def _signed(self, info: Info) -> Info:
         return add_signature(info, self._sign(info.fingerprint())) if self._sign else info
@@ -187,6 +256,7 @@ class Substituter:
 
     def close(self) -> None:
         self._walker.shutdown(wait=False, cancel_futures=True)
+        self.listings.close()
         self._cache_writer.shutdown(wait=True)
 
 
