@@ -226,7 +226,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         try:
             drv = StorePath.derivation(name)
         except ValueError as error:
-            return _error(400, str(error))
+            return _error(400, f"log/ takes a derivation's basename, <hash>-<name>.drv: {error}")
         text = await substituter.build_log(drv)
         if text is None:
             return _error(404, "no build log of this derivation here or at any peer")

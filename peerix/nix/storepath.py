@@ -42,7 +42,7 @@ class StorePath:
     def derivation(cls, basename: str) -> "StorePath":
         """A derivation's path from its basename, `<hash>-<name>.drv`; ValueError for anything else."""
         if not basename.endswith(".drv"):
-            raise ValueError(f"not a derivation (<hash>-<name>.drv): {basename[:80]!r}")
+            raise ValueError(f"no .drv at the end of {basename[:80]!r}")
         return cls.from_basename(basename)
 
     @property
