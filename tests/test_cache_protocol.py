@@ -207,7 +207,20 @@ def test_content_addressed_outputs_come_from_the_peer_that_built_them(fleet: Loc
     on_c = Realisation.parse(httpx.get(f"{c.url}/realisations/{id_}.doi").text)
     assert {sig.partition(":")[0] for sig in on_c.sigs} == {fleet.cluster.name, c.key.name}
     assert c.metric('peerix_peer_fetches_total{kind="realisation",result="ok"}') == 1
-    assert 'id="realisations-served">' in httpx.get(f"{c.url}/dashboard").text
+    # Current Nix asks build-trace-v2/<drv>/<output>.doi, keyed by derivation path: what C answers is
+    # the entry its source and changelog describe, signed by C over that entry's fingerprint.
+    drv, name = Path(built["drvPath"]).name, Path(out).name
+    for on in (a, c):
+        entry = httpx.get(f"{on.url}/build-trace-v2/{drv}/out.doi").json()
+        assert entry["outPath"] == name
+        [sig] = entry["signatures"]
+        fingerprint = f'{{"key":{{"drvPath":"{drv}","outputName":"out"}},"value":{{"outPath":"{name}"}}}}'
+        assert on.key.public.verify(fingerprint.encode(), sig)
+    assert httpx.get(f"{c.url}/build-trace-v2/{drv}/dev.doi").status_code == 404
+    assert httpx.get(f"{c.url}/build-trace-v2/{'0' * 32}-gone.drv/out.doi").status_code == 404
+    for bad in (f"{drv[:-4]}/out.doi", f"{drv}/out", f"{drv}/.doi", f"{drv}/a b.doi"):
+        assert httpx.get(f"{c.url}/build-trace-v2/{bad}").status_code == 400, bad
+    assert 'id="realisations-served">3<' in httpx.get(f"{c.url}/dashboard").text  # Nix's, and two above
 
 
 def test_unsigned_or_forged_realisations_are_refused_and_built_instead(fleet: LocalFleet, closure: Path,

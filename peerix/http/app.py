@@ -25,7 +25,7 @@ from ..common.throttle import Throttle
 from ..nix import nix32
 from ..nix.hash import SHA256_SIZE
 from ..nix.narinfo import PathInfo
-from ..nix.realisation import Realisation, is_id
+from ..nix.realisation import BuildTraceEntry, Realisation, is_id, is_output_name
 from ..nix.storepath import StorePath, is_hash_part
 from ..store.narcache import NarCache
 from ..store.substituter import HoldersFailed, NarUnavailable, Substituter, Unavailable, narinfo_text
@@ -239,19 +239,30 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         id_ = name.removesuffix(".doi")
         if id_ == name or not is_id(id_):
             return _error(400, f"not a realisation (sha256:<hex>!<output>.doi): {name[:100]!r}")
-        return await _realisation(id_, lambda found: found.to_text())
+        return await _realisation(substituter.realisation(id_))
 
-    async def _realisation(id_: str, render: Callable[[Realisation], str]) -> Response:
+    async def build_trace(request: Request) -> Response:
+        """`build-trace-v2/<drv basename>/<output>.doi` (current Nix), for a derivation in this store."""
+        name, output = request.path_params["drv"], request.path_params["output"]
         try:
-            found = await substituter.realisation(id_)
+            drv = StorePath.derivation(name)
+        except ValueError as error:
+            return _error(400, f"build-trace-v2/ takes a derivation's basename, <hash>-<name>.drv: {error}")
+        if not output.endswith(".doi") or not is_output_name(output.removesuffix(".doi")):
+            return _error(400, f"not an output name followed by .doi: {output[:80]!r}")
+        return await _realisation(substituter.build_trace(drv, output.removesuffix(".doi")))
+
+    async def _realisation(lookup: Awaitable[Realisation | BuildTraceEntry | None]) -> Response:
+        try:
+            found = await lookup
         except Unavailable as error:
-            log.error("realisation lookup failed id=%s error=%s", id_, error)
+            log.error("realisation lookup failed error=%s", error)
             metrics.store_errors.inc()
             found = None
         if found is None:
             return _error(404, "no realisation of this derivation output here or at any peer")
         metrics.activity.count("realisations_served")
-        return Response(render(found), media_type="application/json")
+        return Response(found.to_text(), media_type="application/json")
 
     async def health(request: Request) -> Response:
         status, checks = "ok", {}
@@ -299,6 +310,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         Route("/nar/{narhash}.nar", local_clients(nar)),
         Route("/log/{name:path}", local_clients(build_log)),
         Route("/realisations/{name:path}", local_clients(realisation)),
+        Route("/build-trace-v2/{drv}/{output}", local_clients(build_trace)),
         Route("/health", health),
         Route("/metrics", prometheus),
         Route("/api/v1/peers", local_clients(known_peers)),

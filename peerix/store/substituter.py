@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from ..nix import nar, nix32
+from ..nix.derivation import Derivation, hash_modulo
 from ..nix.listing import render, tree_listing
 from ..nix.narinfo import NarInfo, PathInfo
-from ..nix.realisation import Realisation
+from ..nix.realisation import BuildTraceEntry, Realisation
 from ..nix.signing import Info, SecretKey, add_signature
 from ..nix.storepath import StorePath
 from .listings import Listings
@@ -161,6 +162,26 @@ class Substituter:
         if found is None and self.remote is not None and (found := await self.remote.realisation(id_)):
             found = self._signed(found)
         return found
+
+    async def build_trace(self, drv: StorePath, output: str) -> BuildTraceEntry | None:
+        """A realisation as current Nix asks for it (`build-trace-v2/`), keyed by derivation path: for
+        a derivation in this store, its hash modulo (from its .drv and its inputs', which the store
+        holds with it) names the realisation. Signed by this host alone: the signatures realisations
+        carry cover Nix 2.8's fingerprint, not this one."""
+        info = await self.path_info(drv.hash_part)
+        if info is None or info.store_path != drv:
+            return None
+
+        def read(path: str) -> Derivation:
+            return Derivation.parse((self.local.real_store_dir / StorePath.parse(path).basename).read_text())
+
+        try:
+            hashes = await asyncio.to_thread(hash_modulo, drv.full(self.local.store_dir), read)
+        except (OSError, ValueError, RecursionError) as error:  # DerivationError included
+            log.warning("cannot hash derivation drv=%s error=%s", drv, error)
+            return None
+        found = await self.realisation(f"sha256:{hashes[output]}!{output}") if output in hashes else None
+        return self._signed(BuildTraceEntry(drv, output, found.out_path)) if found else None
 
     def _signed(self, info: Info) -> Info:
         return add_signature(info, self._sign(info.fingerprint())) if self._sign else info
