@@ -154,6 +154,9 @@ def test_nar_and_its_ranges_match_nix(tmp_path_factory: pytest.TempPathFactory, 
     for start, end in zip([0, *bounds], [*bounds, size], strict=True):
         parser.feed(expected[start:end])
     assert render(tree_listing(os.fsencode(root))) == render(parser.result())
+    index = nar.SegmentIndex(list(nar.segments(os.fsencode(root))))  # later ranges need no walk
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        assert b"".join(nar.byte_range(index.cursor(start), start, end, chunk_size=700)) == expected[start:end]
     for node in _regular_files(parser.result()["root"]):
         assert expected[node["narOffset"] - 8:node["narOffset"]] == node["size"].to_bytes(8, "little")
 

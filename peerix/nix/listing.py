@@ -45,7 +45,7 @@ def render(found: dict[str, Any]) -> bytes:
     return json.dumps(found, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 
-# The NAR's framing, in bytes, around what varies (names, targets, file contents).
+# The lengths of the NAR's framing around what varies (names, targets, file contents).
 _MAGIC = len(frame(b"nix-archive-1"))
 _REGULAR = len(frame(b"(", b"type", b"regular", b"contents")) + 8  # through the size field
 _EXECUTABLE = len(frame(b"(", b"type", b"regular", b"executable", b"", b"contents")) + 8

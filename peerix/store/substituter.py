@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import sqlite3
 from collections import OrderedDict
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 16384
 RANGE_CURSORS = 8  # NAR walks kept where the last range ended, for the next piece of a split
+RANGE_INDEXES = 4  # local NARs kept indexed by segment, so a range need not walk the files before it...
+MAX_INDEXED = 300_000  # ...unless they have more segments than this (three a file, ~100 bytes each)
 T = TypeVar("T")
 
 
@@ -88,6 +91,7 @@ class Substituter:
         self._cache_generation: object = None
         self._cursors: OrderedDict[bytes, nar.SegmentCursor] = OrderedDict()
         self.listings = Listings()
+        self._indexes: OrderedDict[bytes, nar.SegmentIndex] = OrderedDict()  # by NarHash, walker thread only
         self._walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-walker")
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
@@ -249,8 +253,9 @@ class Substituter:
                 if cursor:
                     self._walker.submit(cursor.close)
                 cached = self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
-                cursor = nar.SegmentCursor([nar.FileContents(cached, info.nar_size)] if cached else
-                                           nar.segments(self.local.real_path(info.store_path)))
+                cursor = (nar.SegmentCursor([nar.FileContents(cached, info.nar_size)]) if cached else
+                          await asyncio.get_running_loop().run_in_executor(self._walker, self._range_cursor, info,
+                                                                           start))
             async with contextlib.aclosing(self._on_walker(nar.byte_range(cursor, start, end))) as chunks:
                 async for chunk in chunks:
                     yield chunk
@@ -266,6 +271,22 @@ class Substituter:
                 async with contextlib.aclosing(self._on_walker(nar.read_file(part))) as chunks:
                     async for chunk in chunks:
                         yield chunk
+
+    def _range_cursor(self, info: PathInfo, start: int) -> "nar.SegmentCursor":  # `nar` is a method here
+        """A cursor at the segment of a local NAR holding `start` (on the walker thread, which alone
+        touches `_indexes`): the NARs ranges were last cut from are kept indexed, so a resumed
+        download or `nix store cat`, one range after another, costs one walk of the tree in all."""
+        index = self._indexes.pop(info.nar_hash, None)
+        if index is None:
+            parts = nar.segments(self.local.real_path(info.store_path))
+            first = list(itertools.islice(parts, MAX_INDEXED + 1))
+            if len(first) > MAX_INDEXED:  # too large to keep: one walk for this range
+                return nar.SegmentCursor(itertools.chain(first, parts))
+            index = nar.SegmentIndex(first)
+        self._indexes[info.nar_hash] = index
+        while len(self._indexes) > RANGE_INDEXES:
+            self._indexes.popitem(last=False)
+        return index.cursor(start)
 
     async def _on_walker(self, parts: Iterator[T]) -> AsyncIterator[T]:
         loop = asyncio.get_running_loop()
