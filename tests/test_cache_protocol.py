@@ -140,7 +140,7 @@ def test_listings_are_nixs_and_a_peers_only_once_proven(fleet: LocalFleet, closu
 def build_into(on: Host, expr: Path, seed: str, *extra: str) -> dict:
     """Build straight into a host's chroot store (so its build log lands there): drvPath and outputs."""
     result = nix(*CA, "build", "--store", str(on.store), "-f", str(expr), "--argstr", "seed", seed, "--json",
-                 *SANDBOX, *extra)
+                 "--no-link", *SANDBOX, *extra)
     return json.loads(result.stdout)[0]
 
 
@@ -182,7 +182,7 @@ def realisation_id(store: Path) -> str:
 def build_on_c(c: Host, seed: str) -> subprocess.CompletedProcess:
     """Real Nix on C with peerix as its only substituter, trusting only C's key."""
     return nix(*CA, "build", "--store", str(c.store), "-f", str(HERE / "nix" / "ca.nix"), "--argstr", "seed", seed,
-               "--json", "-L", "--option", "substituters", c.url, "--option", "trusted-public-keys",
+               "--json", "--no-link", "-L", "--option", "substituters", c.url, "--option", "trusted-public-keys",
                c.key.public.to_text(), "--option", "substitute", "true", "--option", "narinfo-cache-negative-ttl", "0",
                *SANDBOX)
 
