@@ -1,6 +1,8 @@
 """Range headers as Nix, curl and browsers send them, and the ones that get a 400 or a 416."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerix.http.ranges import RangeError, Unsatisfiable, content_range, parse_range
 
@@ -28,3 +30,12 @@ def test_malformed(header: str) -> None:
 
 def test_content_range() -> None:
     assert content_range(0, 1, 100) == "bytes 0-0/100"
+
+
+@given(st.text(max_size=40) | st.from_regex(r"bytes=\d{0,4}-\d{0,4}", fullmatch=True), st.integers(1, 5000))
+def test_any_header_gives_a_range_inside_the_nar_or_a_refusal(header: str, size: int) -> None:
+    try:
+        start, end = parse_range(header, size)  # type: ignore[misc]
+    except (RangeError, Unsatisfiable):
+        return
+    assert 0 <= start < end <= size

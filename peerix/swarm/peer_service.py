@@ -112,8 +112,7 @@ class PeerService:
         await self._finish(send)
 
     async def _shareable_log(self, peer_id: str, name: object) -> bytes | None:
-        """The derivation's build log if this host has it and may share it: every output of the
-        derivation this host holds passes the serving policy (and it holds one), or all_logs."""
+        """The derivation's build log if this host has it and may share it (see `_log_kept`)."""
         try:
             drv = StorePath.derivation(name) if isinstance(name, str) else None
         except ValueError:
@@ -121,22 +120,29 @@ class PeerService:
         if drv is None:
             self.metrics.peer_requests.labels("log", "bad-request").inc()
             return None
+        if not self.all_logs and (reason := await self._log_kept(drv)):
+            log.info("refused log peer=%s drv=%s reason=%s", peer_id[:10], drv, reason)
+            self.metrics.peer_requests.labels("log", "refused").inc()
+            return None
+        text = await asyncio.to_thread(self.substituter.local.read_build_log, drv, MAX_LOG)
+        self.metrics.peer_requests.labels("log", "ok" if text is not None else "not-found").inc()
+        return text
+
+    async def _log_kept(self, drv: StorePath) -> str | None:
+        """Why a derivation's log stays here, or None: it is shared when this host holds one of its
+        outputs and every output it holds passes the serving policy."""
         try:
             held = [info for out in await self.substituter.local.derivation_outputs(drv)
                     if (info := await self.substituter.path_info(out.hash_part))]
         except (Unavailable, sqlite3.Error) as error:
             log.error("lookup for a peer failed drv=%s error=%s", drv, error)
-            held = []
-        if not self.all_logs:
-            verdicts = [await self.policy.may_serve(info) for info in held]
-            if not held or not all(verdict.ok for verdict in verdicts):
-                reason = next((v.reason for v in verdicts if not v.ok), "none of its outputs is here")
-                log.info("refused log peer=%s drv=%s reason=%s", peer_id[:10], drv, reason)
-                self.metrics.peer_requests.labels("log", "refused").inc()
-                return None
-        text = await asyncio.to_thread(self.substituter.local.read_build_log, drv, MAX_LOG)
-        self.metrics.peer_requests.labels("log", "ok" if text is not None else "not-found").inc()
-        return text
+            return "the store cannot tell its outputs"
+        if not held:
+            return "none of its outputs is here"
+        for info in held:
+            if not (verdict := await self.policy.may_serve(info)).ok:
+                return f"{info.store_path}: {verdict.reason}"
+        return None
 
     async def serve_realisation(self, peer_id: str, stream: iroh.BiStream) -> None:
         """A realisation built here, if the serving policy shares its output."""
