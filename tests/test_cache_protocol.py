@@ -164,6 +164,7 @@ def test_nix_log_on_a_host_prints_what_a_peer_built(fleet: LocalFleet, tmp_path:
     assert private_log.status_code == 404
     assert a.metric('peerix_peer_requests_total{kind="log",result="refused"}') == 1
     assert httpx.get(f"{a.url}/log/{Path(private['drvPath']).name}").status_code == 200  # its own Nix may read it
+    assert c.metric('peerix_http_requests_total{method="GET",route="build_log",status="200"}') >= 2
     # Bad names get a 400 with the reason, traversal included, whatever the encoding.
     for bad in ("../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", f"{drv[:-4]}", "e" * 32 + "-a.drv", f"../{drv}",
                 f"{drv}/..", "%00.drv"):
@@ -171,6 +172,11 @@ def test_nix_log_on_a_host_prints_what_a_peer_built(fleet: LocalFleet, tmp_path:
         assert answer.endswith("\n400") and "derivation" in answer, bad
     assert httpx.get(f"{c.url}/log/{'0' * 32}-missing.drv").status_code == 404
     assert 'id="logs-served">2<' in httpx.get(f"{c.url}/dashboard").text
+    # serve_all_logs shares every log.
+    a.stop()
+    a.start(*FAST, "--serve-all-logs")
+    fleet.wait_announced(a, [private["drvPath"]])
+    assert "peerix build log marker private-log" in httpx.get(f"{c.url}/log/{Path(private['drvPath']).name}").text
 
 
 def realisation_id(store: Path) -> str:
