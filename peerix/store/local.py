@@ -167,7 +167,13 @@ class LocalStore:
         """The output paths the database records for a derivation (none for a content-addressed one,
         whose outputs are known by its realisations)."""
         rows = await (await self._current()).execute_fetchall(_DERIVATION_OUTPUTS, (drv.full(self.store_dir),))
-        return [StorePath.parse(path, self.store_dir) for path, in rows]
+        outputs = []
+        for path, in rows:
+            try:
+                outputs.append(StorePath.parse(path, self.store_dir))
+            except ValueError as error:
+                log.warning("skipping an unreadable derivation output drv=%s error=%s", drv, error)
+        return outputs
 
     def build_log(self, drv: StorePath) -> Path | None:
         """Where Nix keeps the build log of a derivation (`drvs/<2 chars>/<rest>`, bzip2ed or not)."""
