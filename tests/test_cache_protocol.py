@@ -119,7 +119,7 @@ def test_listings_are_nixs_and_a_peers_only_once_proven(fleet: LocalFleet, closu
     assert httpx.get(f"{c.url}/{hash_part(lib)}.ls").status_code == 404
     assert httpx.get(f"{c.url}/{hash_part(smallfiles)}.ls").status_code == 404
     # Nix 2.8 reads a remote path by downloading its whole NAR: through C, which checks it and lists it.
-    for path in (lib, smallfiles):
+    for path in (closure, lib, smallfiles):  # an executable; the tricky names and types; many files
         through_c = nix("store", "ls", "--store", c.url, "-lR", str(path)).stdout
         assert through_c == nix("store", "ls", "--store", str(a.store), "-lR", str(path)).stdout
         assert httpx.get(f"{c.url}/{hash_part(path)}.ls").content == expected[hash_part(path)]
@@ -135,6 +135,9 @@ def test_listings_are_nixs_and_a_peers_only_once_proven(fleet: LocalFleet, closu
     assert 'id="listings-served">0<' not in httpx.get(f"{c.url}/dashboard").text
     for bad in ("short", "e" * 32):
         assert httpx.get(f"{c.url}/{bad}.ls").status_code == 400
+    listings = 'peerix_http_requests_total{{method="GET",route="{}",status="{}"}}'
+    assert a.metric(listings.format("listing", 200)) == a.metric(listings.format("store_listing", 200)) == len(paths)
+    assert c.metric(listings.format("listing", 404)) == 2 and c.metric(listings.format("listing", 400)) == 2
 
 
 def build_into(on: Host, expr: Path, seed: str, *extra: str) -> dict:
@@ -227,6 +230,8 @@ def test_content_addressed_outputs_come_from_the_peer_that_built_them(fleet: Loc
     for bad in (f"{drv[:-4]}/out.doi", f"{drv}/out", f"{drv}/.doi", f"{drv}/a b.doi"):
         assert httpx.get(f"{c.url}/build-trace-v2/{bad}").status_code == 400, bad
     assert 'id="realisations-served">3<' in httpx.get(f"{c.url}/dashboard").text  # Nix's, and two above
+    served = 'peerix_http_requests_total{{method="GET",route="{}",status="200"}}'
+    assert c.metric(served.format("realisation")) == 2 and c.metric(served.format("build_trace")) == 1
 
 
 def test_unsigned_or_forged_realisations_are_refused_and_built_instead(fleet: LocalFleet, closure: Path,
