@@ -146,10 +146,11 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except Unsatisfiable as error:
             return _error(416, f"unsatisfiable range: {error}", {"content-range": f"bytes */{size}"})
         start, end = wanted or (0, size)
-        answer = {"content-range": content_range(start, end, size)} if wanted else None
+        part = content_range(start, end, size) if wanted else None
         if request.method == "HEAD":
-            return Response(status_code=206 if wanted else 200, media_type=NAR_TYPE, headers={
-                "content-length": str(end - start), "accept-ranges": "bytes", **(answer or {})})
+            headers = {"content-length": str(end - start), "accept-ranges": "bytes"}
+            return Response(status_code=206 if part else 200, media_type=NAR_TYPE,
+                            headers=headers | ({"content-range": part} if part else {}))
         try:  # a range that is the whole NAR is checked against NarHash as a whole NAR is
             parts = await (substituter.open_nar(info) if (start, end) == (0, size) else
                            substituter.open_range(info, start, end))
@@ -158,8 +159,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except NarUnavailable as error:
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
             return _error(404, "no peer has this NAR any more")
-        return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted), throttle,
-                           answer and answer["content-range"])
+        return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted), throttle, part)
 
     def _holders_failed(hash_part: str, error: HoldersFailed) -> Response:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
