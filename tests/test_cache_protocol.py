@@ -64,6 +64,9 @@ def check_ranges(base: str, path: Path, tmp_path: Path) -> None:
     head = httpx.head(url, timeout=30)
     assert head.status_code == 200 and head.headers["accept-ranges"] == "bytes"
     assert int(head.headers["content-length"]) == size
+    head = httpx.head(url, headers={"range": "bytes=-1"}, timeout=30)
+    assert head.status_code == 206 and head.headers["content-range"] == f"bytes {size - 1}-{size - 1}/{size}"
+    assert head.headers["content-length"] == "1"
     for bad in ("bytes=x-y", "bytes=5-2", "bytes=0-1,4-5", "lines=1-2"):
         answer = httpx.get(url, headers={"range": bad}, timeout=30)
         assert answer.status_code == 400 and "Range" in answer.text, bad
