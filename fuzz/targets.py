@@ -19,10 +19,12 @@ import atheris
 
 with atheris.instrument_imports():
     from peerix.daemon import config as daemon_config
+    from peerix.http.ranges import RangeError, Unsatisfiable, parse_range
     from peerix.net import compression, lan, wire
     from peerix.nix import nar, nix32
     from peerix.nix.listing import ListingParser, NarFormatError
     from peerix.nix.narinfo import NarInfo, NarInfoError
+    from peerix.nix.realisation import Realisation, RealisationError
     from tracker import config as tracker_config
     from tracker.model import ApiError, parse_announce, parse_deregister, parse_lookup
 
@@ -149,8 +151,28 @@ def nar_listing(data: bytes) -> None:
         pass
 
 
+def range_header(data: bytes) -> None:
+    """HTTP Range headers on a NAR whose size the first two bytes pick: a range inside it, or a refusal."""
+    if len(data) < 2:
+        return
+    size = int.from_bytes(data[:2], "little") + 1
+    try:
+        wanted = parse_range(data[2:].decode("latin-1"), size)
+    except (RangeError, Unsatisfiable):
+        return
+    assert wanted is not None and 0 <= wanted[0] < wanted[1] <= size
+
+
+def realisation(data: bytes) -> None:
+    try:
+        found = Realisation.parse(data)
+    except RealisationError:
+        return
+    assert Realisation.parse(found.to_text()) == found
+
+
 TARGETS = {f.__name__: f for f in (narinfo, nix32_text, wire_frame, zstd_block, lan_packet, tracker_body,
-                                   toml_config, nar_range, nar_listing)}
+                                   toml_config, nar_range, nar_listing, range_header, realisation)}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

@@ -4,7 +4,8 @@
 
 PLAN: {"tracker": URL, "state": DIR, "name": NAME,
        "narinfo": {hash part: narinfo text to answer with},
-       "nar": {hash part: file whose bytes to send as its NAR}}
+       "nar": {hash part: file whose bytes to send as its NAR},
+       "realisation": {realisation id: realisation text to answer with}}
 It prints its peer id once it has announced, then a line `nar HASH` for every NAR request it is sent,
 and serves until terminated.
 """
@@ -21,11 +22,13 @@ import iroh
 from peerix.net import wire
 from peerix.net.endpoint import EndpointSettings, PeerEndpoint
 from peerix.net.tracker_client import PeerAddresses, TrackerClient
+from peerix.swarm.derivations import realisation_key
 
 
 async def main(plan: dict) -> None:
     narinfos: dict[str, str] = plan.get("narinfo", {})
     nars: dict[str, str] = plan.get("nar", {})
+    realisations: dict[str, str] = plan.get("realisation", {})
 
     async def narinfo(peer_id: str, stream: iroh.BiStream) -> None:
         request = await wire.read_frame(stream.recv())
@@ -51,14 +54,23 @@ async def main(plan: dict) -> None:
         await send.finish()
         await send.stopped()
 
+    async def realisation(peer_id: str, stream: iroh.BiStream) -> None:
+        request = await wire.read_frame(stream.recv())
+        text = realisations.get(request.get("id"))
+        reply = {"status": "ok", "realisation": text} if text else {"status": "not-found"}
+        await stream.send().write_all(wire.encode_frame(reply))
+        await stream.send().finish()
+        await stream.send().stopped()
+
     seed = os.urandom(32)
     endpoint = await PeerEndpoint.start(
         seed, EndpointSettings(bind="127.0.0.1:0", relays=False, discovery=False),
-        {wire.NARINFO_ALPN: narinfo, wire.NAR_ALPN: nar},
+        {wire.NARINFO_ALPN: narinfo, wire.NAR_ALPN: nar, wire.REALISATION_ALPN: realisation},
     )
     tracker = TrackerClient(plan["tracker"], seed, Path(plan["state"]))
     address = endpoint.address()
-    await tracker.announce(sorted({*narinfos, *nars}), PeerAddresses(address.endpoint_id, address.direct),
+    hashes = sorted({*narinfos, *nars, *map(realisation_key, realisations)})
+    await tracker.announce(hashes, PeerAddresses(address.endpoint_id, address.direct),
                            plan.get("name", "liar"))
     print(endpoint.peer_id, flush=True)
     stop = asyncio.Event()

@@ -73,12 +73,12 @@ def test_paths_split_across_two_hosts_reach_a_third(fleet: LocalFleet, closure: 
     assert peers["a"]["source"] == "tracker" and peers["a"]["reputation"]["successes"] >= 1
 
 
-def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None
-               ) -> subprocess.Popen:
+def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None,
+               realisation: dict[str, str] | None = None) -> subprocess.Popen:
     (fleet.root / name).mkdir()
     plan = fleet.root / name / "plan.json"
     plan.write_text(json.dumps({"tracker": fleet.tracker_url, "state": str(fleet.root / name), "name": name,
-                                "narinfo": narinfo, "nar": nar or {}}))
+                                "narinfo": narinfo, "nar": nar or {}, "realisation": realisation or {}}))
     liar = subprocess.Popen([sys.executable, str(HERE / "liar.py"), str(plan)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     assert len(liar.stdout.readline().strip()) == 64, "the liar did not start"

@@ -141,6 +141,8 @@ class Config:
     exclude: tuple[str, ...] = setting((), "glob pattern on store path names (<hash>-<name>, e.g. '*-secrets*') "
                                        "that are never announced nor served to anyone, whatever serve says "
                                        "(repeatable)", str, "PATTERN", many=True)
+    serve_all_logs: bool = setting(False, "serve every build log to peers, not only those of derivations whose "
+                                   "outputs the serving policy shares", parse_bool)
     iroh_listen: str = setting("0.0.0.0:12305", "UDP address of the iroh endpoint peers connect to", _address,
                                "HOST:PORT")
     relays: bool = setting(True, "use iroh's public relays (NAT traversal, fallback path)", parse_bool)

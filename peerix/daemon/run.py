@@ -83,7 +83,7 @@ async def run(config: Config) -> None:
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
             PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
-                        compression=config.compression).handlers,
+                        compression=config.compression, all_logs=config.serve_all_logs).handlers,
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()

@@ -25,7 +25,8 @@ from ..common.throttle import Throttle
 from ..nix import nix32
 from ..nix.hash import SHA256_SIZE
 from ..nix.narinfo import PathInfo
-from ..nix.storepath import is_hash_part
+from ..nix.realisation import BuildTraceEntry, Realisation, is_id, is_output_name
+from ..nix.storepath import StorePath, is_hash_part
 from ..store.narcache import NarCache
 from ..store.substituter import HoldersFailed, NarUnavailable, Substituter, Unavailable, narinfo_text
 from ..swarm.explain import explain
@@ -34,6 +35,7 @@ from ..telemetry.metrics import Metrics
 from .access import LOOPBACK, ClientAccess, parse_networks
 from .dashboard import render as render_dashboard
 from .nar_response import NAR_TYPE, NarResponse
+from .ranges import RangeError, Unsatisfiable, content_range, parse_range
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +138,28 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             return _holders_failed(hash_part, error)
         if info is None or info.nar_hash != nar_hash:
             return _error(404, "no such NAR: the path is gone or has other contents now")
-        if request.method == "HEAD":
-            return Response(headers={"content-length": str(info.nar_size)}, media_type=NAR_TYPE)
+        size = info.nar_size
         try:
-            parts = await substituter.open_nar(info)
+            wanted = parse_range(request.headers.get("range"), size)
+        except RangeError as error:
+            return _error(400, f"bad Range header: {error}")
+        except Unsatisfiable as error:
+            return _error(416, f"unsatisfiable range: {error}", {"content-range": f"bytes */{size}"})
+        start, end = wanted or (0, size)
+        part = content_range(start, end, size) if wanted else None
+        if request.method == "HEAD":
+            headers = {"content-length": str(end - start), "accept-ranges": "bytes"}
+            return Response(status_code=206 if part else 200, media_type=NAR_TYPE,
+                            headers=headers | ({"content-range": part} if part else {}))
+        try:  # a range that is the whole NAR is checked against NarHash as a whole NAR is
+            parts = await (substituter.open_nar(info) if (start, end) == (0, size) else
+                           substituter.open_range(info, start, end))
         except HoldersFailed as error:
             return _holders_failed(hash_part, error)
         except NarUnavailable as error:
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
             return _error(404, "no peer has this NAR any more")
-        return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info), throttle)
+        return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted), throttle, part)
 
     def _holders_failed(hash_part: str, error: HoldersFailed) -> Response:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
@@ -173,12 +187,82 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             metrics.store_errors.inc()
             return None
 
-    def _nar_finished(info: PathInfo, outcome: str, sent: int, seconds: float, error: Exception | None) -> None:
+    def _nar_finished(info: PathInfo, wanted: tuple[int, int] | None, outcome: str, sent: int, seconds: float,
+                      error: Exception | None) -> None:
         metrics.nar_transfers.labels(outcome).inc()
-        metrics.activity.transfer("to nix", str(info.store_path), "", sent, seconds, outcome)
+        part = f"bytes {wanted[0]}-{wanted[1] - 1}" if wanted else ""
+        metrics.activity.transfer("to nix", str(info.store_path), "", sent, seconds, outcome, part)
         level = logging.ERROR if error else logging.INFO
-        log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, info.store_path, sent,
-                seconds, sent / (1 << 20) / max(seconds, 1e-6), f" error={error}" if error else "")
+        log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s%s", outcome, info.store_path, sent,
+                seconds, sent / (1 << 20) / max(seconds, 1e-6), f" range={wanted[0]}-{wanted[1] - 1}" if wanted else "",
+                f" error={error}" if error else "")
+
+    async def listing(request: Request) -> Response:
+        return await _listing(request, substituter.lookup)
+
+    async def store_listing(request: Request) -> Response:
+        return await _listing(request, _servable)
+
+    async def _listing(request: Request, lookup: Lookup) -> Response:
+        """The `.ls` Nix writes beside a NAR: local paths', and peers' paths' once proven."""
+        hash_part = request.path_params["hash"]
+        if not is_hash_part(hash_part):
+            return _error(400, f"invalid store path hash {hash_part[:64]!r}")
+        try:
+            text = await substituter.listing(hash_part) if await _lookup(lookup, hash_part) else None
+        except _Refused as refused:
+            return _error(403, f"not shared: {refused}")
+        except (HoldersFailed, Unavailable) as error:
+            log.info("listing unavailable hash=%s error=%s", hash_part, error)
+            text = None
+        if text is None:
+            return _error(404, "no listing: the path is not here, or its NAR has not been checked here yet")
+        metrics.activity.count("listings_served")
+        return Response(text, media_type="application/json")
+
+    async def build_log(request: Request) -> Response:
+        """`log/<drv basename>`: this host's build log, else a peer's, as plain text."""
+        name = request.path_params["name"]
+        try:
+            drv = StorePath.derivation(name)
+        except ValueError as error:
+            return _error(400, f"log/ takes a derivation's basename, <hash>-<name>.drv: {error}")
+        text = await substituter.build_log(drv)
+        if text is None:
+            return _error(404, "no build log of this derivation here or at any peer")
+        metrics.activity.count("logs_served")
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    async def realisation(request: Request) -> Response:
+        """`realisations/<drv hash>!<output>.doi` (Nix 2.8 and later), signed by this host."""
+        name = request.path_params["name"]
+        id_ = name.removesuffix(".doi")
+        if id_ == name or not is_id(id_):
+            return _error(400, f"not a realisation (sha256:<hex>!<output>.doi): {name[:100]!r}")
+        return await _realisation(substituter.realisation(id_))
+
+    async def build_trace(request: Request) -> Response:
+        """`build-trace-v2/<drv basename>/<output>.doi` (current Nix), for a derivation in this store."""
+        name, output = request.path_params["drv"], request.path_params["output"]
+        try:
+            drv = StorePath.derivation(name)
+        except ValueError as error:
+            return _error(400, f"build-trace-v2/ takes a derivation's basename, <hash>-<name>.drv: {error}")
+        if not output.endswith(".doi") or not is_output_name(output.removesuffix(".doi")):
+            return _error(400, f"not an output name followed by .doi: {output[:80]!r}")
+        return await _realisation(substituter.build_trace(drv, output.removesuffix(".doi")))
+
+    async def _realisation(lookup: Awaitable[Realisation | BuildTraceEntry | None]) -> Response:
+        try:
+            found = await lookup
+        except Unavailable as error:
+            log.error("realisation lookup failed error=%s", error)
+            metrics.store_errors.inc()
+            found = None
+        if found is None:
+            return _error(404, "no realisation of this derivation output here or at any peer")
+        metrics.activity.count("realisations_served")
+        return Response(found.to_text(), media_type="application/json")
 
     async def health(request: Request) -> Response:
         status, checks = "ok", {}
@@ -222,7 +306,11 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     routes = [
         Route("/nix-cache-info", local_clients(nix_cache_info)),
         Route("/{hash}.narinfo", local_clients(narinfo)),
+        Route("/{hash}.ls", local_clients(listing)),
         Route("/nar/{narhash}.nar", local_clients(nar)),
+        Route("/log/{name:path}", local_clients(build_log)),
+        Route("/realisations/{name:path}", local_clients(realisation)),
+        Route("/build-trace-v2/{drv}/{output}", local_clients(build_trace)),
         Route("/health", health),
         Route("/metrics", prometheus),
         Route("/api/v1/peers", local_clients(known_peers)),
@@ -233,6 +321,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         routes.append(Mount("/store", routes=[
             Route("/nix-cache-info", nix_cache_info),
             Route("/{hash}.narinfo", store_narinfo),
+            Route("/{hash}.ls", store_listing),
             Route("/nar/{narhash}.nar", store_nar),
         ]))
     app = Starlette(routes=routes)

@@ -45,6 +45,9 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
         ("fetched-from-upstream", "Fetched from upstream", size_text(totals["bytes_from_upstream"])),
         ("saved-from-upstream", "Upstream bytes saved", size_text(totals["bytes_saved_from_upstream"])),
         ("lease-waits", "Lease waits (takeovers)", f"{totals['lease_waits']:,} ({totals['lease_takeovers']:,})"),
+        ("logs-served", "Build logs served", f"{totals['logs_served']:,}"),
+        ("listings-served", "Listings served", f"{totals['listings_served']:,}"),
+        ("realisations-served", "Realisations served", f"{totals['realisations_served']:,}"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div>'
                         f'<div class="value" id="{key}">{html.escape(value)}</div></div>'

@@ -1,4 +1,5 @@
-"""A NAR as an HTTP response: streamed, exactly NarSize bytes, large files sent zero-copy."""
+"""A NAR (or a byte range of it) as an HTTP response: streamed, exactly the bytes announced, large
+files sent zero-copy."""
 
 import asyncio
 import contextlib
@@ -24,16 +25,20 @@ class NarResponse:
     the client sees a broken transfer instead of a wrong NAR."""
 
     def __init__(self, parts: AsyncIterator[nar.Segment], size: int, finished: Finished,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None, content_range: str | None = None) -> None:
         self.parts = parts
-        self.size = size
+        self.size = size  # of the body: the NAR's, or the range's
         self.finished = finished
         self.throttle = throttle or Throttle()
+        self.content_range = content_range  # a 206 answer's Content-Range
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
-        headers = [(b"content-type", NAR_TYPE.encode()), (b"content-length", str(self.size).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        headers = [(b"content-type", NAR_TYPE.encode()), (b"content-length", str(self.size).encode()),
+                   (b"accept-ranges", b"bytes")]
+        if self.content_range:
+            headers.append((b"content-range", self.content_range.encode()))
+        await send({"type": "http.response.start", "status": 206 if self.content_range else 200, "headers": headers})
         client_left = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, client_left))
         zerocopy = ZEROCOPY in scope.get("extensions", {})

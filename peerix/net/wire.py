@@ -10,6 +10,12 @@ object. A request opens a bidirectional stream; the answer comes back on it.
                      answer  `{"status": "ok", "size": n}` followed by exactly n raw NAR bytes (the
                      requested range), or with `"encoding": "zstd-blocks"` the same n bytes as
                      blocks (compression.py); or `{"status": "not-found"}`; the stream then finishes.
+`/peerix/log/1`      request `{"drv": <derivation basename>}`
+                     answer  `{"status": "ok", "size": n}` followed by the n bytes of its build log (at
+                     most 16 MiB: the end of a longer one), or `{"status": "not-found"}`
+`/peerix/realisation/1`  request `{"id": "sha256:<hex>!<output>"}`
+                     answer  `{"status": "ok", "realisation": <JSON text, as Nix's .doi>}` or
+                     `{"status": "not-found"}`
 
 A range is asked for so that a transfer can resume, or be split between peers; a peer that
 answers with fewer bytes than it announced has failed. A peer pulling a NAR through from the upstream
@@ -26,6 +32,8 @@ from typing import Any, Protocol
 
 NARINFO_ALPN = b"/peerix/narinfo/1"
 NAR_ALPN = b"/peerix/nar/1"
+LOG_ALPN = b"/peerix/log/1"
+REALISATION_ALPN = b"/peerix/realisation/1"
 ZSTD_BLOCKS = "zstd-blocks"
 
 MAX_FRAME = 1 << 20  # a narinfo with thousands of references still fits

@@ -1,21 +1,24 @@
-"""NAR listings: the `<hash>.ls` JSON Nix writes beside a NAR (`write-nar-listing`), read from a NAR.
+"""NAR listings: the `<hash>.ls` JSON Nix writes beside a NAR (`write-nar-listing`).
 
     {"version": 1, "root": {"type": "directory", "entries": {"bin": {"type": "regular", "size": 5,
      "executable": true, "narOffset": 400}, ...}}}
 
 `narOffset` is where a regular file's contents start inside the NAR: Nix's remote accessor reads one
-file with a range request from there (`nix store cat`). The listing is computed by parsing a NAR, so
-one parser serves both sides: the host's own paths (the segments of a tree walk, whose file contents
-are skipped by their size and never read) and NARs streaming from peers (fed chunk by chunk as they
-pass, and believed only once the whole NAR matched its NarHash). The parser checks the grammar as
-Nix does (names, their order, string lengths) and bounds what a hostile NAR can make it hold.
+file with a range request from there (`nix store cat`). Two ways to one listing: `tree_listing` for
+the host's own paths (one lstat per entry, offsets from the NAR's grammar: nothing is read or
+framed), and `ListingParser` for NARs streaming from peers (fed chunk by chunk as they pass, and
+believed only once the whole NAR matched its NarHash). The parser checks the grammar as Nix does
+(names, their order, string lengths) and bounds what a hostile NAR can make it hold.
 """
 
+import json
+import os
+import stat
 import struct
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from typing import Any
 
-from .nar import FileContents, Segment
+from .nar import NarError, frame
 
 MAX_NAME = 255  # a file name, as the file system allows
 MAX_TARGET = 4096  # a symlink target (PATH_MAX)
@@ -37,6 +40,64 @@ def listing(node: Node) -> dict[str, Any]:
     return {"version": 1, "root": node}
 
 
+def render(found: dict[str, Any]) -> bytes:
+    """As Nix writes it: compact, keys in Nix's order, names as their bytes."""
+    return json.dumps(found, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+# The lengths of the NAR's framing around what varies (names, targets, file contents).
+_MAGIC = len(frame(b"nix-archive-1"))
+_REGULAR = len(frame(b"(", b"type", b"regular", b"contents")) + 8  # through the size field
+_EXECUTABLE = len(frame(b"(", b"type", b"regular", b"executable", b"", b"contents")) + 8
+_SYMLINK = len(frame(b"(", b"type", b"symlink", b"target"))
+_DIRECTORY = len(frame(b"(", b"type", b"directory"))
+_ENTRY = len(frame(b"entry", b"(", b"name"))
+_NODE = len(frame(b"node"))
+_CLOSE = len(frame(b")"))
+
+
+def _string(length: int) -> int:
+    return 8 + length + (-length % 8)
+
+
+def tree_listing(root: bytes) -> dict[str, Any]:
+    """The listing of the NAR of the tree at `root` (a bytes path; symlinks are not followed)."""
+    offset = _MAGIC
+
+    def node(path: bytes, st: os.stat_result) -> Node:
+        nonlocal offset
+        if stat.S_ISREG(st.st_mode):
+            size, executable = st.st_size, bool(st.st_mode & stat.S_IXUSR)
+            offset += _EXECUTABLE if executable else _REGULAR
+            found: Node = {"type": "regular", "size": size}
+            if executable:
+                found["executable"] = True
+            found["narOffset"] = offset
+            offset += size + (-size % 8) + _CLOSE
+            return found
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            offset += _SYMLINK + _string(len(target)) + _CLOSE
+            return {"type": "symlink", "target": _text(target)}
+        if not stat.S_ISDIR(st.st_mode):
+            raise NarError(f"cannot archive {os.fsdecode(path)!r}: not a regular file, directory or symlink")
+        offset += _DIRECTORY
+        children: dict[str, Node] = {}
+        with os.scandir(path) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            offset += _ENTRY + _string(len(entry.name)) + _NODE
+            children[_text(entry.name)] = node(entry.path, entry.stat(follow_symlinks=False))
+            offset += _CLOSE
+        offset += _CLOSE
+        return {"type": "directory", "entries": children}
+
+    try:
+        return listing(node(root, os.lstat(root)))
+    except RecursionError:
+        raise NarError(f"{os.fsdecode(root)!r} is nested too deeply to list") from None
+
+
 def _grammar() -> Generator[_Want, bytes, Node]:
     """The NAR grammar, as a generator fed the bytes it asks for; returns the root node."""
     offset = 0
@@ -47,12 +108,11 @@ def _grammar() -> Generator[_Want, bytes, Node]:
         (length,) = struct.unpack("<Q", (yield (8, True)))
         if length > limit:
             raise NarFormatError(f"a string of {length} bytes at offset {offset} (at most {limit} here)")
-        data = yield (length, True)
-        padding = yield (-length % 8, True)
-        if padding != _PADDING[: -length % 8]:
+        padded = yield (length + (-length % 8), True)  # one want for the string and its padding
+        if padded[length:] != _PADDING[: -length % 8]:
             raise NarFormatError(f"non-zero padding at offset {offset}")
-        offset += 8 + length + (-length % 8)
-        return data
+        offset += 8 + len(padded)
+        return padded[:length]
 
     def expect(*words: bytes) -> Generator[_Want, bytes, None]:
         for word in words:
@@ -129,38 +189,35 @@ class ListingParser:
     def __init__(self) -> None:
         self._grammar = _grammar()
         self._want = next(self._grammar)
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray | memoryview = b""
         self._root: Node | None = None
         self.position = 0
 
     def feed(self, chunk: bytes | memoryview) -> None:
-        view = memoryview(chunk)
-        while view:
+        data = memoryview(chunk)
+        at, size = 0, len(data)
+        while at < size:
             if self._root is not None:
-                raise NarFormatError(f"{len(view)} bytes after the end of the NAR")
+                raise NarFormatError(f"{size - at} bytes after the end of the NAR")
             count, keep = self._want
-            take = min(count - (len(self._buffer) if keep else 0), len(view))
-            if keep:
-                self._buffer += view[:take]
-            else:
+            if not keep:  # a file's contents, skipped
+                take = min(count, size - at)
                 self._want = (count - take, False)
-            view = view[take:]
+            elif not self._buffer and size - at >= count:  # the common case: all there, no copy to the buffer
+                take = count
+                self._buffer = data[at:at + count]
+            else:
+                take = min(count - len(self._buffer), size - at)
+                self._buffer = bytearray(self._buffer) + data[at:at + take]
+            at += take
             self.position += take
-            if (keep and len(self._buffer) == count) or (not keep and self._want[0] == 0):
-                self._advance(bytes(self._buffer) if keep else b"")
+            if len(self._buffer) == count if keep else self._want[0] == 0:
+                self._advance(bytes(self._buffer))
         while self._root is None and self._want[0] == 0:  # empty strings need no bytes
             self._advance(b"")
 
-    def skip(self, count: int) -> None:
-        """Bytes the caller knows and need not hand over: a file's contents in a tree walk."""
-        want, keep = self._want
-        if keep or count != want:
-            raise NarFormatError(f"{count} bytes skipped where the NAR has {want} to {'read' if keep else 'skip'}")
-        self.position += count
-        self._advance(b"")
-
     def _advance(self, data: bytes) -> None:
-        self._buffer.clear()
+        self._buffer = b""
         try:
             self._want = self._grammar.send(data)
         except StopIteration as done:
@@ -171,14 +228,3 @@ class ListingParser:
         if self._root is None:
             raise NarFormatError(f"the NAR ends early, at byte {self.position}")
         return listing(self._root)
-
-
-def listing_of(parts: Iterable[Segment | bytes]) -> dict[str, Any]:
-    """The listing of a NAR given as segments (file contents skipped unread) or bytes chunks."""
-    parser = ListingParser()
-    for part in parts:
-        if isinstance(part, FileContents):
-            parser.skip(part.size)
-        else:
-            parser.feed(part)
-    return parser.result()

@@ -5,7 +5,9 @@ Keeping file contents as (path, size) segments instead of bytes lets a caller st
 chunk by chunk, or later serve a byte range of it, without ever building it whole.
 """
 
+import bisect
 import hashlib
+import itertools
 import os
 import stat
 import struct
@@ -147,10 +149,10 @@ class SegmentCursor:
     range that begins at or after where the previous one ended continues the same walk, so the
     pieces of a split transfer cost one walk of the tree, not one each."""
 
-    def __init__(self, parts: Iterable[Segment]) -> None:
+    def __init__(self, parts: Iterable[Segment], offset: int = 0) -> None:
         self._parts = iter(parts)
         self._started = False
-        self.offset = 0
+        self.offset = offset  # where the first of `parts` starts in the NAR
         self.current: Segment | None = None
 
     def start(self) -> None:
@@ -168,6 +170,22 @@ class SegmentCursor:
         close = getattr(self._parts, "close", None)
         if close:
             close()
+
+
+class SegmentIndex:
+    """A NAR's segments, kept with where each starts: after one walk, a range anywhere starts at the
+    segment holding its first byte (a bisection) instead of a walk over every file before it."""
+
+    def __init__(self, parts: list[Segment]) -> None:
+        self.parts = parts
+        self.starts = list(itertools.accumulate(map(_size, parts), initial=0))
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def cursor(self, start: int) -> SegmentCursor:
+        at = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        return SegmentCursor(itertools.islice(self.parts, at, None), self.starts[at])
 
 
 def byte_range(parts: "SegmentCursor | Iterable[Segment]", start: int, end: int,

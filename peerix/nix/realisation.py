@@ -7,6 +7,11 @@ Nix serves them as `realisations/<id>.doi`. A signature covers the realisation's
 signatures, keys sorted, no spaces (checked against signatures Nix 2.8 made); signing.py's helpers
 sign and check them as they do narinfo. Nix 2.8 does not check a substituted realisation's signature
 itself, so whoever hands one to it must.
+
+Current Nix (2.35 on) keys them by derivation path instead, as build trace entries served at
+`build-trace-v2/<drv basename>/<output>.doi`: the file holds `{"outPath", "signatures"}`, and a
+signature covers `{"key":{"drvPath","outputName"},"value":{"outPath"}}` (keys sorted, compact), as
+its source and changelog say; no such Nix runs here to check it against.
 """
 
 import json
@@ -17,7 +22,8 @@ from typing import Any, Self
 from .storepath import StorePath
 
 MAX_REALISATION_BYTES = 64 << 10
-_ID = re.compile(r"sha256:[0-9a-f]{64}![A-Za-z0-9+\-._?=]{1,64}")
+_OUTPUT = r"[A-Za-z0-9+\-._?=]{1,64}"
+_ID = re.compile(r"sha256:[0-9a-f]{64}!" + _OUTPUT)
 
 
 class RealisationError(ValueError):
@@ -27,6 +33,10 @@ class RealisationError(ValueError):
 def is_id(text: str) -> bool:
     """`sha256:<hex of the derivation's hash modulo>!<output name>`."""
     return _ID.fullmatch(text) is not None
+
+
+def is_output_name(text: str) -> bool:
+    return re.fullmatch(_OUTPUT, text) is not None and text not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,27 @@ class Realisation:
 
     def fingerprint(self) -> bytes:
         return json.dumps(self._json(False), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def with_sigs(self, sigs: tuple[str, ...]) -> Self:
+        return replace(self, sigs=sigs)
+
+
+@dataclass(frozen=True)
+class BuildTraceEntry:
+    """A realisation as current Nix keys it: by derivation path and output name."""
+
+    drv: StorePath
+    output: str
+    out_path: StorePath
+    sigs: tuple[str, ...] = ()
+
+    def fingerprint(self) -> bytes:
+        key = {"drvPath": self.drv.basename, "outputName": self.output}
+        return json.dumps({"key": key, "value": {"outPath": self.out_path.basename}}, sort_keys=True,
+                          separators=(",", ":")).encode()
+
+    def to_text(self) -> str:
+        return json.dumps({"outPath": self.out_path.basename, "signatures": list(self.sigs)}, separators=(",", ":"))
 
     def with_sigs(self, sigs: tuple[str, ...]) -> Self:
         return replace(self, sigs=sigs)

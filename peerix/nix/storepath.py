@@ -38,6 +38,13 @@ class StorePath:
             raise ValueError(f"{path[:80]!r} is not in {store_dir}")
         return cls.from_basename(path[len(prefix):])
 
+    @classmethod
+    def derivation(cls, basename: str) -> "StorePath":
+        """A derivation's path from its basename, `<hash>-<name>.drv`; ValueError for anything else."""
+        if not basename.endswith(".drv"):
+            raise ValueError(f"no .drv at the end of {basename[:80]!r}")
+        return cls.from_basename(basename)
+
     @property
     def basename(self) -> str:
         return f"{self.hash_part}-{self.name}"

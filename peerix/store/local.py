@@ -4,9 +4,11 @@ The store may live under any root (`/` in production, `/tmp/hostA` for a chroot 
 paths keep their logical store directory, `/nix/store`, whatever the root.
 """
 
+import bz2
 import logging
 import os
 import sqlite3
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 
 import aiosqlite
@@ -17,6 +19,8 @@ from ..nix.realisation import Realisation
 from ..nix.storepath import STORE_DIR, StorePath
 
 log = logging.getLogger(__name__)
+
+MAX_LOG = 16 << 20  # bytes of a build log served: the end of a longer one, where its errors are
 
 # One round trip per lookup: the row and its references. The range on `path` uses the unique
 # index, so a hash-part lookup costs a B-tree probe whatever the store's size.
@@ -31,6 +35,13 @@ FROM ValidPaths v WHERE v.path > ? AND v.path < ? LIMIT 1
 _REALISATION = """
 SELECT r.id, v.path, r.signatures FROM Realisations r JOIN ValidPaths v ON v.id = r.outputPath
 WHERE r.drvPath = ? AND r.outputName = ?
+"""
+_ALL_REALISATIONS = """
+SELECT r.drvPath || '!' || r.outputName, substr(v.path, ?), v.sigs
+FROM Realisations r JOIN ValidPaths v ON v.id = r.outputPath
+"""
+_DERIVATION_OUTPUTS = """
+SELECT o.path FROM DerivationOutputs o JOIN ValidPaths d ON d.id = o.drv WHERE d.path = ?
 """
 _DEPENDENT_REALISATIONS = """
 SELECT d.drvPath || '!' || d.outputName, v.path FROM RealisationsRefs rr
@@ -132,7 +143,7 @@ class LocalStore:
         """The realisation `sha256:<hex>!<output>` of a content-addressed derivation built here, or None."""
         drv_hash, _, output = id_.partition("!")
         db = await self._current()
-        rows = list(await db.execute_fetchall(_REALISATION, (drv_hash, output)))
+        rows = list(await _without_ca_tables(db.execute_fetchall(_REALISATION, (drv_hash, output))))
         if not rows:
             return None
         row, path, sigs = rows[0]
@@ -145,6 +156,25 @@ class LocalStore:
             log.warning("skipping an unreadable realisation id=%s error=%s", id_, error)
             return None
 
+    async def realisations(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(id, output name `<hash>-<name>`, the output's signatures) of every realisation: what
+        announcing needs, in one query."""
+        start = len(self.store_dir) + 2
+        rows = await _without_ca_tables((await self._current()).execute_fetchall(_ALL_REALISATIONS, (start,)))
+        return [(id_, name, tuple((sigs or "").split())) for id_, name, sigs in rows]
+
+    async def derivation_outputs(self, drv: StorePath) -> list[StorePath]:
+        """The output paths the database records for a derivation (none for a content-addressed one,
+        whose outputs are known by its realisations)."""
+        rows = await (await self._current()).execute_fetchall(_DERIVATION_OUTPUTS, (drv.full(self.store_dir),))
+        outputs = []
+        for path, in rows:
+            try:
+                outputs.append(StorePath.parse(path, self.store_dir))
+            except ValueError as error:
+                log.warning("skipping an unreadable derivation output drv=%s error=%s", drv, error)
+        return outputs
+
     def build_log(self, drv: StorePath) -> Path | None:
         """Where Nix keeps the build log of a derivation (`drvs/<2 chars>/<rest>`, bzip2ed or not)."""
         name = drv.basename
@@ -152,6 +182,27 @@ class LocalStore:
             if candidate.is_file():
                 return candidate
         return None
+
+    def read_build_log(self, drv: StorePath, limit: int) -> bytes | None:
+        """The build log's text (blocking), or None: a longer log keeps its last `limit` bytes, after
+        a line saying how much was left out."""
+        path = self.build_log(drv)
+        if path is None:
+            return None
+        kept, dropped = bytearray(), 0
+        try:
+            with (bz2.open(path) if path.suffix == ".bz2" else open(path, "rb")) as file:
+                while chunk := file.read(1 << 20):
+                    kept += chunk
+                    if len(kept) > limit:
+                        dropped += len(kept) - limit
+                        del kept[:len(kept) - limit]
+        except (OSError, EOFError, ValueError) as error:  # unreadable, or a broken bzip2 stream
+            log.warning("unreadable build log path=%s error=%s", path, error)
+            return None
+        if dropped:
+            return f"[peerix: the first {dropped} bytes of this log are left out]\n".encode() + kept
+        return bytes(kept)
 
     async def signatures(self) -> list[tuple[str, tuple[str, ...]]]:
         """(name, signatures) of every valid path, the name being `<hash>-<name>`: what announcing needs,
@@ -211,3 +262,14 @@ class LocalStore:
         except OSError:
             return False
         return True
+
+
+async def _without_ca_tables(rows: Awaitable[Iterable[sqlite3.Row]]) -> list:
+    """The rows of a query on the content-addressed tables, which Nix makes only once ca-derivations
+    was enabled: none where they are missing."""
+    try:
+        return list(await rows)
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return []
+        raise

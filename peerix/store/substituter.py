@@ -3,6 +3,8 @@
 import asyncio
 import contextlib
 import functools
+import itertools
+import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
@@ -10,14 +12,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from ..nix import nar, nix32
+from ..nix.derivation import Derivation, hash_modulo
+from ..nix.listing import render, tree_listing
 from ..nix.narinfo import NarInfo, PathInfo
+from ..nix.realisation import BuildTraceEntry, Realisation
 from ..nix.signing import Info, SecretKey, add_signature
+from ..nix.storepath import StorePath
 from .held import Growing, HeldPaths
-from .local import LocalStore
+from .listings import Listings
+from .local import MAX_LOG, LocalStore
 from .narcache import NarCache, NarCacheWriter
+
+log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 16384
 RANGE_CURSORS = 8  # NAR walks kept where the last range ended, for the next piece of a split
+RANGE_INDEXES = 4  # local NARs kept indexed by segment, so a range need not walk the files before it...
+MAX_INDEXED = 300_000  # ...unless they have more segments than this (three a file, ~100 bytes each)
 T = TypeVar("T")
 
 
@@ -56,6 +67,16 @@ class Network(Protocol):
         """The verified NAR of a path `find` returned; raises NarUnavailable when it cannot start
         (HoldersFailed when its holders failed)."""
 
+    async def open_range(self, info: PathInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the NAR of a path `find` returned, which no hash can check (Nix
+        checks the NAR it makes of them); raises as `open_nar` does."""
+
+    async def build_log(self, drv: StorePath) -> bytes | None:
+        """A peer's build log of the derivation (at most MAX_LOG bytes), or None."""
+
+    async def realisation(self, id_: str) -> Realisation | None:
+        """A peer's realisation with only its trusted signatures (at least one), or None."""
+
 
 class Substituter:
     def __init__(self, local: LocalStore, key: SecretKey | None, nar_cache: NarCache | None = None,
@@ -71,6 +92,8 @@ class Substituter:
         self._cache: OrderedDict[str, PathInfo] = OrderedDict()
         self._cache_generation: object = None
         self._cursors: OrderedDict[bytes, nar.SegmentCursor] = OrderedDict()
+        self.listings = Listings()
+        self._indexes: OrderedDict[bytes, nar.SegmentIndex] = OrderedDict()  # by NarHash, walker thread only
         self._walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-walker")
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
@@ -93,7 +116,78 @@ class Substituter:
             return self.nar(info)
         if self.remote is None:
             raise NarUnavailable(f"{info.store_path} is not in this host's store any more")
-        return await self.remote.open_nar(info)
+        return self.listings.proving(await self.remote.open_nar(info), info.nar_hash)
+
+    async def open_range(self, info: PathInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the NAR of a path `lookup` returned: cut from the local tree, else
+        fetched from peers (unverified: a part of a NAR has no hash to check). Raises as `open_nar`."""
+        if await self.path_info(info.store_path.hash_part) is not None:
+            return self.nar_chunks(info, start, end)
+        if self.remote is None:
+            raise NarUnavailable(f"{info.store_path} is not in this host's store any more")
+        return await self.remote.open_range(info, start, end)
+
+    async def listing(self, hash_part: str) -> bytes | None:
+        """The `.ls` of a path: a local path's from its tree, a peer's only once proven (its NAR came
+        through here and matched its NarHash); None otherwise."""
+        info = await self.lookup(hash_part)
+        if info is None:
+            return None
+        if (text := self.listings.get(info.nar_hash)) is not None:
+            return text
+        if await self.path_info(hash_part) is None:
+            return None  # a peer's path whose NAR has not been through here: nothing proves a listing
+        root = self.local.real_path(info.store_path)
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(self._walker, lambda: render(tree_listing(root)))
+        except OSError as error:  # NarError included: the path went away, or changed, as it was walked
+            log.warning("cannot list path=%s error=%s", info.store_path, error)
+            return None
+        self.listings.put(info.nar_hash, text)
+        return text
+
+    async def build_log(self, drv: StorePath) -> bytes | None:
+        """The build log of a derivation: this host's, else a peer's; None when nobody has it."""
+        text = await asyncio.to_thread(self.local.read_build_log, drv, MAX_LOG)
+        if text is None and self.remote is not None:
+            text = await self.remote.build_log(drv)
+        return text
+
+    async def local_realisation(self, id_: str) -> Realisation | None:
+        """A realisation from this host's database, signed by this host too."""
+        try:
+            found = await self.local.realisation(id_)
+        except sqlite3.Error as error:
+            raise Unavailable(f"store database: {error}") from error
+        return self._signed(found) if found else None
+
+    async def realisation(self, id_: str) -> Realisation | None:
+        """A realisation this host built, else one a peer has and a trusted key signed; signed by this
+        host too, as Nix 2.8 does not check it."""
+        found = await self.local_realisation(id_)
+        if found is None and self.remote is not None and (found := await self.remote.realisation(id_)):
+            found = self._signed(found)
+        return found
+
+    async def build_trace(self, drv: StorePath, output: str) -> BuildTraceEntry | None:
+        """A realisation as current Nix asks for it (`build-trace-v2/`), keyed by derivation path: for
+        a derivation in this store, its hash modulo (from its .drv and its inputs', which the store
+        holds with it) names the realisation. Signed by this host alone: the signatures realisations
+        carry cover Nix 2.8's fingerprint, not this one."""
+        info = await self.path_info(drv.hash_part)
+        if info is None or info.store_path != drv:
+            return None
+
+        def read(path: str) -> Derivation:
+            return Derivation.parse((self.local.real_store_dir / StorePath.parse(path).basename).read_text())
+
+        try:
+            hashes = await asyncio.to_thread(hash_modulo, drv.full(self.local.store_dir), read)
+        except (OSError, ValueError, RecursionError) as error:  # DerivationError included
+            log.warning("cannot hash derivation drv=%s error=%s", drv, error)
+            return None
+        found = await self.realisation(f"sha256:{hashes[output]}!{output}") if output in hashes else None
+        return self._signed(BuildTraceEntry(drv, output, found.out_path)) if found else None
 
     def _signed(self, info: Info) -> Info:
         return add_signature(info, self._sign(info.fingerprint())) if self._sign else info
@@ -180,8 +274,9 @@ class Substituter:
                 if cursor:
                     self._walker.submit(cursor.close)
                 whole = self._whole_file(info)
-                cursor = nar.SegmentCursor([nar.FileContents(whole, info.nar_size)] if whole else
-                                           nar.segments(self.local.real_path(info.store_path)))
+                cursor = (nar.SegmentCursor([nar.FileContents(whole, info.nar_size)]) if whole else
+                          await asyncio.get_running_loop().run_in_executor(self._walker, self._range_cursor, info,
+                                                                           start))
             async with contextlib.aclosing(self._on_walker(nar.byte_range(cursor, start, end))) as chunks:
                 async for chunk in chunks:
                     yield chunk
@@ -205,6 +300,22 @@ class Substituter:
             return self.held.nar_path(hash_part)
         return self.nar_cache.lookup(info.nar_hash, info.nar_size) if self.nar_cache else None
 
+    def _range_cursor(self, info: PathInfo, start: int) -> "nar.SegmentCursor":  # `nar` is a method here
+        """A cursor at the segment of a local NAR holding `start` (on the walker thread, which alone
+        touches `_indexes`): the NARs ranges were last cut from are kept indexed, so a resumed
+        download or `nix store cat`, one range after another, costs one walk of the tree in all."""
+        index = self._indexes.pop(info.nar_hash, None)
+        if index is None:
+            parts = nar.segments(self.local.real_path(info.store_path))
+            first = list(itertools.islice(parts, MAX_INDEXED + 1))
+            if len(first) > MAX_INDEXED:  # too large to keep: one walk for this range
+                return nar.SegmentCursor(itertools.chain(first, parts))
+            index = nar.SegmentIndex(first)
+        self._indexes[info.nar_hash] = index
+        while len(self._indexes) > RANGE_INDEXES:
+            self._indexes.popitem(last=False)
+        return index.cursor(start)
+
     async def _on_walker(self, parts: Iterator[T]) -> AsyncIterator[T]:
         loop = asyncio.get_running_loop()
         try:
@@ -215,6 +326,7 @@ class Substituter:
 
     def close(self) -> None:
         self._walker.shutdown(wait=False, cancel_futures=True)
+        self.listings.close()
         self._cache_writer.shutdown(wait=True)
 
 

@@ -15,6 +15,7 @@ from ..net.tracker_client import PeerAddresses, TrackerClient, TrackerError
 from ..store.held import HeldPaths
 from ..store.local import LocalStore
 from ..telemetry.metrics import Metrics
+from .derivations import realisation_key
 from .policy import Policy
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,13 @@ class Announcer:
             await asyncio.sleep(self.poll)
 
     async def announce(self) -> None:
+        """The paths the policy shares (held ones too), and the realisations whose outputs it shares
+        (under their keys)."""
         held = [(info.store_path.basename, info.sigs) for info in self.held.infos()] if self.held else []
         hashes = [name[:32] for name, sigs in await self.local.signatures() + held
                   if self.policy.announceable(name, sigs)]
+        hashes += [realisation_key(id_) for id_, out, sigs in await self.local.realisations()
+                   if self.policy.announceable(out, sigs)]
         address = self.address()
         await self.client.announce(hashes, PeerAddresses(address.endpoint_id, address.direct, address.relay_url,
                                                          incarnation=address.incarnation), self.name)

@@ -1,4 +1,5 @@
-"""Answering peers: narinfo and NAR requests on the peerix ALPNs, from the local store only.
+"""Answering peers: narinfo, NAR, build log and realisation requests on the peerix ALPNs, from the
+local store only.
 
 A path outside the serving policy is answered "not-found", exactly like a path we do not have:
 a stranger learns nothing about private builds. Every request and every write is bounded by a
@@ -8,6 +9,7 @@ timeout, so a peer that stops reading cannot pin a stream forever.
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -19,7 +21,9 @@ from ..net.compression import BlockCompressor
 from ..net.endpoint import StreamHandler
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
-from ..nix.storepath import is_hash_part
+from ..nix.realisation import is_id
+from ..nix.storepath import StorePath, is_hash_part
+from ..store.local import MAX_LOG
 from ..store.substituter import Substituter, Unavailable, narinfo_text
 from ..telemetry.metrics import Metrics
 from .policy import Policy
@@ -32,8 +36,9 @@ SLOW_UPLOAD = 64 << 20  # bytes/s: an upload capped under this compresses for re
 
 class PeerService:
     def __init__(self, substituter: Substituter, policy: Policy, metrics: Metrics, timeout: float = 30.0,
-                 uploads: Throttle | None = None, compression: str = "auto") -> None:
+                 uploads: Throttle | None = None, compression: str = "auto", all_logs: bool = False) -> None:
         self.compression = compression  # auto, always or never
+        self.all_logs = all_logs  # every build log to any peer, not only those of derivations whose outputs we share
         self.substituter = substituter
         self.policy = policy
         self.metrics = metrics
@@ -42,7 +47,8 @@ class PeerService:
 
     @property
     def handlers(self) -> dict[bytes, StreamHandler]:
-        return {wire.NARINFO_ALPN: self.serve_narinfo, wire.NAR_ALPN: self.serve_nar}
+        return {wire.NARINFO_ALPN: self.serve_narinfo, wire.NAR_ALPN: self.serve_nar,
+                wire.LOG_ALPN: self.serve_log, wire.REALISATION_ALPN: self.serve_realisation}
 
     async def serve_narinfo(self, peer_id: str, stream: iroh.BiStream) -> None:
         request = await self._request(stream)
@@ -92,6 +98,68 @@ class PeerService:
             log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, peer_id[:10],
                      info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6),
                      f" {detail}" if detail else "")
+
+    async def serve_log(self, peer_id: str, stream: iroh.BiStream) -> None:
+        request = await self._request(stream)
+        text = await self._shareable_log(peer_id, request.get("drv"))
+        send = stream.send()
+        if text is None:
+            await self._send(send, wire.encode_frame({"status": "not-found"}))
+        else:
+            await self._send(send, wire.encode_frame({"status": "ok", "size": len(text)}))
+            await self.uploads.take(len(text))
+            await self._send(send, text)
+        await self._finish(send)
+
+    async def _shareable_log(self, peer_id: str, name: object) -> bytes | None:
+        """The derivation's build log if this host has it and may share it (see `_log_kept`)."""
+        try:
+            drv = StorePath.derivation(name) if isinstance(name, str) else None
+        except ValueError:
+            drv = None
+        if drv is None:
+            self.metrics.peer_requests.labels("log", "bad-request").inc()
+            return None
+        if not self.all_logs and (reason := await self._log_kept(drv)):
+            log.info("refused log peer=%s drv=%s reason=%s", peer_id[:10], drv, reason)
+            self.metrics.peer_requests.labels("log", "refused").inc()
+            return None
+        text = await asyncio.to_thread(self.substituter.local.read_build_log, drv, MAX_LOG)
+        self.metrics.peer_requests.labels("log", "ok" if text is not None else "not-found").inc()
+        return text
+
+    async def _log_kept(self, drv: StorePath) -> str | None:
+        """Why a derivation's log stays here, or None: it is shared when this host holds one of its
+        outputs and every output it holds passes the serving policy."""
+        try:
+            held = [info for out in await self.substituter.local.derivation_outputs(drv)
+                    if (info := await self.substituter.path_info(out.hash_part))]
+        except (Unavailable, sqlite3.Error) as error:
+            log.error("lookup for a peer failed drv=%s error=%s", drv, error)
+            return "the store cannot tell its outputs"
+        if not held:
+            return "none of its outputs is here"
+        for info in held:
+            if not (verdict := await self.policy.may_serve(info)).ok:
+                return f"{info.store_path}: {verdict.reason}"
+        return None
+
+    async def serve_realisation(self, peer_id: str, stream: iroh.BiStream) -> None:
+        """A realisation built here, if the serving policy shares its output."""
+        request = await self._request(stream)
+        id_, found = request.get("id"), None
+        if isinstance(id_, str) and is_id(id_):
+            try:
+                found = await self.substituter.local_realisation(id_)
+            except Unavailable as error:
+                log.error("lookup for a peer failed id=%s error=%s", id_, error)
+        if found is None:
+            self.metrics.peer_requests.labels("realisation", "not-found" if is_id(str(id_)) else "bad-request").inc()
+        elif await self._servable(peer_id, "realisation", found.out_path.hash_part) is None:
+            found = None
+        reply = {"status": "ok", "realisation": found.to_text()} if found else {"status": "not-found"}
+        await self._send(stream.send(), wire.encode_frame(reply))
+        await self._finish(stream.send())
 
     def _compress(self, request: wire.NarRequest) -> bool:
         """zstd when the receiver prefers it, or accepts it and our own upload is slow (capped under

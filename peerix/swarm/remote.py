@@ -19,8 +19,11 @@ from ..common.units import duration
 from ..net import wire
 from ..net.endpoint import PeerUnreachable
 from ..nix.narinfo import NarInfo, NarInfoError, PathInfo
+from ..nix.realisation import Realisation
+from ..nix.storepath import StorePath
 from ..store.substituter import HoldersFailed, NarUnavailable
 from .candidates import Candidate
+from .derivations import PeerDerivations
 from .peers import Peers
 from .policy import Policy, Verdict
 from .pull_through import PullThrough
@@ -84,6 +87,7 @@ class RemoteStore:
         self.metrics = peers.metrics
         self.settings = settings
         self._paths = _Expiring(16384)
+        self.derivations = PeerDerivations(peers, policy)
 
     async def find(self, hash_part: str) -> PathInfo | None:
         found = await self.path_info(hash_part)
@@ -197,22 +201,44 @@ class RemoteStore:
 
     async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
         """The NAR from the peers that answered the narinfo, then whoever the sources name now,
-        verified on the way. Raises NarUnavailable (HoldersFailed when its holders failed) when no
-        peer starts, before a single byte has been promised to anyone."""
-        hash_part = info.store_path.hash_part
-        # Nix keeps narinfo for a long time, so the NAR may be asked for long after the narinfo.
-        path = self.known(hash_part) or await self.path_info(hash_part)
-        if path is None or path.info.nar_hash != info.nar_hash:
-            raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
+        verified on the way, or pulled through from the upstream when no peer held it. Raises
+        NarUnavailable (HoldersFailed when its holders failed) when no peer starts, before a single
+        byte has been promised to anyone."""
+        path = await self._path(info)
         if path.upstream is not None and self.pull is not None:
             return self.pull.open(path.upstream)
-        transfer = NarTransfer(self.peers, path.info, path.peers, self.settings.transfer,
-                               on_mismatch=lambda: self.forget(hash_part))
         try:
-            return await transfer.start()
+            return await self._transfer(path).start()
         except NarUnavailable:
-            self.forget(hash_part)
+            self.forget(info.store_path.hash_part)
             raise
+
+    async def open_range(self, info: PathInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the NAR from the same peers, one after another (unverified: a part
+        of a NAR has no hash to check); raises as `open_nar` does."""
+        try:
+            return await self._transfer(await self._path(info)).start_range(start, end)
+        except NarUnavailable:
+            self.forget(info.store_path.hash_part)
+            raise
+
+    async def _path(self, info: PathInfo) -> RemotePath:
+        # Nix keeps narinfo for a long time, so the NAR may be asked for long after the narinfo.
+        path = self.known(info.store_path.hash_part) or await self.path_info(info.store_path.hash_part)
+        if path is None or path.info.nar_hash != info.nar_hash:
+            raise NarFetchError(f"{info.store_path} is neither local nor found in the network any more")
+        return path
+
+    def _transfer(self, path: RemotePath) -> NarTransfer:
+        hash_part = path.info.store_path.hash_part
+        return NarTransfer(self.peers, path.info, path.peers, self.settings.transfer,
+                           on_mismatch=lambda: self.forget(hash_part))
+
+    async def build_log(self, drv: StorePath) -> bytes | None:
+        return await self.derivations.build_log(drv)
+
+    async def realisation(self, id_: str) -> Realisation | None:
+        return await self.derivations.realisation(id_)
 
     def forget(self, hash_part: str) -> None:
         """Look the path up again next time: its peers failed."""

@@ -170,10 +170,23 @@ class NarTransfer:
         if first is None:
             if self._file:
                 self._file.close()
-            if self._holder_failed:
-                raise HoldersFailed(f"the peers holding {self.info.store_path} failed to send it")
-            raise NarFetchError(f"no peer has {self.info.store_path} any more")
+            raise self._none_started()
         return self._verified(self._pieces(first) if self.split else self._sequential(first))
+
+    async def start_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) from one peer at a time, the next resuming where one failed. Unlike a
+        whole NAR they cannot be checked against the NarHash: whoever asked for a part checks the
+        NAR it makes of it (Nix, after resuming a download). Raises as `start` does."""
+        self.split = False
+        first = await self._open_next(start, end)
+        if first is None:
+            raise self._none_started()
+        return self._unverified(self._sequential(first, start, end), start, end)
+
+    def _none_started(self) -> NarUnavailable:
+        if self._holder_failed:
+            return HoldersFailed(f"the peers holding {self.info.store_path} failed to send it")
+        return NarFetchError(f"no peer has {self.info.store_path} any more")
 
     async def _next_candidate(self, last_resort: bool = True) -> Candidate | None:
         """Peers that answered the narinfo first, then whoever the sources name now; then, as a
@@ -263,11 +276,12 @@ class NarTransfer:
         wire_bytes, self._unthrottled = self._unthrottled, 0
         await self.peers.downloads.take(wire_bytes)
 
-    async def _sequential(self, source: PeerRange) -> AsyncIterator[bytes]:
+    async def _sequential(self, source: PeerRange, position: int = 0, end: int | None = None
+                          ) -> AsyncIterator[bytes]:
         """One peer at a time; the next one resumes where a failed or stalled one stopped."""
-        position, size = 0, self.info.nar_size
-        while position < size:
-            outcome = await self._read_or_replace(source, position)
+        end = self.info.nar_size if end is None else end
+        while position < end:
+            outcome = await self._read_or_replace(source, position, end)
             if isinstance(outcome, PeerRange):
                 source = outcome
                 self._resumed(source, position)
@@ -278,7 +292,7 @@ class NarTransfer:
             yield outcome
         await source.close()
 
-    async def _read_or_replace(self, source: PeerRange, position: int) -> bytes | PeerRange:
+    async def _read_or_replace(self, source: PeerRange, position: int, end: int) -> bytes | PeerRange:
         """The source's next chunk; or, when it fails, the range from the next holder; or, when it
         stays silent for stall_timeout and the next holder starts sending first, that holder's range.
         A slow source that answers first keeps its place; alone, it has its read_timeout."""
@@ -287,7 +301,7 @@ class NarTransfer:
         try:
             done, _ = await asyncio.wait({read}, timeout=self.settings.stall_timeout)
             if not done:
-                takeover = asyncio.create_task(self._open_next(position, self.info.nar_size))
+                takeover = asyncio.create_task(self._open_next(position, end))
                 await asyncio.wait({read, takeover}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done() and (replacement := takeover.result()) is not None:
                     takeover = None
@@ -300,7 +314,7 @@ class NarTransfer:
                 return await read
             except NarFetchError as error:
                 self.peers.failed(source.candidate.peer_id, "nar", "failed", str(error))
-            replacement = await (takeover or self._open_next(position, self.info.nar_size))
+            replacement = await (takeover or self._open_next(position, end))
             takeover = None
             if replacement is None:
                 raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte {position}")
@@ -481,6 +495,22 @@ class NarTransfer:
                 self._file.close()
             peers.metrics.activity.transfer("from peer", str(info.store_path), self._sources(), received,
                                              time.monotonic() - self.started, outcome, self._detail(received))
+
+    async def _unverified(self, chunks: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
+        received, outcome = 0, "failed"
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    received += len(chunk)
+                    yield chunk
+            outcome = "complete"
+            self.peers.metrics.peer_fetches.labels("nar-range", "ok").inc()
+        finally:
+            log.info("fetched nar range path=%s bytes=%d-%d peers=%s outcome=%s", self.info.store_path, start,
+                     end - 1, self._sources(), outcome)
+            detail = ", ".join(filter(None, (f"bytes {start}-{end - 1}", self._detail(received))))
+            self.peers.metrics.activity.transfer("from peer", str(self.info.store_path), self._sources(), received,
+                                                 time.monotonic() - self.started, outcome, detail)
 
     async def _mismatch(self) -> None:
         """Mark the peers that lied: one peer alone is the liar; of several in a split transfer, the
