@@ -38,6 +38,11 @@ def test_one_peer_at_a_time_holds_a_path_and_the_others_are_told_who(start_track
     time.sleep(1.7)
     assert lease(tracker, first, wanted).json()["granted"]
     assert tracker.metric('peerix_tracker_leases_total{result="granted"}') >= 4
+    # Done: the holder's copy is whole, so it is named for three TTLs while its announce is on its way.
+    done = signed(tracker, first, "POST", f"{LEASES_PATH}/{wanted}?done=1").json()
+    assert done["granted"] and done["until"] - time.time() > 4
+    time.sleep(1.7)
+    assert lease(tracker, second, wanted).json()["holder"]["peer_id"] == bytes(first.verify_key).hex()
 
 
 def test_only_an_announced_peer_may_hold_a_lease_and_bad_requests_are_refused(start_tracker) -> None:

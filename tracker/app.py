@@ -151,13 +151,16 @@ def create_app(t: Tracker) -> ASGIApp:
     @api_route
     async def lease(request: Request) -> Response:
         """Take, renew or learn about the lease on a path: which host fetches it from the upstream for the
-        fleet. Only a peer the tracker knows (it announced) may hold one: the others must reach it."""
+        fleet. Only a peer the tracker knows (it announced) may hold one: the others must reach it. With
+        `?done=1` the holder says its copy is whole: it is named for three times the TTL more, while its
+        announce of the path is on its way, so that nobody goes upstream for the path again meanwhile."""
         now = time.time()
         packed = packed_hash(request)
         body = await _read_body(request, config.max_body)
         peer_id = await authenticate_write(request, body, now, t.lease_limits)
         key = bytes.fromhex(peer_id)
-        held = await storage.lease(packed, key, now + config.lease_ttl, now)
+        ttl = config.lease_ttl * (3 if request.query_params.get("done") == "1" else 1)
+        held = await storage.lease(packed, key, now + ttl, now)
         granted = held.holder == key
         if granted and (held.peer is None or not held.peer.is_online(online_since(now))):
             await storage.release(packed, key)

@@ -165,7 +165,10 @@ def document() -> dict[str, Any]:
             "post": _signed({
                 "summary": "Take or renew the lease on a path (who fetches it from the upstream for the fleet), "
                            "or learn who holds it",
-                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": HASH}],
+                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": HASH},
+                               {"name": "done", "in": "query", "required": False,
+                                "description": "1: the holder's copy is whole; keep naming it for 3 TTLs",
+                                "schema": {"type": "string", "enum": ["1"]}}],
                 "responses": {"200": _ok(_ref("Lease")),
                               "409": _error("not_announced: only a peer that announced may hold a lease"),
                               **_WRITE_ERRORS}}),

@@ -332,11 +332,13 @@ class TrackerClient:
 
     # Pull-through leases
 
-    async def lease(self, hash_part: str) -> tuple[bool, PeerRecord | None, float]:
-        """Take or renew the path's pull-through lease: whether it is ours, who holds it otherwise (when
-        the tracker knows), and how long a lease lasts without a renewal."""
+    async def lease(self, hash_part: str, done: bool = False) -> tuple[bool, PeerRecord | None, float]:
+        """Take or renew the path's pull-through lease (`done`: our copy is whole, keep naming us while
+        our announce is on its way): whether it is ours, who holds it otherwise (when the tracker
+        knows), and how long a lease lasts without a renewal."""
         pack_hash(hash_part)
-        answer = await self._request("POST", f"{LEASES_PATH}/{hash_part}", timeout=self._lookup_timeout)
+        answer = await self._request("POST", f"{LEASES_PATH}/{hash_part}{'?done=1' if done else ''}",
+                                     timeout=self._lookup_timeout)
         holder = answer.get("holder")
         try:
             return bool(answer["granted"]), self._records([holder])[0] if holder else None, float(answer["ttl"])

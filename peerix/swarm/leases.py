@@ -103,12 +103,14 @@ class TrackerLeases:
         return Lease(False, Candidate(address_of(holder), "tracker"))
 
     async def release(self, hash_part: str, finished: bool) -> None:
-        """A finished lease is left to run out: until then the tracker names this host, whose copy is
-        whole, to those who ask (until it is announced, a lookup would not find it). A failed one is
-        given up at once, for another host to take over."""
-        if not finished:
-            try:
+        """A finished lease is marked done and left to run out: until then the tracker names this host,
+        whose copy is whole, to those who ask (until it is announced, a lookup would not find it). A
+        failed one is given up at once, for another host to take over."""
+        try:
+            if finished:
+                await self.client.lease(hash_part, done=True)
+            else:
                 await self.client.release_lease(hash_part)
-            except TrackerError as error:
-                log.info("lease not released at the tracker hash=%s error=%s", hash_part, error)
+        except TrackerError as error:
+            log.info("lease not handed back to the tracker hash=%s finished=%s error=%s", hash_part, finished, error)
         await self.fallback.release(hash_part, finished)
