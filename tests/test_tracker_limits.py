@@ -1,6 +1,7 @@
 """Abuse limits and bad input: each gets a clear 4xx of one JSON shape and a log line, never a 5xx."""
 
 import json
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from trackertools import (
     signed,
 )
 
-HASH = random_hashes(1)[0]
+HASH = random_hashes(1, random.Random("test_tracker_limits"))[0]  # the same in every xdist worker: it names tests
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
