@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from ..common import systemd
-from ..common.secrets import load_secret_key, read_token, write_secret
+from ..common.secrets import load_secret_key, read_token, read_tokens, write_secret
 from ..common.server import Server
 from ..common.throttle import Throttle
 from ..http.access import ClientAccess, parse_networks
@@ -25,6 +25,7 @@ from ..nix.signing import PublicKey, SecretKey
 from ..store.local import LocalStore
 from ..store.narcache import NarCache
 from ..store.substituter import Substituter
+from ..swarm.admission import Admission
 from ..swarm.announcer import Announcer
 from ..swarm.candidates import CandidateSource, LanSource, TrackerSource
 from ..swarm.peer_service import PeerService
@@ -73,12 +74,17 @@ async def run(config: Config) -> None:
 
         seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
         uploads, downloads = Throttle(config.max_upload_rate or 0), Throttle(config.max_download_rate or 0)
+        fleet_file = config.fleet_token_file
+        fleet_tokens = tuple(token.encode() for token in read_tokens(fleet_file)) if fleet_file else ()
+        admission = Admission(config.peers, metrics, fleet_token=bool(fleet_tokens),
+                              tracker_token=bool(config.tracker and config.tracker_token_file),
+                              state_file=config.state_dir / "fleet-members.json", timeout=config.peer_timeout)
         endpoint = await PeerEndpoint.start(
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
-            PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
-                        compression=config.compression).handlers,
+            admission.guard(PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
+                                        compression=config.compression).handlers),
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -87,18 +93,21 @@ async def run(config: Config) -> None:
         metrics.read_at_scrape("gauge", "peerix_peers_backing_off", "Peers left alone after failures",
                                lambda: sum(not reputation.available(p) for p in reputation.peers))
         sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
-        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
+        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2,
+                      admits=admission.admits)
         background = []
         lan = tracker_source = None
         if config.lan or config.static_peers:
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
                 broadcast=config.lan,
-                interval=config.lan_interval, expiry=config.lan_expiry,
+                interval=config.lan_interval, expiry=config.lan_expiry, fleet_tokens=fleet_tokens,
+                require_proof=bool(fleet_tokens) and config.peers != "any",
             ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc(),
                 on_restart=peers.restarted)
             await lan.start()
             stack.push_async_callback(lan.close)
+            admission.lan = lan
             sources.append(LanSource(lan))
 
         def tracker_status() -> dict[str, Any] | None:
@@ -106,8 +115,12 @@ async def run(config: Config) -> None:
 
         if config.tracker:
             token = read_token(config.tracker_token_file) if config.tracker_token_file else None
-            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
+            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token, ca_file=config.tracker_ca_file)
             stack.push_async_callback(tracker.aclose)
+            if token is not None:
+                tracker.warn_plain_http()
+            if config.peers != "any":
+                background.append(admission.sync(tracker, config.fleet_sync))
             tracker_source = TrackerSource(tracker, metrics, on_restart=peers.restarted)
             stack.push_async_callback(tracker_source.close)
             sources.append(tracker_source)
@@ -140,7 +153,7 @@ async def run(config: Config) -> None:
                                               and not p["reputation"]["banned"]) for p in known),
                 "peers_banned": sum(bool(p["reputation"] and p["reputation"]["banned"]) for p in known),
                 "max_upload_rate": uploads.rate or None, "max_download_rate": downloads.rate or None,
-                "tracker": tracker_status(),
+                "tracker": tracker_status(), "admission": admission.status(),
             }
 
         def known_peers() -> list[dict[str, Any]]:
@@ -155,6 +168,7 @@ async def run(config: Config) -> None:
                                             "direct_addresses": list(record.addresses.direct),
                                             "relay_url": record.addresses.relay_url, "last_seen": record.last_seen})
             for peer_id, entry in listed.items():
+                entry["admitted"] = admission.admitted_by(peer_id)
                 stats = reputation.peers.get(peer_id)
                 standing = reputation.standing(peer_id)
                 entry["reputation"] = None if stats is None else {

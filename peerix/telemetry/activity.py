@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 RECENT = 50
 TOTALS = (
     "bytes_to_nix", "bytes_to_peers", "bytes_from_peers", "narinfo_hits", "narinfo_misses",
-    "transfers_complete", "transfers_failed", "verification_failures",
+    "transfers_complete", "transfers_failed", "verification_failures", "peers_refused",
 )
 
 

@@ -73,7 +73,11 @@ class Metrics:
         )
         self.lan_dropped = Counter(
             "peerix_lan_packets_dropped", "LAN discovery packets dropped by reason (oversized, malformed, "
-            "unsigned, stale, replayed)", ["reason"], registry=r,
+            "unsigned, stale, replayed, unproven: no proof of the fleet token, wrong-token)", ["reason"], registry=r,
+        )
+        self.peers_refused = Counter(
+            "peerix_peers_refused", "Peer requests refused (answered not-found) because the peer is not in the "
+            "fleet, by protocol", ["alpn"], registry=r,
         )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._sent_children: dict[str, Counter] = {}
