@@ -218,10 +218,13 @@ class TrackerClient:
         return TrackerError(f"{message}; backing off for {delay:.1f} s", status=status, retry_after=delay)
 
     def _untrusted(self, tracker: _Tracker, error: ssl.SSLCertVerificationError) -> TrackerError:
-        """The tracker's certificate does not check out: not a passing fault. One line, then minutes alone."""
+        """The tracker's certificate does not check out: not a passing fault. One line (requests under way
+        at the same moment fail alike, and say nothing more), then minutes alone."""
+        reason = error.verify_message or str(error)
+        if tracker.backing_off(time.monotonic()):
+            return TrackerError(f"tracker {tracker.url} certificate rejected: {reason}", lasting=True)
         delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
         tracker.down_until = time.monotonic() + delay
-        reason = error.verify_message or str(error)
         log.error("tracker certificate rejected, nothing was sent, not asking again for %.0f s tracker=%s "
                   "reason=%r hint=%r", delay, tracker.url, reason,
                   "tracker_ca_file must name the CA that signed the tracker's certificate (else the system's CAs "
