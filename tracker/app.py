@@ -111,7 +111,7 @@ def create_app(t: Tracker) -> ASGIApp:
         log.log(level, "refused status=%d code=%s method=%s path=%s client=%s peer=%s message=%r", error.status,
                 error.code, scope.get("method"), scope.get("path", "")[:200], _client(scope), state.get("peer"),
                 error.message)
-        if _is_write(scope):
+        if _is_write(scope) and 400 <= error.status < 500 and error.status != 409:  # 409: "send the full set"
             peer = state.get("peer")
             trail.refused(f"peer:{peer}" if peer else f"client:{_client(scope)}", time.time(), status=error.status,
                           code=error.code, method=scope.get("method"), path=scope.get("path", "")[:200],

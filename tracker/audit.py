@@ -10,9 +10,10 @@ journald keeps. Events:
 - `removed`, `purged`: admin removals and purges;
 - `allowlist`, `tokens`: changes to the allowlist or the network tokens (tokens by fingerprint, the
   first 12 hex digits of their SHA-256: never the token itself);
-- `refused`: a write refused, at most `REFUSALS_BURST` lines then one every `1/REFUSALS_RATE` s per
-  actor, and `GLOBAL_BURST` then `GLOBAL_RATE` a second in all, so a flood cannot fill the disk; a
-  line after a pause counts the refusals left out (`suppressed`);
+- `refused`: a write refused (any 4xx but a 409, which only asks for the full set), at most
+  `REFUSALS_BURST` lines then one every `1/REFUSALS_RATE` s per actor, and `GLOBAL_BURST` then
+  `GLOBAL_RATE` a second in all, so a flood cannot fill the disk; a line after a pause counts the
+  refusals left out (`suppressed`);
 - `state`: the membership the file starts from.
 
 The file is rotated when it would pass `max_size` (the old one becomes `FILE.1`, replacing the one
