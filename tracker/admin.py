@@ -3,7 +3,6 @@
 import datetime
 import json
 import re
-import ssl
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import httpx
 
 from peerix.common.secrets import SecretFileError, read_token
 from peerix.common.units import ago
+from peerix.net.tracker_client import TrackerError, tls_context
 from peerix.net.tracker_protocol import ADMIN_AUDIT_PATH, ADMIN_PEERS_PATH
 
 
@@ -25,9 +25,9 @@ class Admin:
         except SecretFileError as error:
             raise AdminError(f"admin token: {error}") from None
         try:
-            verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        except (OSError, ssl.SSLError) as error:
-            raise AdminError(f"CA file {ca_file}: {getattr(error, 'strerror', None) or error}") from None
+            verify = tls_context(ca_file)
+        except TrackerError as error:
+            raise AdminError(str(error)) from None
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=30, verify=verify,
                                  headers={"authorization": f"Bearer {token}"} if token else {})

@@ -6,12 +6,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from ..common import systemd
-from ..common.secrets import load_secret_key, read_token, read_tokens, write_secret
+from ..common.secrets import SecretFileError, load_secret_key, read_token, read_tokens, write_secret
 from ..common.server import Server
 from ..common.throttle import Throttle
 from ..http.access import ClientAccess, parse_networks
@@ -19,7 +20,7 @@ from ..http.app import CacheSettings, create_app
 from ..http.zerocopy import ZeroCopyHttpToolsProtocol
 from ..net.endpoint import EndpointSettings, PeerEndpoint
 from ..net.lan import LanDiscovery, LanSettings
-from ..net.tracker_client import TrackerClient, TrackerError
+from ..net.tracker_client import TrackerClient, TrackerError, tls_context
 from ..net.upstream import Upstream
 from ..nix.signing import PublicKey, SecretKey
 from ..store.local import LocalStore
@@ -40,6 +41,8 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
+MIN_FLEET_TOKEN = 16  # characters, as the tracker asks of its tokens: a short one could be guessed
+
 
 def host_key(config: Config) -> SecretKey:
     """The host's one ed25519 key: it signs narinfo (Nix key format), is the iroh endpoint id and
@@ -54,8 +57,20 @@ def host_key(config: Config) -> SecretKey:
     return load_secret_key(path)
 
 
+def _fleet_tokens(path: Path) -> tuple[bytes, ...]:
+    """The fleet tokens LAN packets prove (the first) and are checked against (any: a rotation)."""
+    tokens = read_tokens(path)
+    if any(len(token) < MIN_FLEET_TOKEN for token in tokens):
+        raise SecretFileError(f"{path}: fleet tokens must be at least {MIN_FLEET_TOKEN} characters, one a line "
+                              "(peerix-tracker token makes one)")
+    return tuple(token.encode() for token in tokens)
+
+
 async def run(config: Config) -> None:
     configured = load_secret_key(config.secret_key_file) if config.secret_key_file is not None else None
+    fleet_tokens = _fleet_tokens(config.fleet_token_file) if config.fleet_token_file else ()
+    tracker_token = read_token(config.tracker_token_file) if config.tracker and config.tracker_token_file else None
+    tracker_tls = tls_context(config.tracker_ca_file) if config.tracker else None
     async with contextlib.AsyncExitStack() as stack:
         local = await stack.enter_async_context(LocalStore(config.store_root))  # before writing anything
         key = configured or host_key(config)
@@ -74,10 +89,8 @@ async def run(config: Config) -> None:
 
         seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
         uploads, downloads = Throttle(config.max_upload_rate or 0), Throttle(config.max_download_rate or 0)
-        fleet_file = config.fleet_token_file
-        fleet_tokens = tuple(token.encode() for token in read_tokens(fleet_file)) if fleet_file else ()
         admission = Admission(config.peers, metrics, fleet_token=bool(fleet_tokens),
-                              tracker_token=bool(config.tracker and config.tracker_token_file),
+                              tracker_token=tracker_token is not None,
                               state_file=config.state_dir / "fleet-members.json", timeout=config.peer_timeout)
         endpoint = await PeerEndpoint.start(
             seed,
@@ -114,10 +127,9 @@ async def run(config: Config) -> None:
             return None
 
         if config.tracker:
-            token = read_token(config.tracker_token_file) if config.tracker_token_file else None
-            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token, ca_file=config.tracker_ca_file)
+            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=tracker_token, tls=tracker_tls)
             stack.push_async_callback(tracker.aclose)
-            if token is not None:
+            if tracker_token is not None:
                 tracker.warn_plain_http()
             if config.peers != "any":
                 background.append(admission.sync(tracker, config.fleet_sync))

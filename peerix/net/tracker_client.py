@@ -36,7 +36,7 @@ the full set. During a backoff every call raises TrackerError at once, without t
 client makes by itself is for a request refused as stale: it corrects its clock by the tracker's
 Date header and signs again.
 
-TLS: an https tracker's certificate is verified against the system's CAs, or `ca_file`'s alone.
+TLS: an https tracker's certificate is verified against the system's CAs, or a CA file's alone (`tls_context`).
 A certificate that does not check out (another CA, another name) stops the request in the TLS
 handshake, before a byte of it (the network token included) is sent; it is logged once, as one
 error line saying why, and that tracker is left alone for REFUSED_BACKOFF like a lasting refusal.
@@ -160,7 +160,7 @@ class _Tracker:
 class TrackerClient:
     def __init__(self, urls: str | Sequence[str], seed: bytes, state_dir: Path, *, timeout: float = 5.0,
                  connect_timeout: float = 0.5, lookup_timeout: float = 0.5, token: str | None = None,
-                 max_hashes_per_request: int = 100_000, ca_file: Path | None = None) -> None:
+                 max_hashes_per_request: int = 100_000, tls: ssl.SSLContext | None = None) -> None:
         self.urls = tuple(url.rstrip("/") for url in ([urls] if isinstance(urls, str) else urls))
         if not self.urls:
             raise ValueError("a tracker client needs at least one tracker URL")
@@ -171,12 +171,8 @@ class TrackerClient:
         self.max_hashes_per_request = max_hashes_per_request
         self._lookup_timeout = httpx.Timeout(lookup_timeout, connect=min(connect_timeout, lookup_timeout))
         headers = {"authorization": f"{TOKEN_SCHEME} {token}"} if token else {}
-        try:  # the system's CAs, as every other program on the host trusts them, or the given CA's alone
-            verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        except (OSError, ssl.SSLError) as error:
-            raise TrackerError(f"tracker CA file {ca_file}: {getattr(error, 'strerror', None) or error}") from None
         self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                                       verify=verify)
+                                       verify=tls or tls_context(None))
         self._warned_plain = False
         self._identity = " ".join(self.urls)  # whose sequence numbers the sync state holds
         digest = hashlib.sha256(self._identity.encode()).hexdigest()[:16]
@@ -526,6 +522,15 @@ class TrackerClient:
                 "count": len(self._acked)}
         data = json.dumps(meta).encode() + b"\n" + b"".join(self._acked)
         await asyncio.to_thread(_write_atomically, self._state_path, data)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """What a tracker's certificate must chain to: the system's CAs, as every other program on the host
+    trusts them, or the CA file's alone. TrackerError when the file cannot be used."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as error:
+        raise TrackerError(f"tracker CA file {ca_file}: {getattr(error, 'strerror', None) or error}") from None
 
 
 def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
