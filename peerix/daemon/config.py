@@ -135,9 +135,9 @@ class Config:
                                 "under closed membership, static peers, LAN peers proving the fleet token) "
                                 "(default: fleet when the tracker's membership is closed or fleet_token_file is "
                                 "set, else any)", _peers, "any|fleet")
-    fleet_token_file: Path | None = setting(None, "file (mode 0600) of fleet tokens, one a line: LAN packets carry "
-                                            "a proof of the first, packets without a proof of one are dropped, and "
-                                            "peers default to fleet", Path, "FILE")
+    fleet_token_file: Path | None = setting(None, "file (mode 0600) of fleet tokens, one a line, 16 characters or "
+                                            "more: LAN packets carry a proof of the first, packets without a proof "
+                                            "of one are dropped, and peers default to fleet", Path, "FILE")
     fleet_sync: float = setting(30.0, "seconds between fetches of the tracker's member list", parse_seconds,
                                 "SECONDS")
     trusted_public_keys: tuple[str, ...] = setting((CACHE_NIXOS_ORG_KEY,), "keys whose signatures make a "
