@@ -202,7 +202,10 @@ class LanDiscovery(asyncio.DatagramProtocol):
         ask = True
         while True:
             self._static = set(await _resolve(self.settings.static_peers, self.settings.port))
-            self._send(self._targets + sorted(self._static), ask)
+            self._send(self._targets, ask)
+            # A static peer is asked every time: it answers us alone, and need not list us to keep us from
+            # forgetting it after `expiry` (its own announcements may never reach us).
+            self._send(sorted(self._static), ask=True)
             ask = False
             self._expire()
             await asyncio.sleep(self.settings.interval)
