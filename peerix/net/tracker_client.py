@@ -464,7 +464,11 @@ class TrackerClient:
         return data
 
     def _refused(self, status: int, code: str | None, reason: str | None) -> TrackerError:
-        """A lasting refusal: back off for minutes, and say so once (the client asks nothing meanwhile)."""
+        """A lasting refusal: back off for minutes, and say so once (the client asks nothing meanwhile, and
+        a request under way at the same moment, refused alike, says nothing more)."""
+        if self._paused_until > time.monotonic():
+            return TrackerError(f"tracker {self.url} refused: {status} {code}: {reason}", status=status, code=code,
+                                retry_after=self._paused_until - time.monotonic(), lasting=True)
         delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
         self._paused_until = time.monotonic() + delay
         hint = _HINTS.get(code or "")
