@@ -115,7 +115,7 @@ def test_a_flood_of_refused_writes_stays_bounded(start_tracker, tmp_path: Path) 
     trail = tmp_path / "audit.jsonl"
     limit = 64 << 10
     tracker = start_tracker("--token-file", str(tokens), "--admin-token-file", str(admin_token), "--audit-file",
-                            str(trail), "--audit-max-size", "64K")
+                            str(trail), "--audit-max-size", "64K", env={"JOURNAL_STREAM": "8:4242"})  # as systemd
     bearer = {"authorization": f"Bearer {token}"}
     member = new_key()
     assert announce(tracker, member, headers=bearer, hashes=random_hashes(2)).status_code == 200
@@ -135,6 +135,8 @@ def test_a_flood_of_refused_writes_stays_bounded(start_tracker, tmp_path: Path) 
     assert tracker.metric("peerix_tracker_audit_suppressed_total") == 500 - len(refused)
     assert trail.stat().st_size < limit and not (tmp_path / "audit.jsonl.1").exists()
     assert [e["event"] for e in events(trail)][:3] == ["state", "joined", "removed"]  # not pushed out
+    journal = [line for line in tracker.log.splitlines() if line.startswith('{"time"')]  # stdout, for journald
+    assert journal == trail.read_text().splitlines()
 
     secret_file(tmp_path / "tokens", new_token, token)
     tracker.process.send_signal(signal.SIGHUP)
