@@ -31,6 +31,7 @@ class Site:
 
     def __init__(self, root: Path, closure: Path) -> None:
         self.root = root
+        self.started: dict[str, float] = {}
         self.net = Network()
         self.hosts = {name: self.net.add_host(name) for name in "abc"}
         self.hosts["d"] = self.net.add_host("d", on_switch=False)
@@ -68,6 +69,7 @@ class Site:
             "--lan-interval", "0.5", "--lan-expiry", "3", *extra, log=home / "peerix.log",
         )
         wait_for(lambda: host.run("curl", "-sf", f"http://127.0.0.1:{PORT}/health", check=False).returncode == 0)
+        self.started[name] = time.monotonic()
 
     def public_key(self, name: str) -> str:
         return SecretKey.parse((self.root / name / "host.sec").read_text()).public.to_text()
@@ -121,7 +123,10 @@ def test_closure_on_one_host_is_substituted_by_nix_on_another(site: Site, closur
 
 
 def test_host_outside_the_switch_is_reached_through_peer(site: Site, closure: Path, tmp_path: Path) -> None:
+    # a does not list d, so its own announcements never reach d: d must go on asking it, not forget it
+    time.sleep(max(0.0, site.started["d"] + 3.5 - time.monotonic()))  # past lan_expiry since d started
     wait_for(lambda: "host-a" in site.peers("d"), timeout=10)
+    assert "lan peer expired" not in site.log("d")
     assert "targets=- static=10.232.0.1" in site.log("d")  # --no-lan: no multicast, no broadcast
     assert site.peers("d")["host-a"]["source"] == "static"
     assert set(site.peers("d")) == {"host-a"}
