@@ -34,12 +34,33 @@ let
     pull_through = "pullThrough";
     sign_key_file = "privateKeyFile";
     state_dir = "(fixed: /var/lib/peerix)";
+    tracker_token_file = "trackerTokenFile";
+    tracker_ca_file = "trackerCaFile";
+    fleet_token_file = "fleetTokenFile";
   };
   trackerOwned = {
     listen = "services.peerix-tracker.listen/port";
     db = "services.peerix-tracker.database (dataDir for SQLite)";
     db_password_file = "services.peerix-tracker.database.passwordFile";
+    tls_cert = "services.peerix-tracker.tls.certFile";
+    tls_key = "services.peerix-tracker.tls.keyFile";
   };
+
+  # Secrets reach the services as systemd credentials (their dynamic users could not read root's files):
+  # each credential is given to its flag as `%d/NAME`; those whose file is null are left out.
+  secrets = lib.filterAttrs (_: secret: secret.file != null);
+  daemonSecrets = secrets {
+    tracker-token = { file = cfg.trackerTokenFile; flag = "--tracker-token-file"; };
+    fleet-token = { file = cfg.fleetTokenFile; flag = "--fleet-token-file"; };
+  };
+  trackerSecrets = secrets {
+    db-password = { file = db.passwordFile; flag = "--db-password-file"; };
+    tls-cert = { file = tcfg.tls.certFile; flag = "--tls-cert"; };
+    tls-key = { file = tcfg.tls.keyFile; flag = "--tls-key"; };
+  };
+  credentialArgs = given: lib.concatLists (lib.mapAttrsToList (name: secret: [ secret.flag "%d/${name}" ]) given);
+  loadCredentials = given: lib.mapAttrsToList (name: secret: "${name}:${secret.file}") given;
+  inStore = file: file != null && lib.hasPrefix builtins.storeDir (toString file);
 
   # The tracker's database: a file in dataDir, a local PostgreSQL reached as the service's own user over
   # the socket (peer authentication: no password anywhere), or a URL whose password comes in a file.
@@ -70,7 +91,8 @@ let
     iroh_listen = "0.0.0.0:${toString cfg.irohPort}";
     exclude = cfg.exclude;
     pull_through = cfg.pullThrough;
-  } // lib.optionalAttrs (cfg.lan.interface != null) { lan_interface = cfg.lan.interface; };
+  } // lib.optionalAttrs (cfg.lan.interface != null) { lan_interface = cfg.lan.interface; }
+    // lib.optionalAttrs (cfg.trackerCaFile != null) { tracker_ca_file = cfg.trackerCaFile; };
 
   hardening = {
     DynamicUser = true;
@@ -194,6 +216,32 @@ in
       '';
     };
 
+    trackerTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/peerix-tracker.token";
+      description = "File holding the network token of a tracker with token membership, read by the service as a systemd credential. Never a path literal: that would copy the secret into the world-readable store.";
+    };
+
+    trackerCaFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/peerix/fleet-ca.pem";
+      description = "CA certificate(s) (PEM) that an https tracker's certificate must chain to; null: the system's CAs.";
+    };
+
+    fleetTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/peerix-fleet.token";
+      description = ''
+        File of fleet tokens, one a line (16 characters or more; `peerix-tracker token FILE` makes one),
+        read by the service as a systemd credential. LAN packets then prove the first, packets that prove
+        none are dropped, and the daemon answers its fleet only (unless `settings.peers = "any"`). Never
+        a path literal: that would copy the secret into the world-readable store.
+      '';
+    };
+
     trustedPublicKeys = mkOption {
       type = types.listOf types.str;
       default = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
@@ -305,6 +353,21 @@ in
       };
     };
 
+    tls = {
+      certFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/acme/tracker.example.org/fullchain.pem";
+        description = "Certificate chain (PEM) to serve HTTPS with, beside `keyFile`; read as a systemd credential. Null: plain HTTP (for a tracker behind a TLS proxy, or on loopback).";
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/acme/tracker.example.org/key.pem";
+        description = "The certificate's private key (PEM), read as a systemd credential. Never a path literal: that would copy the key into the world-readable store.";
+      };
+    };
+
     settings = mkOption {
       type = toml.type;
       default = { };
@@ -332,6 +395,10 @@ in
           {
             assertion = !(cfg.settings ? accept && lib.elem cfg.settings.accept [ "upstream" "signature-and-upstream" ]) || cfg.upstreamCache != null;
             message = "services.peerix: settings.accept = \"${cfg.settings.accept or ""}\" needs upstreamCache.";
+          }
+          {
+            assertion = !inStore cfg.trackerTokenFile && !inStore cfg.fleetTokenFile;
+            message = "services.peerix.trackerTokenFile and fleetTokenFile must not be in the Nix store: anyone could read the tokens there.";
           }
         ]
         ++ lib.mapAttrsToList (key: option: {
@@ -389,9 +456,10 @@ in
               "--sign-key-file"
               "%d/host-key"
             ]
+            ++ credentialArgs daemonSecrets
             ++ cfg.extraArgs
           );
-          LoadCredential = [ "host-key:${keyFile}" ];
+          LoadCredential = [ "host-key:${keyFile}" ] ++ loadCredentials daemonSecrets;
           StateDirectory = "peerix";
           StateDirectoryMode = "0700";
           # Read-only access to the store and its database; the rest of the file system is hidden.
@@ -433,8 +501,16 @@ in
             message = "services.peerix-tracker.database.url must not hold a password (it would land in the store): use passwordFile.";
           }
           {
-            assertion = db.passwordFile == null || !lib.hasPrefix builtins.storeDir (toString db.passwordFile);
+            assertion = !inStore db.passwordFile;
             message = "services.peerix-tracker.database.passwordFile must not be in the Nix store: anyone could read it there.";
+          }
+          {
+            assertion = (tcfg.tls.certFile == null) == (tcfg.tls.keyFile == null);
+            message = "services.peerix-tracker.tls: give both certFile and keyFile, or neither.";
+          }
+          {
+            assertion = !inStore tcfg.tls.keyFile;
+            message = "services.peerix-tracker.tls.keyFile must not be in the Nix store: anyone could read the key there.";
           }
         ]
         ++ lib.mapAttrsToList (key: option: {
@@ -477,12 +553,9 @@ in
                 }
               ))
             ]
-            ++ lib.optionals (db.passwordFile != null) [
-              "--db-password-file"
-              "%d/db-password"
-            ]
+            ++ credentialArgs trackerSecrets
           );
-          LoadCredential = lib.optional (db.passwordFile != null) "db-password:${db.passwordFile}";
+          LoadCredential = loadCredentials trackerSecrets;
           StateDirectory = lib.removePrefix "/var/lib/" tcfg.dataDir;
           StateDirectoryMode = "0700";
           RestrictAddressFamilies = [

@@ -81,10 +81,11 @@ def zstd_block(data: bytes) -> None:
 
 
 def lan_packet(data: bytes) -> None:
-    try:
-        lan.decode(data, time.time(), 300)
-    except lan.PacketError:
-        pass
+    for tokens, required in (((), False), ((b"a-fleet-token-for-fuzzing",), True)):  # an open LAN, a fleet's
+        try:
+            lan.decode(data, time.time(), 300, tokens, required)
+        except lan.PacketError:
+            pass
 
 
 def tracker_body(data: bytes) -> None:

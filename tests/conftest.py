@@ -173,9 +173,11 @@ def start_tracker(tmp_path: Path, tracker_db: Callable[..., Path | str]) -> Iter
     numbers = itertools.count()  # tests may start trackers from several threads at once
 
     def start(*args: str, limits: tuple[str, ...] = UNLIMITED, host: str = "127.0.0.1",
-              db: Path | str | None = None) -> TrackerProcess:
+              db: Path | str | None = None, https: Path | bool = False, env: dict[str, str] | None = None
+              ) -> TrackerProcess:
         name = f"tracker-{next(numbers)}"
-        tracker = TrackerProcess(db or tracker_db(name), tmp_path / f"{name}.log", (*limits, *args), host)
+        tracker = TrackerProcess(db or tracker_db(name), tmp_path / f"{name}.log", (*limits, *args), host, env,
+                                 https=https)
         trackers.append(tracker)
         return tracker
 

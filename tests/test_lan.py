@@ -20,27 +20,38 @@ from nixtools import closure_of, nix, path_info, run
 pytestmark = [requires_nix, pytest.mark.skipif(why_no_netns() is not None, reason=why_no_netns() or "")]
 
 CLUSTER = SecretKey.generate("lan-cluster-1")
+FLEET_TOKEN = "the-lan-fleet-token-of-e-and-f"
 PORT = 12304
 
 
 class Site:
     """Hosts a, b and c on one switch; host d cabled to a only. A peerix daemon on each, no tracker;
-    a holds the closure, signed by the cluster key every daemon trusts."""
+    a holds the closure, signed by the cluster key every daemon trusts. On the same switch, e and f
+    hold a fleet token (a closed fleet inside the open one): e holds the closure too."""
 
     def __init__(self, root: Path, closure: Path) -> None:
         self.root = root
+        self.started: dict[str, float] = {}
         self.net = Network()
         self.hosts = {name: self.net.add_host(name) for name in "abc"}
         self.hosts["d"] = self.net.add_host("d", on_switch=False)
+        self.hosts.update({name: self.net.add_host(name) for name in "ef"})
         self.net.link(self.hosts["a"], self.hosts["d"], "10.232.0")
         (root / "cluster.sec").write_text(CLUSTER.to_text())
+        self.fleet_token = root / "fleet.token"
+        self.fleet_token.write_text(FLEET_TOKEN + "\n")
+        self.fleet_token.chmod(0o600)
         for name in self.hosts:
             run("nix-store", "--store", str(self.store(name)), "--init")
-        nix("copy", "--no-check-sigs", "--to", str(self.store("a")), str(closure))
-        nix("store", "sign", "--store", str(self.store("a")), "--key-file", str(root / "cluster.sec"), "-r",
-            str(closure))
+        for name in "ae":
+            nix("copy", "--no-check-sigs", "--to", str(self.store(name)), str(closure))
+            nix("store", "sign", "--store", str(self.store(name)), "--key-file", str(root / "cluster.sec"), "-r",
+                str(closure))
         for name in self.hosts:
-            self.start(name, *(["--no-lan", "--peer", "10.232.0.1"] if name == "d" else []))  # a VPN: unicast
+            extra = {"d": ["--no-lan", "--peer", "10.232.0.1"],  # a VPN: unicast
+                     "e": ["--fleet-token-file", str(self.fleet_token)],
+                     "f": ["--fleet-token-file", str(self.fleet_token)]}
+            self.start(name, *extra.get(name, []))
 
     def store(self, name: str) -> Path:
         return self.root / name / "store"
@@ -58,6 +69,7 @@ class Site:
             "--lan-interval", "0.5", "--lan-expiry", "3", *extra, log=home / "peerix.log",
         )
         wait_for(lambda: host.run("curl", "-sf", f"http://127.0.0.1:{PORT}/health", check=False).returncode == 0)
+        self.started[name] = time.monotonic()
 
     def public_key(self, name: str) -> str:
         return SecretKey.parse((self.root / name / "host.sec").read_text()).public.to_text()
@@ -111,7 +123,10 @@ def test_closure_on_one_host_is_substituted_by_nix_on_another(site: Site, closur
 
 
 def test_host_outside_the_switch_is_reached_through_peer(site: Site, closure: Path, tmp_path: Path) -> None:
+    # a does not list d, so its own announcements never reach d: d must go on asking it, not forget it
+    time.sleep(max(0.0, site.started["d"] + 3.5 - time.monotonic()))  # past lan_expiry since d started
     wait_for(lambda: "host-a" in site.peers("d"), timeout=10)
+    assert "lan peer expired" not in site.log("d")
     assert "targets=- static=10.232.0.1" in site.log("d")  # --no-lan: no multicast, no broadcast
     assert site.peers("d")["host-a"]["source"] == "static"
     assert set(site.peers("d")) == {"host-a"}
@@ -143,6 +158,40 @@ def test_forged_stale_replayed_and_garbage_packets_are_dropped(site: Site) -> No
     peers = site.peers("c")
     assert "stranger" in peers and "evil" not in peers
     assert "10.231.0.3:1" not in peers["host-a"]["direct_addresses"]
+
+
+def test_with_a_fleet_token_hosts_without_it_are_neither_used_nor_answered(site: Site, closure: Path,
+                                                                           tmp_path: Path) -> None:
+    """f holds the fleet token: of all the hosts on the switch it knows e alone, which proves the token, and
+    its Nix gets the closure from e. c, without the token, hears e (the announcement is signed as ever) and
+    asks it, and e answers c as it answers an unknown path."""
+    wait_for(lambda: "host-e" in site.peers("f"), timeout=10)
+    wait_for(lambda: _drops(site.metrics("f")).get("unproven", 0) >= 3, timeout=10)  # a, b and c, at least once
+    peers = site.peers("f")
+    assert set(peers) == {"host-e"}, peers
+    assert peers["host-e"]["admitted"] == "fleet token"
+    assert site.hosts["f"].run(*_cli("peers")).stdout.count("yes (fleet token)") == 1
+    result = substitute(site, "f", closure, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path_info(closure, store=str(tmp_path / "client-f"), recursive=True)) == closure_of(closure)
+    assert "served nar" in site.log("e")
+
+    wait_for(lambda: "host-e" in site.peers("c"), timeout=10)
+    why = json.loads(site.hosts["c"].run(*_cli("why", str(closure), "--json"), check=False).stdout)
+    answers = {peer["peer_id"]: peer["result"] for peer in why["peers"]}
+    assert answers[site.peers("c")["host-e"]["peer_id"]] == "not-found"
+    assert answers[site.peers("c")["host-a"]["peer_id"]] == "ok"
+    assert 'peerix_peers_refused_total{alpn="/peerix/narinfo/1"}' in site.metrics("e")
+    assert "refused peer=" in site.log("e")
+
+    # A packet whose proof is of another token is dropped as such, whoever signed it.
+    stranger = nacl.signing.SigningKey.generate()
+    before = _drops(site.metrics("f")).get("wrong-token", 0)
+    _send_from(site.hosts["b"], site.hosts["f"].addresses[0], [encode(Announcement(
+        EndpointAddress(bytes(stranger.verify_key).hex(), ("10.231.0.3:9",)), "guesser", time.time()), stranger,
+        b"a-guess-at-the-fleet-token")])
+    wait_for(lambda: _drops(site.metrics("f")).get("wrong-token", 0) == before + 1, timeout=5)
+    assert "guesser" not in site.peers("f")
 
 
 def test_a_restarted_host_is_known_again_at_once(site: Site, closure: Path) -> None:

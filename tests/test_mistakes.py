@@ -133,4 +133,26 @@ def test_dev_help_and_a_bench_without_a_name_install_nothing(tmp_path: Path) -> 
     assert "set -euo" not in helped.stdout and "#" not in helped.stdout
     bench = dev("bench", path=fake, venv=venv)
     assert bench.returncode == 2 and "called" not in bench.stderr, bench.stderr
-    assert bench.stderr.startswith("usage: scripts/dev bench NAME; NAME is one of: cache ")
+    names = sorted(path.stem for path in (ROOT / "bench").glob("*.py") if path.stem != "harness")
+    assert bench.stderr == f"usage: scripts/dev bench NAME; NAME is one of: {' '.join(names)}\n"
+
+
+def test_a_fleet_token_or_tracker_ca_that_cannot_be_used_is_one_line(empty_store: Path, keypair,
+                                                                     tmp_path: Path) -> None:
+    short, public = tmp_path / "short.token", tmp_path / "public.token"
+    short.write_text("guessable\n")
+    short.chmod(0o600)
+    public.write_text("a-fleet-token-anyone-can-read\n")
+    public.chmod(0o644)
+
+    def serve(*extra: str) -> str:
+        return one_line(peerix("serve", "--store-root", str(empty_store), "--sign-key-file", str(keypair[0]),
+                               *offline(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}", *extra))
+
+    assert serve("--fleet-token-file", str(short)) == (
+        f"peerix: {short}: fleet tokens must be at least 16 characters, one a line (peerix-tracker token makes one)")
+    assert serve("--fleet-token-file", str(public)).startswith(f"peerix: {public} is readable by everyone")
+    missing = tmp_path / "no-such-ca.pem"
+    assert serve("--tracker", "https://127.0.0.1:1", "--tracker-ca-file", str(missing)) == (
+        f"peerix: tracker CA file {missing}: No such file or directory")
+    assert not (tmp_path / "state").exists()  # refused before a host key or anything else was written

@@ -137,6 +137,63 @@ def test_the_module_gives_the_daemon_every_tracker(tmp_path: Path) -> None:
     assert command(alone, "peerix")[1]["tracker"] == "none" and "cannot find any peer" in alone["failed"][0]
 
 
+def test_the_module_hands_tokens_over_as_credentials_and_serves_tls(tmp_path: Path) -> None:
+    """A closed fleet on NixOS: the daemon's tracker and fleet tokens and the tracker's TLS key reach the
+    services as systemd credentials; the command lines they make are read by the real parsers."""
+    from peerix.cli.main import build_parser
+    from peerix.daemon.config import load
+    from tracker.cli import build_parser as tracker_parser
+    from tracker.config import load as tracker_load
+
+    evaluated = evaluate('{ services.peerix = { enable = true; trackerUrls = [ "https://tracker:12305" ]; '
+                         'trackerTokenFile = "/run/keys/tracker.token"; fleetTokenFile = "/run/keys/fleet.token"; '
+                         'trackerCaFile = "/etc/peerix/ca.pem"; settings.peers = "fleet"; }; '
+                         'services.peerix-tracker = { enable = true; tls = { certFile = "/etc/tls/chain.pem"; '
+                         'keyFile = "/etc/tls/key.pem"; }; }; }')
+    assert evaluated["failed"] == []
+    services = evaluated["config"]["systemd"]["services"]
+    assert services["peerix"]["serviceConfig"]["LoadCredential"] == [
+        "host-key:/var/lib/peerix-key/host.key", "fleet-token:/run/keys/fleet.token",
+        "tracker-token:/run/keys/tracker.token"]
+    assert services["peerix-tracker"]["serviceConfig"]["LoadCredential"] == [
+        "tls-cert:/etc/tls/chain.pem", "tls-key:/etc/tls/key.pem"]
+
+    credentials = tmp_path / "credentials"  # what systemd's %d names, with files where the parsers read them
+    credentials.mkdir()
+    for name, mode in (("tls-cert", 0o644), ("tls-key", 0o600)):
+        (credentials / name).write_text("PEM\n")
+        (credentials / name).chmod(mode)
+
+    def parsed(service: str, parser, loader):  # noqa: ANN001, ANN202
+        args, settings = command(evaluated, service)
+        args[args.index("--config") + 1] = str(as_toml(settings, tmp_path / f"{service}.toml"))
+        return loader(parser().parse_args([arg.replace("%d", str(credentials)) for arg in args[1:]]))
+
+    daemon = parsed("peerix", build_parser, load)
+    assert (daemon.tracker_token_file, daemon.fleet_token_file) == (credentials / "tracker-token",
+                                                                   credentials / "fleet-token")
+    assert daemon.tracker_ca_file == Path("/etc/peerix/ca.pem") and daemon.peers == "fleet"
+    tracker = parsed("peerix-tracker", tracker_parser, tracker_load)
+    assert (tracker.tls_cert, tracker.tls_key) == (credentials / "tls-cert", credentials / "tls-key")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('services.peerix-tracker = { enable = true; tls.certFile = "/etc/tls/chain.pem"; };',
+     "give both certFile and keyFile"),
+    ('services.peerix-tracker = { enable = true; tls = { certFile = "/etc/c.pem"; keyFile = "/nix/store/k"; }; };',
+     "tls.keyFile must not be in the Nix store"),
+    ('services.peerix-tracker = { enable = true; settings.tls_key = "/etc/tls/key.pem"; };',
+     "settings.tls_key is set by services.peerix-tracker.tls.keyFile"),
+    ('services.peerix = { enable = true; fleetTokenFile = "/nix/store/x-fleet.token"; };',
+     "fleetTokenFile must not be in the Nix store"),
+    ('services.peerix = { enable = true; settings.fleet_token_file = "/etc/fleet.token"; };',
+     "settings.fleet_token_file is set by services.peerix.fleetTokenFile"),
+])
+def test_the_module_refuses_secrets_in_the_store_and_half_a_tls_setting(settings: str, message: str) -> None:
+    failed = evaluate(f"{{ {settings} }}")["failed"]
+    assert len(failed) == 1 and message in failed[0], failed
+
+
 def test_readme_documents_every_daemon_setting() -> None:
     from peerix.daemon.config import SETTINGS
 

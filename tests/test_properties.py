@@ -6,6 +6,8 @@ The NAR writer is held to `nix-store --dump` itself on random trees.
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import string
@@ -291,10 +293,10 @@ def test_lan_packets_round_trip(name: str, direct: list[str], ask: bool) -> None
 
 
 @st.composite
-def lan_packets(draw: st.DrawFn) -> bytes:
+def lan_packets(draw: st.DrawFn, magic: bytes = lan.MAGIC) -> bytes:
     body = draw(st.dictionaries(st.sampled_from(["v", "id", "name", "direct", "relay", "t", "ask"]), JSON_VALUES))
     body.setdefault("id", _PEER)
-    signed = lan.MAGIC + json.dumps(body).encode()
+    signed = magic + json.dumps(body).encode()
     signature = _KEY.sign(signed).signature if draw(st.booleans()) else draw(st.binary(min_size=64, max_size=64))
     return signed + signature
 
@@ -307,6 +309,46 @@ def test_lan_packets_parse_or_refuse(packet: bytes) -> None:
         assert str(error).split(":", 1)[0] in ("oversized", "malformed", "unsigned", "stale", "replayed")
         return
     assert announcement.peer_id == _PEER and len(announcement.name) <= 64
+
+
+_FLEET_TOKEN = b"the-fleet-token-of-the-properties"
+
+
+@given(st.text(max_size=64), st.lists(st.text(max_size=30), max_size=4), st.binary(min_size=16, max_size=64))
+def test_lan_packets_proving_a_fleet_token_round_trip(name: str, direct: list[str], other: bytes) -> None:
+    sent = lan.Announcement(EndpointAddress(_PEER, tuple(direct)), name, time.time())
+    try:
+        packet = lan.encode(sent, _KEY, _FLEET_TOKEN)
+    except lan.PacketError:
+        return
+    assert lan.decode(packet, sent.sent_at, 300, (other, _FLEET_TOKEN), require_proof=True) == sent
+    assert lan.decode(packet, sent.sent_at, 300) == sent  # a host without the token reads the announcement
+    if other != _FLEET_TOKEN:
+        with pytest.raises(lan.PacketError, match="^wrong-token"):
+            lan.decode(packet, sent.sent_at, 300, (other,))
+    with pytest.raises(lan.PacketError, match="^unproven"):
+        lan.decode(lan.encode(sent, _KEY), sent.sent_at, 300, (_FLEET_TOKEN,), require_proof=True)
+
+
+@st.composite
+def fleet_packets(draw: st.DrawFn) -> bytes:
+    """PXF1 packets: a signed or garbled body, then a proof by the fleet's token, another token, or noise."""
+    packet = draw(lan_packets(lan.FLEET_MAGIC))
+    proof = draw(st.sampled_from([_FLEET_TOKEN, b"another-token-of-16"]).map(
+        lambda token: hmac.new(token, packet, hashlib.sha256).digest()) | st.binary(min_size=32, max_size=32))
+    return packet + proof
+
+
+@given(fleet_packets() | lan_packets() | st.binary(max_size=1500)
+       | st.binary(max_size=200).map(lambda b: lan.FLEET_MAGIC + b))
+def test_lan_packets_under_a_fleet_token_parse_or_refuse(packet: bytes) -> None:
+    try:
+        announcement = lan.decode(packet, time.time(), 300, (_FLEET_TOKEN,), require_proof=True)
+    except lan.PacketError as error:
+        assert str(error).split(":", 1)[0] in ("oversized", "malformed", "unsigned", "stale", "replayed",
+                                               "unproven", "wrong-token")
+        return
+    assert packet.startswith(lan.FLEET_MAGIC) and announcement.peer_id == _PEER
 
 
 # tracker request bodies

@@ -7,6 +7,7 @@ import random
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -34,14 +35,16 @@ class TrackerProcess:
     """`peerix-tracker serve` on a database (a file or a PostgreSQL URL); its log is kept for assertions."""
 
     def __init__(self, db: Path | str, log_path: Path, args: tuple[str, ...] = UNLIMITED,
-                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None, https: Path | bool = False) -> None:
         self.db = db
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         self.host = host  # the address it listens on; it is always reached at 127.0.0.1 unless told otherwise
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Serving TLS (--tls-cert): `https` is the CA the harness checks it with, or True not to check.
+        self.url = f"{'https' if https else 'http'}://127.0.0.1:{self.port}"
+        self.verify = ssl.create_default_context(cafile=str(https)) if isinstance(https, Path) else not https
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -55,7 +58,7 @@ class TrackerProcess:
         deadline = time.monotonic() + 20
         while True:
             try:
-                httpx.get(self.url + "/health", timeout=1)
+                httpx.get(self.url + "/health", timeout=1, verify=self.verify)
                 return
             except httpx.TransportError:
                 pass
@@ -87,7 +90,7 @@ class TrackerProcess:
         self.start()
 
     def get(self, path: str, **kw) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10, **kw)
+        return httpx.get(self.url + path, timeout=10, verify=self.verify, **kw)
 
     def metric(self, name: str) -> float:
         """The value of one sample of /metrics, e.g. 'peerix_tracker_announces_total{kind="delta"}' (0 if absent);

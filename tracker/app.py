@@ -13,6 +13,7 @@ anyone else, since that is a proxy on this host that the tracker does not trust 
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -20,7 +21,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -34,11 +35,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from peerix import __version__
 from peerix.common.asgi import MetricsMiddleware
 from peerix.net.tracker_protocol import (
+    ADMIN_AUDIT_PATH,
     ADMIN_PEERS_PATH,
     ANNOUNCE_PATH,
     API,
     LEASES_PATH,
     LOOKUP_PATH,
+    MEMBERS_PATH,
     PEERS_PATH,
     Signature,
     is_peer_id,
@@ -46,6 +49,7 @@ from peerix.net.tracker_protocol import (
 )
 
 from . import dashboard, openapi
+from .audit import AuditTrail, admin_actor
 from .auth import Authenticator
 from .config import Config
 from .metrics import Metrics
@@ -73,6 +77,7 @@ audit = logging.getLogger("tracker.audit")
 JSON = "application/json"
 _JSON_BYTES = JSON.encode()
 BODY_TIMEOUT = 30.0
+MAX_AUDIT_EVENTS = 10_000
 _DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read and dropped, so the client sees the 413
 
 
@@ -89,10 +94,11 @@ class Tracker:
     sweeper: Sweeper
     started_at: float
     lease_limits: RateLimiter | None = None  # lease requests per peer; none: unlimited (tests)
+    trail: AuditTrail = field(default_factory=lambda: AuditTrail(None, 0))
 
 
 def create_app(t: Tracker) -> ASGIApp:
-    config, storage, metrics = t.config, t.storage, t.metrics
+    config, storage, metrics, trail = t.config, t.storage, t.metrics, t.trail
 
     def online_since(now: float) -> float:
         return now - config.offline_after
@@ -108,6 +114,11 @@ def create_app(t: Tracker) -> ASGIApp:
         log.log(level, "refused status=%d code=%s method=%s path=%s client=%s peer=%s message=%r", error.status,
                 error.code, scope.get("method"), scope.get("path", "")[:200], _client(scope), state.get("peer"),
                 error.message)
+        if _is_write(scope) and 400 <= error.status < 500 and error.status != 409:  # 409: "send the full set"
+            peer = state.get("peer")
+            trail.refused(f"peer:{peer}" if peer else f"client:{_client(scope)}", time.time(), status=error.status,
+                          code=error.code, method=scope.get("method"), path=scope.get("path", "")[:200],
+                          client=_client(scope))
         return Response(error_json(error), status_code=error.status, headers=error.headers, media_type=JSON)
 
     def api_route(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -200,6 +211,8 @@ def create_app(t: Tracker) -> ASGIApp:
             raise ApiError(409, "sequence_mismatch", f"since {update.since} does not match: {error}; "
                            "announce the full set") from None
         metrics.announced(update.kind, added, removed, now)
+        if peer.first_seen == now:  # a row made by this announce
+            trail.record(f"peer:{peer_id}", "joined", peer=peer_id, name=peer.name, client=_client(request.scope))
         audit.info("announce peer=%s name=%r kind=%s seq=%d added=%d removed=%d paths=%d client=%s", peer_id,
                    peer.name, update.kind, peer.seq, added, removed, peer.paths, _client(request.scope))
         return JSONResponse({"seq": peer.seq, "paths": peer.paths, **advice})
@@ -267,11 +280,14 @@ def create_app(t: Tracker) -> ASGIApp:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
         audit.info("deregister peer=%s name=%r forget=%s paths=%d client=%s", peer_id, peer.name,
                    "yes" if forget else "no", peer.paths, _client(request.scope))
+        if forget:
+            trail.record(f"peer:{peer_id}", "left", peer=peer_id, name=peer.name, reason="deregistered",
+                         paths=peer.paths, client=_client(request.scope))
         return JSONResponse({"removed" if forget else "departed": peer_id, "paths": peer.paths})
 
-    def admin(request: Request) -> None:
+    def admin(request: Request) -> str:
         """Admin calls carry `Authorization: Bearer <token>` with a token from admin_token_file. A call
-        without one is unauthenticated (401) whether or not the admin API is on."""
+        without one is unauthenticated (401) whether or not the admin API is on. The actor, for the trail."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthorized", "no admin token: the admin API needs Authorization: Bearer "
@@ -280,13 +296,14 @@ def create_app(t: Tracker) -> ASGIApp:
             raise ApiError(403, "admin_disabled", "the admin API is off: start the tracker with an admin_token_file")
         if not any(hmac.compare_digest(token.encode(), known.encode()) for known in config.admin_tokens):
             raise ApiError(401, "unauthorized", "wrong admin token: it is not one of the tracker's admin_token_file")
+        return admin_actor(token)
 
-    def admin_target(request: Request) -> bytes:
-        admin(request)
+    def admin_target(request: Request) -> tuple[str, bytes]:
+        actor = admin(request)
         target = request.path_params["peer_id"]
         if not is_peer_id(target):
             raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")
-        return bytes.fromhex(target)
+        return actor, bytes.fromhex(target)
 
     @api_route
     async def admin_peers(request: Request) -> Response:
@@ -295,22 +312,51 @@ def create_app(t: Tracker) -> ASGIApp:
 
     @api_route
     async def admin_remove(request: Request) -> Response:
-        peer = await storage.remove(admin_target(request))
+        actor, target = admin_target(request)
+        peer = await storage.remove(target)
         if peer is None:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
         audit.info("admin remove peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, peer.paths,
                    _client(request.scope))
+        trail.record(actor, "removed", peer=peer.peer_id, name=peer.name, paths=peer.paths,
+                     client=_client(request.scope))
         return JSONResponse({"removed": peer.peer_id, "paths": peer.paths})
 
     @api_route
     async def admin_purge(request: Request) -> Response:
-        purged = await storage.purge(admin_target(request))
+        actor, target = admin_target(request)
+        purged = await storage.purge(target)
         if purged is None:
             raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
         peer, dropped = purged
         audit.info("admin purge peer=%s name=%r paths=%d client=%s", peer.peer_id, peer.name, dropped,
                    _client(request.scope))
+        trail.record(actor, "purged", peer=peer.peer_id, name=peer.name, paths=dropped, client=_client(request.scope))
         return JSONResponse({"purged": peer.peer_id, "paths": dropped})
+
+    @api_route
+    async def admin_audit(request: Request) -> Response:
+        admin(request)
+        since = request.query_params.get("since")
+        limit = parse_limit(request.query_params.get("limit"), MAX_AUDIT_EVENTS)
+        try:
+            since_time = None if since is None else float(since)
+        except ValueError:
+            since_time = math.nan
+        if since_time is not None and not math.isfinite(since_time):
+            raise ApiError(400, "invalid_request", "since is a Unix time in seconds")
+        return JSONResponse({"events": await asyncio.to_thread(trail.read, since_time, limit)})
+
+    @api_route
+    async def members(request: Request) -> Response:
+        """The members daemons answer under closed membership: the peers held that are still admitted."""
+        signature_of(request.scope, request.headers, b"", time.time(), write=False)
+        listed = [] if t.auth.membership == "open" else sorted(
+            peer.peer_id for peer in await storage.peers() if t.auth.admitted(peer.peer_id))
+        version = hashlib.sha256(f"{t.auth.membership}:{','.join(listed)}".encode()).hexdigest()[:16]
+        unchanged = request.query_params.get("since") == version
+        return JSONResponse({"membership": t.auth.membership, "version": version,
+                             **({} if unchanged else {"members": listed})})
 
     @api_route
     async def home(request: Request) -> Response:
@@ -381,6 +427,8 @@ def create_app(t: Tracker) -> ASGIApp:
         Route(PEERS_PATH + "/{peer_id}", deregister, methods=["DELETE"]),
         Route(LEASES_PATH + "/{hash}", lease, methods=["POST"]),
         Route(LEASES_PATH + "/{hash}", release, methods=["DELETE"]),
+        Route(MEMBERS_PATH, members, methods=["GET"]),
+        Route(ADMIN_AUDIT_PATH, admin_audit, methods=["GET"]),
         Route(ADMIN_PEERS_PATH, admin_peers, methods=["GET"]),
         Route(ADMIN_PEERS_PATH + "/{peer_id}", admin_remove, methods=["DELETE"]),
         Route(ADMIN_PEERS_PATH + "/{peer_id}/purge", admin_purge, methods=["POST"]),
@@ -452,6 +500,12 @@ class AddressLimit:
             if wait := self.limiter.take(_client(scope), time.time()):
                 return await self.refuse(scope, _rate_limited(wait, "this address"))(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def _is_write(scope: Scope) -> bool:
+    """A request that would change what the tracker holds: every API call but reads (GET, the batch lookup)."""
+    return (scope.get("method") not in ("GET", "HEAD") and scope.get("path", "").startswith(API + "/")
+            and scope.get("path") != LOOKUP_PATH)
 
 
 def _rate_limited(wait: float, who: str) -> ApiError:

@@ -60,6 +60,15 @@ class Authenticator:
             raise ApiError(403, "not_member", f"peer {signature.peer_id} is not on this tracker's allowlist")
         return signature
 
+    def admitted(self, peer_id: str) -> bool:
+        """Whether a peer the tracker holds is still a member (under allowlist: still listed)."""
+        return self.membership != "allowlist" or peer_id in self.allowlist
+
+    def update(self, allowlist: frozenset[str], tokens: tuple[str, ...]) -> None:
+        """New members (a reload of the allowlist and token files)."""
+        self.allowlist = allowlist
+        self._tokens = [token.encode() for token in tokens]
+
     def replay_key(self, signature: Signature) -> tuple[bytes, float]:
         """What the storage remembers of a write to refuse its replay, and until when: after that, the
         request is refused as stale anyway."""

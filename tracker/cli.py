@@ -60,15 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     admin = commands.add_parser(
-        "admin", help="list, remove and purge peers through the admin API",
+        "admin", help="list, remove and purge peers, read the audit trail, through the admin API",
         description="Administer a running tracker through its admin API (the tracker needs an admin_token_file).")
     admin.add_argument("--url", default=f"http://127.0.0.1:{config.DEFAULT_PORT}",
                        help="the tracker's address (default: %(default)s)")
     admin.add_argument("--token-file", type=Path, help="file holding an admin token (mode 0600)")
+    admin.add_argument("--ca-file", type=Path, help="CA certificate(s) an https tracker's certificate must chain to "
+                                                    "(default: the system's CAs)")
     actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("peers", help="every peer, online or not, with its path count")
     listing.add_argument("--json", action="store_true", help="print JSON")
     actions.add_parser("health", help="the tracker's health")
+    audit = actions.add_parser("audit", help="the audit trail: membership changes, admin actions, refused writes")
+    audit.add_argument("--since", metavar="WHEN", help="only events since WHEN: a duration ago (3m, 12h, 7d), an "
+                                                       "ISO 8601 time or Unix seconds")
+    audit.add_argument("--json", action="store_true", help="print the events as JSON lines")
     for action, summary in (("remove", "remove a peer and everything it announced"),
                             ("purge", "drop a peer's paths; it announces its set afresh")):
         parser_ = actions.add_parser(action, help=summary)

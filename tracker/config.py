@@ -8,6 +8,7 @@ PostgreSQL password from `db_password_file` (or libpq's PGPASSFILE), never from 
 """
 
 import argparse
+import os
 import re
 import socket
 import tomllib
@@ -40,6 +41,13 @@ class Config:
     membership: str = "open"
     allowlist: frozenset[str] = frozenset()
     tokens: tuple[str, ...] = ()
+    allowlist_file: Path | None = None  # read again, with token_file, on SIGHUP
+    token_file: Path | None = None
+    listed: frozenset[str] = frozenset()  # the allowlist given by flag or TOML, without allowlist_file's
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    audit_file: Path | None = None
+    audit_max_size: int = 64 << 20
     offline_after: float = 180.0
     remove_after: float = 86400.0
     sweep_interval: float = 30.0
@@ -142,6 +150,11 @@ def _peer_ids(value: object) -> frozenset[str]:
     return frozenset(keys)
 
 
+def _optional_path(value: object) -> Path | None:
+    text = str(value).strip()
+    return None if text.lower() == "none" else Path(text)
+
+
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -172,6 +185,12 @@ SETTINGS = (
             repeat=True),
     Setting("allowlist_file", lambda value: Path(str(value)), "file of allowed peer ids, one a line", "FILE"),
     Setting("token_file", lambda value: Path(str(value)), "file of network tokens, one a line (mode 0600)", "FILE"),
+    Setting("tls_cert", lambda value: Path(str(value)), "certificate chain (PEM) to serve HTTPS with, beside "
+            "tls_key (default: plain HTTP)", "FILE"),
+    Setting("tls_key", lambda value: Path(str(value)), "the certificate's private key (PEM, mode 0600)", "FILE"),
+    Setting("audit_file", _optional_path, "the audit trail, JSON lines (default: beside an SQLite database, "
+            "$STATE_DIRECTORY/audit.jsonl with PostgreSQL under systemd; none: no file)", "FILE"),
+    Setting("audit_max_size", _size, "size at which the audit file is rotated (default: 64M)", "SIZE"),
     Setting("offline_after", _seconds, "a peer not heard from this long is offline (default: 3m)", "DURATION"),
     Setting("remove_after", _seconds, "a peer not heard from this long is removed (default: 1d)", "DURATION"),
     Setting("sweep_interval", _seconds, "how often the sweep looks for silent peers (default: 30s)", "DURATION"),
@@ -235,15 +254,39 @@ def load(args: argparse.Namespace) -> Config:
             raise ConfigError("db_password_file is for a PostgreSQL database; an SQLite file has no password")
         values["db_password"] = _read_password(file)
     values.setdefault("replica", f"{socket.gethostname()}:{values.get('listen', Config.listen)[1]}")
-    if file := values.pop("allowlist_file", None):
-        values["allowlist"] = values.get("allowlist", frozenset()) | _read_allowlist(file)
-    if file := values.pop("token_file", None):
-        values["tokens"] = _read_tokens(file)
+    values["listed"] = values.get("allowlist", frozenset())
+    values["allowlist"], tokens = _members(values["listed"], values.get("allowlist_file"), values.get("token_file"))
+    if tokens:
+        values["tokens"] = tokens
+    if "audit_file" not in values:
+        values["audit_file"] = _default_audit_file(values["db"])
     if file := values.pop("admin_token_file", None):
         values["admin_tokens"] = _read_tokens(file)
     given = [mode for mode, key in (("allowlist", "allowlist"), ("token", "tokens")) if values.get(key)]
     values.setdefault("membership", given[0] if len(given) == 1 else "open")
     return _checked(Config(**values), given)
+
+
+def reread_members(config: Config) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The allowlist and tokens as the files say now (on SIGHUP); ConfigError when they cannot be used."""
+    allowlist, tokens = _members(config.listed, config.allowlist_file, config.token_file)
+    if config.membership == "allowlist" and not allowlist:
+        raise ConfigError("the allowlist is empty now: nobody could write")
+    return allowlist, tokens
+
+
+def _members(listed: frozenset[str], allowlist_file: Path | None,
+             token_file: Path | None) -> tuple[frozenset[str], tuple[str, ...]]:
+    allowlist = listed | _read_allowlist(allowlist_file) if allowlist_file else listed
+    return allowlist, _read_tokens(token_file) if token_file else ()
+
+
+def _default_audit_file(db: Path | str) -> Path | None:
+    """Beside an SQLite database; with PostgreSQL, in systemd's state directory if there is one."""
+    if isinstance(db, Path):
+        return db.with_suffix(".audit.jsonl")
+    state = os.environ.get("STATE_DIRECTORY")
+    return Path(state.split(":")[0]) / "audit.jsonl" if state else None
 
 
 def read_toml(path: Path) -> dict[str, object]:
@@ -305,4 +348,14 @@ def _checked(config: Config, given: list[str]) -> Config:
         raise ConfigError(f"membership {config.membership} needs {need}")
     if config.remove_after <= config.offline_after:
         raise ConfigError("remove_after must be longer than offline_after")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("TLS needs both tls_cert and tls_key")
+    if config.tls_key is not None:
+        try:
+            read_secret(config.tls_key)  # refused when anyone may read it
+            config.tls_cert.read_bytes()
+        except SecretFileError as error:
+            raise ConfigError(f"tls_key: {error}") from None
+        except OSError as error:
+            raise ConfigError(f"tls_cert: cannot read {config.tls_cert}: {error.strerror}") from None
     return config

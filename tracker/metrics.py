@@ -54,6 +54,8 @@ class Metrics:
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("peerix_tracker_http_request_duration_seconds", "Time to answer a request",
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.audit_suppressed = Counter("peerix_tracker_audit_suppressed", "Refused writes left out of the audit "
+                                        "trail by its rate limits", registry=r)
         self.announces = Counter("peerix_tracker_announces", "Announces applied, by kind (full, delta, heartbeat)",
                                  ["kind"], registry=r)
         self.announced_hashes = Counter("peerix_tracker_announced_hashes",

@@ -10,10 +10,12 @@ from typing import Any
 
 from peerix import __version__
 from peerix.net.tracker_protocol import (
+    ADMIN_AUDIT_PATH,
     ADMIN_PEERS_PATH,
     ANNOUNCE_PATH,
     LEASES_PATH,
     LOOKUP_PATH,
+    MEMBERS_PATH,
     NONCE_HEADER,
     PEER_HEADER,
     PEERS_PATH,
@@ -178,6 +180,26 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _ok({"type": "object", "required": ["hash", "released"], "properties": {
                     "hash": HASH, "released": {"type": "boolean"}}}), **_WRITE_ERRORS}}),
         },
+        MEMBERS_PATH: {"get": _signed({
+            "summary": "The members daemons answer under closed membership: the peers held that are still admitted",
+            "parameters": [{"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "the version last fetched: members are left out when it is current"}],
+            "responses": {"200": _ok({"type": "object", "required": ["membership", "version"], "properties": {
+                "membership": {"enum": ["open", "allowlist", "token"]}, "version": {"type": "string"},
+                "members": {"type": "array", "items": PEER_ID,
+                            "description": "absent when unchanged since `since`; empty under open membership"}}}),
+                **_READ_ERRORS}})},
+        ADMIN_AUDIT_PATH: {"get": _admin({
+            "summary": "The audit trail's events, oldest first (admin)",
+            "parameters": [
+                {"name": "since", "in": "query", "required": False, "schema": {"type": "number"},
+                 "description": "Unix time: only events at or after it"},
+                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+                 "description": "the most recent events, at most this many (and at most 10000)"}],
+            "responses": {"200": _ok({"type": "object", "required": ["events"], "properties": {"events": {
+                "type": "array", "items": {"type": "object", "required": ["time", "actor", "event"], "properties": {
+                    "time": {"type": "string"}, "actor": {"type": "string"}, "event": {"type": "string"}}}}}}),
+                **_ADMIN_ERRORS, "400": _error("invalid_request: since or limit is not a number")}})},
         ADMIN_PEERS_PATH: {"get": _admin({"summary": "Every peer (admin)",
                                           "responses": {"200": _ok(_ref("Peers")), **_ADMIN_ERRORS}})},
         ADMIN_PEERS_PATH + "/{peer_id}": {"delete": _admin({

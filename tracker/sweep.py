@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from .audit import TRACKER, AuditTrail
 from .metrics import Metrics
 from .storage import DatabaseError, Storage
 
@@ -21,8 +22,9 @@ audit = logging.getLogger("tracker.audit")
 
 class Sweeper:
     def __init__(self, storage: Storage, remove_after: float, interval: float, metrics: Metrics,
-                 prune: Sequence[Callable[[float], None]] = ()) -> None:
+                 prune: Sequence[Callable[[float], None]] = (), trail: AuditTrail | None = None) -> None:
         self.storage = storage
+        self.trail = trail
         self.remove_after = remove_after
         self.interval = interval
         self.metrics = metrics
@@ -66,6 +68,9 @@ class Sweeper:
         for peer in removed:
             audit.info("peer expired peer=%s name=%r paths=%d silent_for=%.0f", peer.peer_id, peer.name, peer.paths,
                        now - peer.last_seen)
+            if self.trail is not None:
+                self.trail.record(TRACKER, "left", peer=peer.peer_id, name=peer.name, reason="expired",
+                                  paths=peer.paths, silent_for=round(now - peer.last_seen))
         self.metrics.expired.inc(len(removed))
         self.last_run, self.last_removed, self.last_error = now, len(removed), None
         self.last_duration = time.monotonic() - started

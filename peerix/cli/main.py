@@ -36,10 +36,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..daemon.run import run
     from ..net.endpoint import BindError
     from ..net.lan import LanError
+    from ..net.tracker_client import TrackerError
 
     try:
         asyncio.run(run(config.load(args)))
-    except (BindError, LanError) as error:
+    except (BindError, LanError, TrackerError) as error:
         raise CommandError(str(error)) from None
     return 0
 
@@ -126,7 +127,7 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     from ..common.units import ago
-    from ..http.dashboard import reputation_text
+    from ..http.dashboard import admitted_text, reputation_text
 
     peers = ask_daemon(args.url, "/api/v1/peers")["peers"]
     if args.json:
@@ -137,10 +138,11 @@ def cmd_peers(args: argparse.Namespace) -> int:
               "once it names them for a path this host looked up")
         return 0
     now = time.time()
-    rows = [("NAME", "SOURCE", "PEER", "ADDRESSES", "LAST SEEN", "REPUTATION")]
+    rows = [("NAME", "SOURCE", "PEER", "ADDRESSES", "LAST SEEN", "ANSWERED", "REPUTATION")]
     rows += [(peer.get("name") or "?", peer["source"], peer["peer_id"][:12],
               ",".join(peer["direct_addresses"]) or peer.get("relay_url") or "-",
-              ago(peer.get("last_seen"), now), reputation_text(peer.get("reputation"))) for peer in peers]
+              ago(peer.get("last_seen"), now), admitted_text(peer.get("admitted")),
+              reputation_text(peer.get("reputation"))) for peer in peers]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

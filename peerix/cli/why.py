@@ -18,5 +18,17 @@ def describe(why: dict[str, Any]) -> str:
                          f"{latency}")
         if not why["peers"]:
             lines.append("  peers: none known to have it")
+    if admission := why.get("admission"):
+        lines.append(f"  answers peers: {admission_text(admission)}")
     lines.append(f"  decision: {why['decision']}")
     return "\n".join(lines)
+
+
+def admission_text(admission: dict[str, Any]) -> str:
+    """Whom the host answers over the peer protocols, in a few words."""
+    if admission["mode"] == "any":
+        return "any peer (peers = any)"
+    named = [f"{admission['tracker_members']} tracker members"] if admission.get("tracker_membership") in (
+        "allowlist", "token") else []
+    named += ["static peers"] + (["LAN peers proving the fleet token"] if admission.get("fleet_token") else [])
+    return f"the fleet only (peers = fleet): {', '.join(named)}"

@@ -64,13 +64,21 @@ def read_token(path: Path) -> str:
 
     The tracker's token files hold one token a line (a rotation lists the new one beside the old), so
     the same file can serve the daemon, which sends the first."""
+    return read_tokens(path)[0]
+
+
+def read_tokens(path: Path) -> list[str]:
+    """Every token in a token file, one a line, blank lines and `#` comments skipped; at least one."""
+    tokens = []
     for line in read_secret(path).splitlines():
         token = line.strip()
         if token and not token.startswith("#"):
             if not all(" " <= char <= "~" for char in token):
                 raise SecretFileError(f"{path}: the token has characters an HTTP header cannot carry")
-            return token
-    raise SecretFileError(f"{path} holds no token (one a line; blank lines and # comments are skipped)")
+            tokens.append(token)
+    if not tokens:
+        raise SecretFileError(f"{path} holds no token (one a line; blank lines and # comments are skipped)")
+    return tokens
 
 
 def load_secret_key(path: Path) -> SecretKey:

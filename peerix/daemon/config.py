@@ -53,6 +53,15 @@ def setting(default: Any, help: str, parse: Callable[[Any], Any] = str, metavar:
     return field(default=default, metadata=meta)
 
 
+def _peers(text: object) -> str | None:
+    text = str(text).strip()
+    if text == "auto":
+        return None
+    if text not in ("any", "fleet"):
+        raise ValueError(f"expected any, fleet or auto, got {text[:40]!r}")
+    return text
+
+
 def _network(text: str) -> str:
     return str(ipaddress.ip_network(str(text).strip(), strict=False))
 
@@ -120,6 +129,17 @@ class Config:
     tracker_token_file: Path | None = setting(None, "file holding the network token of a token-membership "
                                               "tracker (mode 0600): the first line that is neither "
                                               "blank nor a # comment", Path, "FILE")
+    tracker_ca_file: Path | None = setting(None, "CA certificate(s) (PEM) that an https tracker's certificate must "
+                                           "chain to (default: the system's CAs)", Path, "FILE")
+    peers: str | None = setting(None, "who is answered over the peer protocols: any, or fleet (the tracker's members "
+                                "under closed membership, static peers, LAN peers proving the fleet token) "
+                                "(default: fleet when the tracker's membership is closed or fleet_token_file is "
+                                "set, else any)", _peers, "any|fleet")
+    fleet_token_file: Path | None = setting(None, "file (mode 0600) of fleet tokens, one a line, 16 characters or "
+                                            "more: LAN packets carry a proof of the first, packets without a proof "
+                                            "of one are dropped, and peers default to fleet", Path, "FILE")
+    fleet_sync: float = setting(30.0, "seconds between fetches of the tracker's member list", parse_seconds,
+                                "SECONDS")
     trusted_public_keys: tuple[str, ...] = setting((CACHE_NIXOS_ORG_KEY,), "keys whose signatures make a "
                                                    "peer's path acceptable and our own path shareable "
                                                    "(repeatable)", _public_key, "KEY", many=True)

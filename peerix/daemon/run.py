@@ -6,12 +6,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from ..common import systemd
-from ..common.secrets import load_secret_key, read_token, write_secret
+from ..common.secrets import SecretFileError, load_secret_key, read_token, read_tokens, write_secret
 from ..common.server import Server
 from ..common.throttle import Throttle
 from ..http.access import ClientAccess, parse_networks
@@ -19,13 +20,14 @@ from ..http.app import CacheSettings, create_app
 from ..http.zerocopy import ZeroCopyHttpToolsProtocol
 from ..net.endpoint import EndpointSettings, PeerEndpoint
 from ..net.lan import LanDiscovery, LanSettings
-from ..net.tracker_client import TrackerClient, TrackerError
+from ..net.tracker_client import TrackerClient, TrackerError, tls_context
 from ..net.upstream import Upstream
 from ..nix.signing import PublicKey, SecretKey
 from ..store.held import HeldPaths
 from ..store.local import LocalStore
 from ..store.narcache import NarCache
 from ..store.substituter import Substituter
+from ..swarm.admission import Admission
 from ..swarm.announcer import Announcer
 from ..swarm.candidates import CandidateSource, LanSource, TrackerSource
 from ..swarm.leases import Alone, LanLeases, Leases, TrackerLeases
@@ -42,6 +44,8 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
+MIN_FLEET_TOKEN = 16  # characters, as the tracker asks of its tokens: a short one could be guessed
+
 
 def host_key(config: Config) -> SecretKey:
     """The host's one ed25519 key: it signs narinfo (Nix key format), is the iroh endpoint id and
@@ -56,8 +60,20 @@ def host_key(config: Config) -> SecretKey:
     return load_secret_key(path)
 
 
+def _fleet_tokens(path: Path) -> tuple[bytes, ...]:
+    """The fleet tokens LAN packets prove (the first) and are checked against (any: a rotation)."""
+    tokens = read_tokens(path)
+    if any(len(token) < MIN_FLEET_TOKEN for token in tokens):
+        raise SecretFileError(f"{path}: fleet tokens must be at least {MIN_FLEET_TOKEN} characters, one a line "
+                              "(peerix-tracker token makes one)")
+    return tuple(token.encode() for token in tokens)
+
+
 async def run(config: Config) -> None:
     configured = load_secret_key(config.secret_key_file) if config.secret_key_file is not None else None
+    fleet_tokens = _fleet_tokens(config.fleet_token_file) if config.fleet_token_file else ()
+    tracker_token = read_token(config.tracker_token_file) if config.tracker and config.tracker_token_file else None
+    tracker_tls = tls_context(config.tracker_ca_file) if config.tracker else None
     async with contextlib.AsyncExitStack() as stack:
         local = await stack.enter_async_context(LocalStore(config.store_root))  # before writing anything
         key = configured or host_key(config)
@@ -78,12 +94,15 @@ async def run(config: Config) -> None:
 
         seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
         uploads, downloads = Throttle(config.max_upload_rate or 0), Throttle(config.max_download_rate or 0)
+        admission = Admission(config.peers, metrics, fleet_token=bool(fleet_tokens),
+                              tracker_token=tracker_token is not None,
+                              state_file=config.state_dir / "fleet-members.json", timeout=config.peer_timeout)
         endpoint = await PeerEndpoint.start(
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
-            PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
-                        compression=config.compression, all_logs=config.serve_all_logs).handlers,
+            admission.guard(PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
+                                        compression=config.compression, all_logs=config.serve_all_logs).handlers),
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -92,27 +111,33 @@ async def run(config: Config) -> None:
         metrics.read_at_scrape("gauge", "peerix_peers_backing_off", "Peers left alone after failures",
                                lambda: sum(not reputation.available(p) for p in reputation.peers))
         sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
-        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2)
+        peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2,
+                      admits=admission.admits)
         background = []
         lan = tracker_source = tracker = None
         if config.lan or config.static_peers:
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
                 broadcast=config.lan,
-                interval=config.lan_interval, expiry=config.lan_expiry,
+                interval=config.lan_interval, expiry=config.lan_expiry, fleet_tokens=fleet_tokens,
+                require_proof=bool(fleet_tokens) and config.peers != "any",
             ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc(),
                 on_restart=peers.restarted)
             await lan.start()
             stack.push_async_callback(lan.close)
+            admission.lan = lan
             sources.append(LanSource(lan))
 
         def tracker_status() -> dict[str, Any] | None:
             return None
 
         if config.tracker:
-            token = read_token(config.tracker_token_file) if config.tracker_token_file else None
-            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=token)
+            tracker = TrackerClient(config.tracker, seed, config.state_dir, token=tracker_token, tls=tracker_tls)
             stack.push_async_callback(tracker.aclose)
+            if tracker_token is not None:
+                tracker.warn_plain_http()
+            if config.peers != "any":
+                background.append(admission.sync(tracker, config.fleet_sync))
             tracker_source = TrackerSource(tracker, metrics, on_restart=peers.restarted)
             stack.push_async_callback(tracker_source.close)
             sources.append(tracker_source)
@@ -154,7 +179,7 @@ async def run(config: Config) -> None:
                                               and not p["reputation"]["banned"]) for p in known),
                 "peers_banned": sum(bool(p["reputation"] and p["reputation"]["banned"]) for p in known),
                 "max_upload_rate": uploads.rate or None, "max_download_rate": downloads.rate or None,
-                "tracker": tracker_status(),
+                "tracker": tracker_status(), "admission": admission.status(),
             }
 
         def known_peers() -> list[dict[str, Any]]:
@@ -169,6 +194,7 @@ async def run(config: Config) -> None:
                                             "direct_addresses": list(record.addresses.direct),
                                             "relay_url": record.addresses.relay_url, "last_seen": record.last_seen})
             for peer_id, entry in listed.items():
+                entry["admitted"] = admission.admitted_by(peer_id)
                 stats = reputation.peers.get(peer_id)
                 standing = reputation.standing(peer_id)
                 entry["reputation"] = None if stats is None else {

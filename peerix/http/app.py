@@ -294,7 +294,8 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
             return _error(400, f"invalid store path hash {hash_part[:64]!r}")
-        return JSONResponse(await explain(substituter, policy, hash_part))
+        admission = (network() if network else {}).get("admission")
+        return JSONResponse({**await explain(substituter, policy, hash_part), "admission": admission})
 
     async def dashboard(request: Request) -> Response:
         page = render_dashboard(metrics.activity, network() if network else {}, peers() if peers else [])

@@ -23,6 +23,11 @@ def reputation_text(rep: dict[str, Any] | None) -> str:
     return text
 
 
+def admitted_text(admitted: str | None) -> str:
+    """Whether this host answers the peer, and why (the `admitted` of /api/v1/peers)."""
+    return "no: not in the fleet" if admitted is None else "yes" if admitted == "any" else f"yes ({admitted})"
+
+
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], empty: str, table_id: str) -> str:
     if not rows:
         return f'<p class="empty" id="{table_id}">{html.escape(empty)}</p>'
@@ -48,13 +53,15 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
         ("logs-served", "Build logs served", f"{totals['logs_served']:,}"),
         ("listings-served", "Listings served", f"{totals['listings_served']:,}"),
         ("realisations-served", "Realisations served", f"{totals['realisations_served']:,}"),
+        ("peers-refused", "Peer requests refused", f"{totals['peers_refused']:,}"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div>'
                         f'<div class="value" id="{key}">{html.escape(value)}</div></div>'
                         for key, label, value in cards)
     peer_rows = [(p.get("name") or "?", p["source"], p["peer_id"][:12],
                   ", ".join(p["direct_addresses"]) or p.get("relay_url") or "-",
-                  ago(p.get("last_seen"), now), reputation_text(p.get("reputation"))) for p in peers]
+                  ago(p.get("last_seen"), now), admitted_text(p.get("admitted")),
+                  reputation_text(p.get("reputation"))) for p in peers]
     transfer_rows = [(ago(t.at, now), t.direction, t.path, t.peer or "-", size_text(t.bytes), f"{t.rate:.1f} MiB/s",
                       t.outcome, t.detail or "-") for t in activity.recent]
     tracker = network.get("tracker")
@@ -67,11 +74,12 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
 <style>{_CSS}</style></head><body>
 <header><h1>peerix on {html.escape(network.get("name") or "?")}</h1>
 <p>peer {html.escape(network.get("peer_id", "")[:16])} &middot; tracker {html.escape(tracker_text)}
+&middot; answers {html.escape((network.get("admission") or {}).get("mode", "any"))} peers
 &middot; counting since {ago(activity.since, now)} &middot; peerix {__version__}</p></header>
 <section class="cards">{card_html}</section>
 <h2>Peers ({len(peers)})</h2>
-{_table(("name", "source", "peer", "addresses", "last seen", "reputation"), peer_rows, "No peers known yet.",
-        "peers")}
+{_table(("name", "source", "peer", "addresses", "last seen", "answered", "reputation"), peer_rows,
+        "No peers known yet.", "peers")}
 <h2>Recent transfers</h2>
 {_table(("when", "direction", "path", "peer", "size", "speed", "result", "detail"), transfer_rows, "No transfers yet.",
         "transfers")}

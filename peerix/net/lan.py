@@ -12,11 +12,20 @@ Packets: the magic `PXL1`, a JSON body, and a 64-byte ed25519 signature of magic
 key whose public half is the endpoint id. Oversized, malformed, unsigned, badly signed, stale or
 replayed packets are dropped and counted by reason. The body's optional `inc` (the sender's
 incarnation) is a field of version 1: older peers ignore it, and its absence means "unknown".
+
+A host with a fleet token sends `PXF1` packets instead: the same magic-body-signature, then the
+32-byte HMAC-SHA256 of everything before it under the token. The signature proves which key sent
+the packet; the HMAC proves the sender holds the fleet's token. Where the token is required (a
+fleet that has one), a packet without the proof is dropped as `unproven`, one with a wrong proof
+as `wrong-token`; the HMAC is checked before the signature, as it is the cheaper of the two. A host
+without the token still reads the signed announcement of a `PXF1` packet.
 """
 
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -36,9 +45,11 @@ from .endpoint import EndpointAddress, another_process
 log = logging.getLogger(__name__)
 
 MAGIC = b"PXL1"
+FLEET_MAGIC = b"PXF1"  # followed by the same body and signature, then the fleet token's proof
 MAX_PACKET = 1400  # one unfragmented datagram on any LAN
 SIGNATURE_SIZE = 64
 MAX_PULLING = 16  # leases a packet carries: 16 hash parts fit beside everything else in one datagram
+PROOF_SIZE = 32
 MAX_INCARNATION = 64
 
 
@@ -63,28 +74,42 @@ class Announcement:
         return self.address.endpoint_id
 
 
-def encode(announcement: Announcement, key: nacl.signing.SigningKey) -> bytes:
+def encode(announcement: Announcement, key: nacl.signing.SigningKey, fleet_token: bytes | None = None) -> bytes:
+    """The signed packet; with a fleet token, a `PXF1` packet that proves it too."""
+    magic = MAGIC if fleet_token is None else FLEET_MAGIC
     body = json.dumps({
         "v": 1, "id": announcement.peer_id, "name": announcement.name, "direct": list(announcement.address.direct),
         "relay": announcement.address.relay_url, "t": announcement.sent_at, "ask": announcement.wants_answer,
         "inc": announcement.address.incarnation,
         **({"pull": list(announcement.pulling)} if announcement.pulling else {}),
     }, separators=(",", ":")).encode()
-    packet = MAGIC + body + key.sign(MAGIC + body).signature
+    packet = magic + body + key.sign(magic + body).signature
+    if fleet_token is not None:
+        packet += _proof(fleet_token, packet)
     if len(packet) > MAX_PACKET:
         raise PacketError(f"oversized: announcement of {len(packet)} bytes")
     return packet
 
 
-def decode(packet: bytes, now: float, max_skew: float) -> Announcement:
-    """Check and parse a packet; raises PacketError naming the reason it is dropped."""
+def decode(packet: bytes, now: float, max_skew: float, fleet_tokens: Sequence[bytes] = (),
+           require_proof: bool = False) -> Announcement:
+    """Check and parse a packet; raises PacketError naming the reason it is dropped. A `PXF1` packet's
+    proof is checked against `fleet_tokens` (any of them: a rotation lists the new one beside the old)
+    when there are any; `require_proof` drops packets without one."""
     if len(packet) > MAX_PACKET:
         raise PacketError(f"oversized: {len(packet)} bytes")
-    if not packet.startswith(MAGIC) or len(packet) < len(MAGIC) + SIGNATURE_SIZE + 2:
+    proven = packet.startswith(FLEET_MAGIC)
+    if not (proven or packet.startswith(MAGIC)) or len(packet) < len(MAGIC) + SIGNATURE_SIZE + 2 + proven * PROOF_SIZE:
         raise PacketError("malformed: not a peerix LAN packet")
+    if proven:
+        packet, proof = packet[:-PROOF_SIZE], packet[-PROOF_SIZE:]
+        if fleet_tokens and not any(hmac.compare_digest(proof, _proof(token, packet)) for token in fleet_tokens):
+            raise PacketError("wrong-token: the fleet token's proof does not match")
+    elif require_proof:
+        raise PacketError("unproven: no proof of the fleet token")
     signed, signature = packet[:-SIGNATURE_SIZE], packet[-SIGNATURE_SIZE:]
     try:
-        body = json.loads(signed[len(MAGIC):])
+        body = json.loads(signed[len(MAGIC):])  # both magics have its length
         peer_id, name, direct, relay, sent_at, ask, incarnation, pulling = (
             body["id"], body["name"], body["direct"], body.get("relay"), body["t"], body.get("ask", False),
             body.get("inc"), body.get("pull", []))
@@ -109,6 +134,10 @@ def decode(packet: bytes, now: float, max_skew: float) -> Announcement:
     return Announcement(address, name[:64], float(sent_at), bool(ask), tuple(pulling))
 
 
+def _proof(token: bytes, packet: bytes) -> bytes:
+    return hmac.new(token, packet, hashlib.sha256).digest()
+
+
 @dataclass
 class LanPeer:
     announcement: Announcement
@@ -128,6 +157,8 @@ class LanSettings:
     interval: float = 10.0
     expiry: float = 35.0
     max_skew: float = 300.0
+    fleet_tokens: tuple[bytes, ...] = ()  # the first is sent; any of them is accepted
+    require_proof: bool = False  # drop packets that do not prove a fleet token
 
 
 class LanDiscovery(asyncio.DatagramProtocol):
@@ -178,7 +209,10 @@ class LanDiscovery(asyncio.DatagramProtocol):
         ask = True
         while True:
             self._static = set(await _resolve(self.settings.static_peers, self.settings.port))
-            self._send(self._targets + sorted(self._static), ask)
+            self._send(self._targets, ask)
+            # A static peer is asked every time: it answers us alone, and need not list us to keep us from
+            # forgetting it after `expiry` (its own announcements may never reach us).
+            self._send(sorted(self._static), ask=True)
             ask = False
             self._expire()
             await asyncio.sleep(self.settings.interval)
@@ -186,8 +220,9 @@ class LanDiscovery(asyncio.DatagramProtocol):
     def _announcement(self, ask: bool) -> bytes:
         # Strictly increasing even when the clock is coarse: receivers drop anything not newer.
         self._last_sent = max(time.time(), self._last_sent + 1e-6)
+        token = self.settings.fleet_tokens[0] if self.settings.fleet_tokens else None
         return encode(Announcement(self.address(), self.host_name, self._last_sent, ask,
-                                   tuple(self.pulling)[-MAX_PULLING:]), self.key)
+                                   tuple(self.pulling)[-MAX_PULLING:]), self.key, token)
 
     def claim(self, hash_part: str) -> None:
         """Tell the LAN at once that this host fetches the path from the upstream (until `unclaim`)."""
@@ -210,7 +245,8 @@ class LanDiscovery(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, sender: tuple[str, int]) -> None:
         try:
-            announcement = decode(data, time.time(), self.settings.max_skew)
+            announcement = decode(data, time.time(), self.settings.max_skew, self.settings.fleet_tokens,
+                                  self.settings.require_proof)
         except PacketError as error:
             return self._drop(str(error), sender)
         if announcement.peer_id == self.peer_id:

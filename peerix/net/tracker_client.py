@@ -36,16 +36,23 @@ the full set. During a backoff every call raises TrackerError at once, without t
 client makes by itself is for a request refused as stale: it corrects its clock by the tracker's
 Date header and signs again.
 
+TLS: an https tracker's certificate is verified against the system's CAs, or a CA file's alone (`tls_context`).
+A certificate that does not check out (another CA, another name) stops the request in the TLS
+handshake, before a byte of it (the network token included) is sent; it is logged once, as one
+error line saying why, and that tracker is left alone for REFUSED_BACKOFF like a lasting refusal.
+
 Lookups leave this peer itself out. Invalid hash parts raise ValueError: they are the caller's bug.
 """
 
 import asyncio
 import email.utils
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +66,7 @@ from .tracker_protocol import (
     HASH_BYTES,
     LEASES_PATH,
     LOOKUP_PATH,
+    MEMBERS_PATH,
     PEERS_PATH,
     TOKEN_SCHEME,
     pack_hash,
@@ -119,6 +127,15 @@ class PeerRecord:
         )
 
 
+@dataclass(frozen=True)
+class Members:
+    """The tracker's membership and, under closed membership, the peers it lists as members."""
+
+    membership: str
+    version: str
+    members: frozenset[str] | None  # None: unchanged since the version asked about
+
+
 class TrackerError(Exception):
     """The tracker refused (status and code say how) or is unreachable (status is None)."""
 
@@ -144,7 +161,7 @@ class _Tracker:
 class TrackerClient:
     def __init__(self, urls: str | Sequence[str], seed: bytes, state_dir: Path, *, timeout: float = 5.0,
                  connect_timeout: float = 0.5, lookup_timeout: float = 0.5, token: str | None = None,
-                 max_hashes_per_request: int = 100_000) -> None:
+                 max_hashes_per_request: int = 100_000, tls: ssl.SSLContext | None = None) -> None:
         self.urls = tuple(url.rstrip("/") for url in ([urls] if isinstance(urls, str) else urls))
         if not self.urls:
             raise ValueError("a tracker client needs at least one tracker URL")
@@ -155,7 +172,9 @@ class TrackerClient:
         self.max_hashes_per_request = max_hashes_per_request
         self._lookup_timeout = httpx.Timeout(lookup_timeout, connect=min(connect_timeout, lookup_timeout))
         headers = {"authorization": f"{TOKEN_SCHEME} {token}"} if token else {}
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                                       verify=tls or tls_context(None))
+        self._warned_plain = False
         self._identity = " ".join(self.urls)  # whose sequence numbers the sync state holds
         digest = hashlib.sha256(self._identity.encode()).hexdigest()[:16]
         self._state_path = Path(state_dir) / f"tracker-{digest}.state"
@@ -194,6 +213,33 @@ class TrackerClient:
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (tracker.failures - 1)) * random.uniform(0.8, 1.2)
         tracker.down_until = time.monotonic() + delay
         return TrackerError(f"{message}; backing off for {delay:.1f} s", status=status, retry_after=delay)
+
+    def _untrusted(self, tracker: _Tracker, error: ssl.SSLCertVerificationError) -> TrackerError:
+        """The tracker's certificate does not check out: not a passing fault. One line (requests under way
+        at the same moment fail alike, and say nothing more), then minutes alone."""
+        reason = error.verify_message or str(error)
+        if tracker.backing_off(time.monotonic()):
+            return TrackerError(f"tracker {tracker.url} certificate rejected: {reason}", lasting=True)
+        delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
+        tracker.down_until = time.monotonic() + delay
+        log.error("tracker certificate rejected, nothing was sent, not asking again for %.0f s tracker=%s "
+                  "reason=%r hint=%r", delay, tracker.url, reason,
+                  "tracker_ca_file must name the CA that signed the tracker's certificate (else the system's CAs "
+                  "are used), and the certificate must be for the URL's host name")
+        return TrackerError(f"tracker {tracker.url} certificate rejected: {reason}", retry_after=delay, lasting=True)
+
+    def warn_plain_http(self) -> None:
+        """Under closed membership the token and the signed requests should not cross a network in clear:
+        said once."""
+        if self._warned_plain:
+            return
+        self._warned_plain = True
+        for url in self.urls:
+            parts = httpx.URL(url)
+            if parts.scheme == "http" and not _loopback(parts.host):
+                log.warning("tracker over plain HTTP under closed membership: its token and requests cross the "
+                            "network unencrypted tracker=%s hint='serve it over TLS (peerix-tracker serve "
+                            "--tls-cert/--tls-key) and use https://'", url)
 
     def _pause(self, message: str, delay: float, status: int) -> TrackerError:
         self._paused_until = time.monotonic() + delay
@@ -327,6 +373,16 @@ class TrackerClient:
                 raise TrackerError(f"tracker {self.url} answered a malformed batch lookup") from None
         return found
 
+    async def members(self, since: str | None = None) -> Members:
+        """The tracker's membership and member list; with `since`, the list only when it changed."""
+        answer = await self._request("GET", MEMBERS_PATH + (f"?since={since}" if since else ""))
+        try:
+            listed = answer.get("members")
+            members = None if listed is None else frozenset(str(peer) for peer in listed)
+            return Members(str(answer["membership"]), str(answer["version"]), members)
+        except (KeyError, TypeError):
+            raise TrackerError(f"tracker {self.url} answered a malformed member list") from None
+
     async def peers(self) -> list[PeerRecord]:
         return self._records((await self._request("GET", PEERS_PATH)).get("peers"))
 
@@ -378,7 +434,11 @@ class TrackerClient:
             try:
                 response = await self._send(tracker, method, path, body, payload is not None, extra)
             except httpx.TransportError as error:
-                failure = self._down(tracker, f"tracker {tracker.url} unreachable ({type(error).__name__}: {error})")
+                if (untrusted := _certificate_error(error)) is not None:
+                    failure = self._untrusted(tracker, untrusted)
+                else:
+                    failure = self._down(tracker, f"tracker {tracker.url} unreachable ({type(error).__name__}: "
+                                                  f"{error})")
                 continue
             if response.status_code >= 500:
                 failure = self._down(tracker, f"tracker {tracker.url} failed with {response.status_code}",
@@ -424,7 +484,11 @@ class TrackerClient:
         return data
 
     def _refused(self, status: int, code: str | None, reason: str | None) -> TrackerError:
-        """A lasting refusal: back off for minutes, and say so once (the client asks nothing meanwhile)."""
+        """A lasting refusal: back off for minutes, and say so once (the client asks nothing meanwhile, and
+        a request under way at the same moment, refused alike, says nothing more)."""
+        if self._paused_until > time.monotonic():
+            return TrackerError(f"tracker {self.url} refused: {status} {code}: {reason}", status=status, code=code,
+                                retry_after=self._paused_until - time.monotonic(), lasting=True)
         delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
         self._paused_until = time.monotonic() + delay
         hint = _HINTS.get(code or "")
@@ -482,6 +546,34 @@ class TrackerClient:
                 "count": len(self._acked)}
         data = json.dumps(meta).encode() + b"\n" + b"".join(self._acked)
         await asyncio.to_thread(_write_atomically, self._state_path, data)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """What a tracker's certificate must chain to: the system's CAs, as every other program on the host
+    trusts them, or the CA file's alone. TrackerError when the file cannot be used."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as error:
+        raise TrackerError(f"tracker CA file {ca_file}: {getattr(error, 'strerror', None) or error}") from None
+
+
+def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check behind a connection failure, if that is what failed."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _code(response: httpx.Response) -> str | None:

@@ -8,7 +8,7 @@ from ..store.substituter import Substituter
 from .policy import Policy
 from .remote import RemoteStore
 
-NOT_ASKED = ("backing-off", "banned")
+NOT_ASKED = ("backing-off", "banned", "not-admitted")
 
 
 async def explain(substituter: Substituter, policy: Policy | None, hash_part: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ candidates the same way and every failure counts against the same peer.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..common.throttle import Throttle
 from ..net.endpoint import EndpointAddress, PeerEndpoint
@@ -21,8 +21,10 @@ _SOURCE_RANK = {"lan": 0, "static": 0, "tracker": 1}
 
 class Peers:
     def __init__(self, endpoint: PeerEndpoint, sources: Sequence[CandidateSource], reputation: Reputation,
-                 metrics: Metrics, downloads: Throttle | None = None, query_timeout: float = 5.0) -> None:
+                 metrics: Metrics, downloads: Throttle | None = None, query_timeout: float = 5.0,
+                 admits: Callable[[str], bool] = lambda peer_id: True) -> None:
         self.endpoint = endpoint
+        self.admits = admits  # peers outside the fleet are neither answered nor asked
         self.sources = sources
         self.reputation = reputation
         self.metrics = metrics
@@ -43,12 +45,13 @@ class Peers:
                         if not self.reputation.available(peer_id) and not self.reputation.banned(peer_id)]
         return ordered
 
-    async def named(self, hash_part: str, fresh: bool = False) -> dict[str, Candidate]:
-        """Every peer the sources name for the path, whatever its reputation, once each (LAN first)."""
+    async def named(self, hash_part: str, fresh: bool = False, everyone: bool = False) -> dict[str, Candidate]:
+        """Every admitted peer (`everyone`: admitted or not) the sources name for the path, whatever its
+        reputation, once each (LAN first)."""
         answers = await asyncio.gather(*(source.candidates(hash_part, fresh) for source in self.sources))
         by_peer: dict[str, Candidate] = {}
         for candidate in (c for answer in answers for c in answer):
-            if candidate.peer_id != self.endpoint.peer_id:
+            if candidate.peer_id != self.endpoint.peer_id and (everyone or self.admits(candidate.peer_id)):
                 by_peer.setdefault(candidate.peer_id, candidate)
         return by_peer
 

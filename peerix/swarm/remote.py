@@ -188,10 +188,14 @@ class RemoteStore:
     async def explain(self, hash_part: str) -> list[Answer]:
         """What every candidate says about the path and what policy makes of it, for `peerix why`:
         nothing is cached and no reputation changes. Peers in backoff or banned are not asked, as Nix's
-        request would not ask them; their answer says why, and for how long."""
-        named = await self.peers.named(hash_part, fresh=True)
+        request would not ask them; their answer says why, and for how long. Peers outside the fleet are
+        not asked either."""
+        everyone = await self.peers.named(hash_part, fresh=True, everyone=True)
+        named = {peer_id: c for peer_id, c in everyone.items() if self.peers.admits(peer_id)}
         reputation = self.peers.reputation
         answers = list(await asyncio.gather(*(self._ask(hash_part, named[p]) for p in reputation.order(named))))
+        answers += [Answer(c, "not-admitted", "not in this host's fleet (peers = fleet): neither asked nor answered",
+                           0.0) for peer_id, c in everyone.items() if peer_id not in named]
         for peer_id, candidate in named.items():
             if standing := reputation.standing(peer_id):
                 state, seconds, reason = standing

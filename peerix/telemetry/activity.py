@@ -19,6 +19,7 @@ TOTALS = (
     "bytes_to_nix", "bytes_to_peers", "bytes_from_peers", "narinfo_hits", "narinfo_misses",
     "transfers_complete", "transfers_failed", "verification_failures", "logs_served", "listings_served",
     "realisations_served", "bytes_from_upstream", "bytes_saved_from_upstream", "lease_waits", "lease_takeovers",
+    "peers_refused",
 )
 
 

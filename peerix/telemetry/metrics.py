@@ -73,7 +73,11 @@ class Metrics:
         )
         self.lan_dropped = Counter(
             "peerix_lan_packets_dropped", "LAN discovery packets dropped by reason (oversized, malformed, "
-            "unsigned, stale, replayed)", ["reason"], registry=r,
+            "unsigned, stale, replayed, unproven: no proof of the fleet token, wrong-token)", ["reason"], registry=r,
+        )
+        self.peers_refused = Counter(
+            "peerix_peers_refused", "Peer requests refused (answered not-found) because the peer is not in the "
+            "fleet, by protocol", ["alpn"], registry=r,
         )
         self.upstream_bytes = Counter("peerix_upstream_bytes", "Bytes fetched from the upstream cache for pull-through "
                                       "(as they crossed the network, compressed)", registry=r)

@@ -41,6 +41,8 @@ rec {
       text;
   hasInfix = infix: text: builtins.match ".*${infix}.*" text != null;
   mapAttrsToList = f: set: map (name: f name set.${name}) (builtins.attrNames set);
+  filterAttrs = keep: set: builtins.removeAttrs set (builtins.filter (name: !keep name set.${name}) (builtins.attrNames set));
+  concatLists = builtins.concatLists;
   escapeShellArg = arg: "'${builtins.replaceStrings [ "'" ] [ "'\\''" ] (toString arg)}'";
   escapeShellArgs = args: builtins.concatStringsSep " " (map escapeShellArg args);
 
