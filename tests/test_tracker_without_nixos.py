@@ -138,6 +138,8 @@ def test_daemons_use_the_tracker_through_the_tls_proxy(tmp_path: Path, closure: 
         wait_until(lambda: a.peer_id in httpx.get(f"{url}/api/v1/lookup/{closure.name[:32]}",
                                                   headers={"authorization": f"Bearer {network_token}"}).text,
                    "a's announce through the proxy")
+        # The fleet is closed (token membership): a answers c once its member list names c.
+        wait_until(lambda: "members=2" in a.log, "c in a's member list", timeout=60)
         c.realise(str(closure))
 
         admin = tracker_cli("admin", "--url", url, "--token-file", str(etc / "tracker-admin.tokens"), "peers")
