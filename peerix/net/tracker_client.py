@@ -186,6 +186,7 @@ class TrackerClient:
         self._last: tuple[PeerAddresses, str] | None = None
         self._write_lock = asyncio.Lock()
         self._paused_until = 0.0  # a 429 or a lasting refusal: no tracker is asked until then
+        self._pause_lasting = False  # the pause is a lasting refusal's (already logged)
         self._clock_offset = 0.0
         self.advice: dict[str, int] = {}  # what the tracker's last announce answer advised, e.g. max_upload_rate
 
@@ -242,7 +243,7 @@ class TrackerClient:
                             "--tls-cert/--tls-key) and use https://'", url)
 
     def _pause(self, message: str, delay: float, status: int) -> TrackerError:
-        self._paused_until = time.monotonic() + delay
+        self._paused_until, self._pause_lasting = time.monotonic() + delay, False
         return TrackerError(f"{message}; backing off for {delay:.1f} s", status=status, retry_after=delay)
 
     def _in_turn(self) -> Iterator[tuple[int, _Tracker]]:
@@ -420,9 +421,10 @@ class TrackerClient:
     async def _request(self, method: str, path: str, payload: dict | None = None,
                        timeout: httpx.Timeout | None = None) -> dict:
         """Ask the tracker in use, else the next ones in turn (each once); the answer of the first that answers."""
-        if self.in_backoff:
+        if self.in_backoff:  # a request that was under way when a refusal came back says nothing more
             raise TrackerError(f"tracker {self.url} is backed off for {self.backoff_remaining:.1f} s",
-                               retry_after=self.backoff_remaining)
+                               retry_after=self.backoff_remaining,
+                               lasting=self._pause_lasting and self._paused_until > time.monotonic())
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         extra = {"timeout": timeout} if timeout is not None else {}
         failure: TrackerError | None = None
@@ -490,7 +492,7 @@ class TrackerClient:
             return TrackerError(f"tracker {self.url} refused: {status} {code}: {reason}", status=status, code=code,
                                 retry_after=self._paused_until - time.monotonic(), lasting=True)
         delay = REFUSED_BACKOFF * random.uniform(0.8, 1.2)
-        self._paused_until = time.monotonic() + delay
+        self._paused_until, self._pause_lasting = time.monotonic() + delay, True
         hint = _HINTS.get(code or "")
         log.error("tracker refused this peer, not asking again for %.0f s tracker=%s peer=%s status=%d code=%s "
                   "message=%r%s", delay, self.url, self.peer_id, status, code, reason,
