@@ -2,6 +2,7 @@
 and come back, the wire format."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ from iroh import iroh_ffi
 
 from peerix.cli.localfleet import free_port
 from peerix.net import iroh_patch, wire
-from peerix.net.endpoint import UNHEARD, EndpointAddress, EndpointSettings, PeerEndpoint, PeerUnreachable
+from peerix.net.endpoint import REDIAL, UNHEARD, EndpointAddress, EndpointSettings, PeerEndpoint, PeerUnreachable
 
 from conftest import ROOT
 
@@ -104,11 +105,18 @@ class EchoProcess:
         self.seed, self.port = os.urandom(32), free_port(socket.SOCK_DGRAM)
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> EndpointAddress:
+    def start(self, dial: EndpointAddress | None = None) -> EndpointAddress:
+        """Started (and, given `dial`, once it has asked that peer); its address."""
+        args = [json.dumps({"id": dial.endpoint_id, "direct": list(dial.direct)})] if dial else []
         self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "echo_peer.py"), self.seed.hex(),
-                                         str(self.port)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                                         str(self.port), *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         address = json.loads(self.process.stdout.readline())
         return EndpointAddress(address["id"], tuple(address["direct"]))
+
+    async def dialled(self) -> None:
+        """Once the process started with `dial` has asked that peer (which answers on this event loop)."""
+        async with asyncio.timeout(10):
+            assert await asyncio.to_thread(self.process.stdout.readline) == "dialled\n"
 
     def kill(self) -> None:
         self.process.kill()
@@ -163,6 +171,39 @@ async def test_news_of_a_restart_drops_dead_connections_only(echo_process: EchoP
         await asyncio.sleep(UNHEARD + 0.2)
         assert list(client._pool.connections.values()) == [fresh] and fresh.close_reason() is None
     finally:
+        await client.close()
+
+
+async def test_a_restarted_peer_that_connected_to_us_can_be_dialled() -> None:
+    """iroh 1.2 wedges this: when a peer's new process connects to us while a connection to its old
+    one is still pooled here, a dial to it started some 9.5 s after the restart (the window is narrow,
+    so four peers try four moments) goes nowhere for minutes, until its connections to us close. The
+    endpoint closes them when a dial hears no handshake within REDIAL."""
+    settings = dataclasses.replace(OFFLINE, connect_timeout=3.0)
+    client = await PeerEndpoint.start(os.urandom(32), settings, {ECHO: echo})
+    peers = [EchoProcess() for _ in range(4)]
+    try:
+        addresses = [peer.start() for peer in peers]
+        for address in addresses:
+            await request(client, address, {})
+        killed = time.monotonic()
+        for peer in peers:
+            peer.kill()
+            peer.start(dial=client.address())
+        for peer in peers:
+            await peer.dialled()
+
+        async def ask_later(address: EndpointAddress, delay: float) -> float:
+            await asyncio.sleep(killed + delay - time.monotonic())
+            started = time.monotonic()
+            assert (await request(client, address, {"size": 10}))[0]["size"] == 10
+            return time.monotonic() - started
+
+        seconds = await asyncio.gather(*(ask_later(address, 9 + i / 2) for i, address in enumerate(addresses)))
+        assert max(seconds) < UNHEARD + 2 * REDIAL + 0.5, seconds
+    finally:
+        for peer in peers:
+            peer.kill()
         await client.close()
 
 

@@ -86,15 +86,17 @@ class _Pool:
     connections: dict[tuple[str, bytes], iroh.Connection] = field(default_factory=dict)
     dialing: dict[tuple[str, bytes], asyncio.Task] = field(default_factory=dict)
     probes: set[asyncio.Task] = field(default_factory=set)
+    # peer id -> the connections it made to us -> the streams being served on each
+    incoming: dict[str, dict[iroh.Connection, set[asyncio.Task]]] = field(default_factory=dict)
 
 
 class PeerEndpoint:
-    def __init__(self, endpoint: iroh.Endpoint, settings: EndpointSettings) -> None:
+    def __init__(self, endpoint: iroh.Endpoint, settings: EndpointSettings, pool: _Pool) -> None:
         self._endpoint = endpoint
         self.settings = settings
         self.peer_id = str(endpoint.id())
         self.incarnation = secrets.token_hex(8)
-        self._pool = _Pool()
+        self._pool = pool
 
     @classmethod
     async def start(
@@ -106,12 +108,13 @@ class PeerEndpoint:
             preset = iroh.preset_n0() if settings.relays else iroh.preset_n0_disable_relay()
         else:
             preset = iroh.preset_minimal()
+        pool = _Pool()  # shared with the protocol handlers, which keep the connections peers made to us
         options = iroh.EndpointOptions(
             preset=preset,
             relay_mode=iroh.RelayMode.default_mode() if settings.relays else iroh.RelayMode.disabled(),
             bind_addr=settings.bind,
             secret_key=secret,
-            protocols={alpn: _Creator(handler, settings) for alpn, handler in handlers.items()},
+            protocols={alpn: _Creator(handler, settings, pool) for alpn, handler in handlers.items()},
         )
         try:
             endpoint = await iroh.Endpoint.bind(options)
@@ -120,7 +123,7 @@ class PeerEndpoint:
             raise BindError(f"cannot listen for peers on UDP {settings.bind}: {cause}") from None
         log.info("iroh endpoint id=%s sockets=%s relays=%s discovery=%s", endpoint.id(),
                  ",".join(endpoint.bound_sockets()), settings.relays, settings.discovery)
-        return cls(endpoint, settings)
+        return cls(endpoint, settings, pool)
 
     def address(self) -> EndpointAddress:
         addr = self._endpoint.addr()
@@ -200,6 +203,7 @@ class PeerEndpoint:
                     return await self._endpoint.connect(target, alpn)
             except TimeoutError:
                 attempt *= 2
+                self._close_incoming(peer.endpoint_id)
             except iroh.IrohError as error:
                 raise PeerUnreachable(f"{peer.endpoint_id[:10]}: {error.message()}") from None
         raise PeerUnreachable(f"{peer.endpoint_id[:10]}: no connection within {self.settings.connect_timeout:g} s")
@@ -211,6 +215,19 @@ class PeerEndpoint:
             connection.close(0, b"dropped")
         if reason:
             log.info("pooled connection dropped peer=%s alpn=%s reason=%s", peer_id[:10], alpn.decode(), reason)
+
+    def _close_incoming(self, peer_id: str) -> None:
+        """iroh 1.2 can wedge a restarted peer: when it connected to us while a connection to its old
+        process was still pooled here, dials to it may go nowhere for minutes, until the connections
+        it made to us close. A dial that sees no handshake within REDIAL closes those that are idle
+        (the peer dials again when it next needs us) so that the next try gets through."""
+        idle = [connection for connection, streams in self._pool.incoming.get(peer_id, {}).items() if not streams]
+        for connection in idle:
+            with contextlib.suppress(iroh.IrohError):
+                connection.close(0, b"redial")
+        if idle:
+            log.info("closed the peer's idle connections to us so that a dial to it gets through peer=%s "
+                     "connections=%d", peer_id[:10], len(idle))
 
     def forget(self, peer_id: str) -> None:
         """Close pooled connections to a peer that misbehaved."""
@@ -268,24 +285,28 @@ async def _send_and_answer(connection: iroh.Connection, message: bytes,
 
 
 class _Creator(iroh.ProtocolCreator):
-    def __init__(self, handler: StreamHandler, settings: EndpointSettings) -> None:
+    def __init__(self, handler: StreamHandler, settings: EndpointSettings, pool: _Pool) -> None:
         self.handler = handler
         self.settings = settings
+        self.pool = pool
 
     def create(self, endpoint: iroh.Endpoint) -> iroh.ProtocolHandler:
-        return _Protocol(self.handler, self.settings)
+        return _Protocol(self.handler, self.settings, self.pool)
 
 
 class _Protocol(iroh.ProtocolHandler):
-    def __init__(self, handler: StreamHandler, settings: EndpointSettings) -> None:
+    def __init__(self, handler: StreamHandler, settings: EndpointSettings, pool: _Pool) -> None:
         self.handler = handler
         self.settings = settings
+        self.pool = pool
 
     async def accept(self, conn: iroh.Connection) -> None:
         """Serve every stream the peer opens; returning would close the connection."""
         peer_id = str(conn.remote_id())
         conn.set_max_concurrent_bi_streams(self.settings.max_streams_per_peer)
         tasks: set[asyncio.Task] = set()
+        incoming = self.pool.incoming.setdefault(peer_id, {})
+        incoming[conn] = tasks
         try:
             while True:
                 try:
@@ -296,6 +317,9 @@ class _Protocol(iroh.ProtocolHandler):
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
+            incoming.pop(conn, None)
+            if not incoming and self.pool.incoming.get(peer_id) is incoming:
+                del self.pool.incoming[peer_id]
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
