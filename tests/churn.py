@@ -129,7 +129,7 @@ class Churn:
         victim = self.rng.choice(sorted({name for p in paths for name in self.holders[p]}))
         delay = self.rng.uniform(0, 1.0)
         client, host = self.fleet.root / f"client-{number}", self.hosts[fetcher]
-        started = time.monotonic()
+        started, logged = time.monotonic(), len(host.log)
         nix = subprocess.Popen(
             ["nix", "copy", "--from", host.url, "--to", str(client), "--option", "trusted-public-keys",
              host.key.public.to_text(), "--option", "narinfo-cache-negative-ttl", "0", *paths],
@@ -145,6 +145,10 @@ class Churn:
         invalid = subprocess.run(["nix-store", "--store", str(client), "--check-validity", "--print-invalid", *paths],
                                  capture_output=True, text=True).stdout.split()
         answers_5xx = stderr.count("HTTP error 5")
+        if invalid:  # what the fetcher said about it, for the report
+            stderr += f"\n  peers: {' '.join(f'{h.name}={h.peer_id[:10]}' for h in self.hosts.values())}"
+            stderr += "".join(f"\n  {host.name}: {line}" for line in host.log[logged:].splitlines()
+                              if "access" not in line)
         return Round(fetcher, victim, paths, len(paths) - len(invalid), seconds,
                      answers_5xx if nix.returncode == 0 else 0, nix.returncode != 0 and answers_5xx > 0, stderr)
 

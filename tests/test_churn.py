@@ -33,7 +33,7 @@ def test_churn_loses_no_paths(fleet: LocalFleet) -> None:
     rounds = [churn.round(number) for number in range(ROUNDS)]
     attempted, arrived = sum(len(r.paths) for r in rounds), sum(r.arrived for r in rounds)
     report = "\n".join(f"{r.fetcher} <- {len(r.paths)} paths, {r.victim} killed: {r.arrived} arrived in "
-                       f"{r.seconds:.1f} s{' ' + r.stderr[-300:] if r.arrived < len(r.paths) else ''}"
+                       f"{r.seconds:.1f} s{' ' + r.stderr[-8000:] if r.arrived < len(r.paths) else ''}"
                        for r in rounds)
     assert arrived / attempted >= 0.99, report
     assert churn.corrupt() == 0

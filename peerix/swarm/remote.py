@@ -100,13 +100,15 @@ class RemoteStore:
 
     async def path_info(self, hash_part: str) -> RemotePath | None:
         """The path as found in the network, or None when no peer has it; raises HoldersFailed when
-        a peer that may have it did not answer or is backing off (peers in backoff are not asked)."""
+        a peer that may have it did not answer or is backing off (peers in backoff are not asked, unless
+        all are and some failed only once)."""
         cached = self._paths.get_fresh(hash_part)
         if cached is not None:
             self.metrics.remote_lookups.labels("hit" if isinstance(cached, RemotePath) else "cached-miss").inc()
             return cached if isinstance(cached, RemotePath) else None
         candidates = await self.peers.candidates(hash_part, with_backoff=True)
-        available = [c for c in candidates if self.peers.reputation.available(c.peer_id)]
+        available = ([c for c in candidates if self.peers.reputation.available(c.peer_id)]
+                     or [c for c in candidates if self.peers.reputation.worth_a_retry(c.peer_id)])
         found, answered = await self._first_accepted(hash_part, available) if available else (None, True)
         if found is None and not (answered and len(available) == len(candidates)):
             self.metrics.remote_lookups.labels("holders-failed").inc()

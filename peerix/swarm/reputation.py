@@ -22,6 +22,7 @@ class PeerStats:
     backoff_until: float = 0.0
     banned_until: float = 0.0  # proven to have sent wrong bytes: not asked until then, whatever it answers
     ban_reason: str = ""
+    restarts: int = 0  # new processes of the peer seen so far
 
     @property
     def success_rate(self) -> float:
@@ -60,7 +61,8 @@ class Reputation:
         """A new process of the peer: the old one's failures in a row say nothing about it, so its
         backoff ends (a ban does not: the same key lied)."""
         stats = self.peers.get(peer_id)
-        if stats is not None:
+        if stats is not None:  # a peer never asked needs no record (and is askable anyway)
+            stats.restarts += 1
             stats.consecutive_failures = 0
             stats.backoff_until = 0.0
 
@@ -69,6 +71,16 @@ class Reputation:
         (the failure itself is recorded with `failed`)."""
         stats = self._stats(peer_id)
         stats.banned_until, stats.ban_reason = self.clock() + seconds, error
+
+    def restarts(self, peer_id: str) -> int:
+        stats = self.peers.get(peer_id)
+        return stats.restarts if stats else 0
+
+    def worth_a_retry(self, peer_id: str) -> bool:
+        """Backing off after one failure only: when every holder of a path is backing off, those are
+        asked anyway (a holder that restarted failed once; a dead one soon fails more)."""
+        stats = self.peers.get(peer_id)
+        return stats is None or (stats.consecutive_failures <= 1 and stats.banned_until <= self.clock())
 
     def banned(self, peer_id: str) -> bool:
         stats = self.peers.get(peer_id)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 4 << 20
 LIAR_BAN = 3600.0  # seconds a peer proven to send wrong bytes is not asked again
+RELOOK = 1.0  # seconds between lookups while no holder is left to resume a NAR
 
 
 class NarFetchError(NarUnavailable):
@@ -143,7 +144,7 @@ class NarTransfer:
         self._unthrottled = 0  # wire bytes not yet taken from the download cap
         self._queue = list(candidates)
         self._looked_up = False
-        self._tried: set[str] = set()
+        self._tried: dict[str, int] = {}  # peer id -> its restarts when asked: a new process may be asked again
         self._backed_off: list[Candidate] = []
         self._file: BinaryIO | None = None  # split transfers: the pieces, at their offsets
         self._written_by: list[tuple[int, int, Candidate]] = []  # split: (start, end, peer) of every write
@@ -195,13 +196,12 @@ class NarTransfer:
         while True:
             while self._queue:
                 candidate = self._queue.pop(0)
-                if candidate.peer_id in self._tried or self.peers.reputation.banned(candidate.peer_id):
+                if not self._askable(candidate.peer_id):
                     continue
                 if not self.peers.reputation.available(candidate.peer_id):
                     self._backed_off.append(candidate)
                     continue
-                self._tried.add(candidate.peer_id)
-                return candidate
+                return self._asked(candidate)
             if not self._looked_up:
                 self._looked_up = True
                 self._queue = await self.peers.candidates(self.info.store_path.hash_part, fresh=True,
@@ -209,10 +209,27 @@ class NarTransfer:
                 continue
             while last_resort and self._backed_off:
                 candidate = self._backed_off.pop(0)
-                if candidate.peer_id not in self._tried and not self.peers.reputation.banned(candidate.peer_id):
-                    self._tried.add(candidate.peer_id)
-                    return candidate
+                if self._askable(candidate.peer_id):
+                    return self._asked(candidate)
             return None
+
+    def _askable(self, peer_id: str) -> bool:
+        """Not banned, and not asked yet, or asked before it last restarted."""
+        reputation = self.peers.reputation
+        return self._tried.get(peer_id) != reputation.restarts(peer_id) and not reputation.banned(peer_id)
+
+    def _asked(self, candidate: Candidate) -> Candidate:
+        self._tried[candidate.peer_id] = self.peers.reputation.restarts(candidate.peer_id)
+        return candidate
+
+    async def _replacement(self, start: int, end: int, until: float) -> PeerRange | None:
+        """The range from the next holder; when none is left, the holders looked up again every
+        RELOOK seconds until `until`: a holder killed and started again is back within seconds, and
+        news of its new process makes it worth asking again (at least one try, whatever the time)."""
+        while (replacement := await self._open_next(start, end)) is None and time.monotonic() + RELOOK < until:
+            await asyncio.sleep(RELOOK)
+            self._looked_up = False
+        return replacement
 
     async def _open_next(self, start: int, end: int) -> PeerRange | None:
         """The range from the first peer that starts sending it. A peer that fails or lacks the NAR
@@ -246,7 +263,7 @@ class NarTransfer:
         not fail, so it is first in line for the next."""
         if isinstance(opened, PeerRange):
             await opened.close()
-        self._tried.discard(candidate.peer_id)
+        self._tried.pop(candidate.peer_id, None)
         self._queue.insert(0, candidate)
 
     async def _try_open(self, candidate: Candidate, start: int, end: int) -> PeerRange | None:
@@ -295,13 +312,15 @@ class NarTransfer:
     async def _read_or_replace(self, source: PeerRange, position: int, end: int) -> bytes | PeerRange:
         """The source's next chunk; or, when it fails, the range from the next holder; or, when it
         stays silent for stall_timeout and the next holder starts sending first, that holder's range.
-        A slow source that answers first keeps its place; alone, it has its read_timeout."""
+        A slow source that answers first keeps its place; alone, it has its read_timeout, while the
+        holders are looked up again in case one comes back."""
+        until = time.monotonic() + self.settings.read_timeout
         read = asyncio.ensure_future(source.read())
         takeover: asyncio.Task[PeerRange | None] | None = None
         try:
             done, _ = await asyncio.wait({read}, timeout=self.settings.stall_timeout)
             if not done:
-                takeover = asyncio.create_task(self._open_next(position, end))
+                takeover = asyncio.create_task(self._replacement(position, end, until))
                 await asyncio.wait({read, takeover}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done() and (replacement := takeover.result()) is not None:
                     takeover = None
@@ -314,7 +333,7 @@ class NarTransfer:
                 return await read
             except NarFetchError as error:
                 self.peers.failed(source.candidate.peer_id, "nar", "failed", str(error))
-            replacement = await (takeover or self._open_next(position, end))
+            replacement = await (takeover or self._replacement(position, end, until))
             takeover = None
             if replacement is None:
                 raise NarFetchError(f"no peer could send the rest of {self.info.store_path} after byte {position}")
