@@ -146,7 +146,7 @@ async def test_429_puts_the_client_in_backoff(start_tracker, tmp_path: Path) -> 
     started = time.monotonic()
     with pytest.raises(TrackerError, match="backed off"):
         await client.lookup(hash_part)
-    assert time.monotonic() - started < 0.01
+    assert time.monotonic() - started < 0.1  # no request waited on (the counters prove none was sent)
     assert tracker.metric('peerix_tracker_http_requests_total{method="GET",route="unmatched",status="429"}') == requests
     await asyncio.sleep(client.backoff_remaining + 0.1)
     assert await client.lookup(hash_part) == []
@@ -168,7 +168,7 @@ async def test_a_dead_tracker_fails_fast(tmp_path: Path) -> None:
                  client.announce([], addresses(client), "x")):
         with pytest.raises(TrackerError, match="backed off"):
             await call
-    assert time.monotonic() - started < 0.01
+    assert time.monotonic() - started < 0.1  # no request waited on (the counters prove none was sent)
     await client.aclose()
 
 
@@ -277,7 +277,7 @@ async def test_a_lasting_refusal_backs_off_for_minutes(start_tracker, tmp_path: 
                      client.lookup(random_hashes(1)[0]), client.lookup_many(random_hashes(2))):
             with pytest.raises(TrackerError, match="backed off"):
                 await call
-        assert time.monotonic() - started < 0.01
+        assert time.monotonic() - started < 0.1  # no request waited on (the counters prove none was sent)
         assert tracker.metric(f'peerix_tracker_refusals_total{{code="{code}"}}') == asked  # nothing was sent
         await client.aclose()
     refusals = [record for record in caplog.records if record.getMessage().startswith("tracker refused this peer")]

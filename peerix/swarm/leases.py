@@ -54,9 +54,9 @@ class Alone:
 class LanLeases:
     """Claims in LAN announcements: whoever claimed first holds it; at the same moment, the lowest id."""
 
-    def __init__(self, lan: LanDiscovery, settle: float = 0.1) -> None:
+    def __init__(self, lan: LanDiscovery, settle: float = 0.25) -> None:
         self.lan = lan
-        self.settle = settle  # how long a fresh claim waits for a simultaneous one to arrive
+        self.settle = settle  # how long a fresh claim waits for a simultaneous one (busy hosts answer late)
 
     async def acquire(self, hash_part: str, excluding: Collection[str] = ()) -> Lease:
         if hash_part in self.lan.pulling:
