@@ -27,6 +27,7 @@ ANNOUNCE_PATH = f"{API}/announce"
 LOOKUP_PATH = f"{API}/lookup"
 LEASES_PATH = f"{API}/leases"
 PEERS_PATH = f"{API}/peers"
+STATS_PATH = f"{API}/stats"
 ADMIN_PEERS_PATH = f"{API}/admin/peers"
 
 PEER_HEADER = "x-peerix-peer"
