@@ -150,6 +150,24 @@ class Browser:
         os.close(self._answers)
 
 
+def accessibility_problems(browser: Browser) -> list[str]:
+    """What keeps the page in the browser from being read with assistive technology: tables without a caption
+    or column headers, inputs without a label, charts without a name, statuses that do not say what they mean."""
+    checks = {
+        "a table lacks a caption or column headers": "[...document.querySelectorAll('table')].every(t => t.caption "
+        "&& t.tHead.querySelectorAll('th[scope=col]').length === t.tHead.rows[0].cells.length)",
+        "an input has no label": "[...document.querySelectorAll('input')].every(i => i.labels.length === 1)",
+        "a chart has no name": "[...document.querySelectorAll('svg')].every(s => s.getAttribute('role') === 'img' "
+        "&& s.getAttribute('aria-label').length > 10)",
+        "a status does not say what it means": "[...document.querySelectorAll('.status')].every(s => s.title.length "
+        "> 20)",
+        "a progress bar has no name": "[...document.querySelectorAll('progress')].every(p => p.labels.length || "
+        "p.getAttribute('aria-label'))",
+        "the page's language is not said": "document.documentElement.lang === 'en'",
+    }
+    return [problem for problem, check in checks.items() if not browser.evaluate(check)]
+
+
 def _luminance(colour: str) -> float:
     """Relative luminance of a CSS `rgb(r, g, b)` colour."""
     channels = [int(c) / 255 for c in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]

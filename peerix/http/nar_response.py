@@ -24,11 +24,12 @@ class NarResponse:
     the client sees a broken transfer instead of a wrong NAR."""
 
     def __init__(self, parts: AsyncIterator[nar.Segment], size: int, finished: Finished,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None, progress: Callable[[int], None] = lambda count: None) -> None:
         self.parts = parts
         self.size = size
         self.finished = finished
         self.throttle = throttle or Throttle()
+        self.progress = progress  # bytes as they are sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
@@ -54,6 +55,7 @@ class NarResponse:
                             await self.throttle.take(count)
                             await send({"type": ZEROCOPY, "file": file, "offset": offset, "count": count,
                                         "more_body": True})
+                            self.progress(count)
                     sent += part.size
                     continue
                 else:
@@ -63,6 +65,7 @@ class NarResponse:
                     self._check(sent)
                     await self.throttle.take(len(chunk))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self.progress(len(chunk))
             else:
                 if sent != self.size:
                     raise nar.NarError(f"NAR ended after {sent} of {self.size} bytes")
