@@ -14,6 +14,7 @@ import pytest
 from browser import HEIGHT, WIDTH, accessibility_problems, png_size
 
 from peerix.cli.localfleet import Host, LocalFleet, wait_until
+from peerix.telemetry import activity as activity_module
 from peerix.telemetry.activity import UPSTREAM, Activity
 
 from conftest import requires_nix
@@ -132,22 +133,46 @@ def test_totals_and_transfers_survive_a_restart(fleet: dict[str, Host], closure:
     assert transfers(c, limit=1000) == listed
 
 
-def test_an_activity_file_from_before_keeps_its_totals(tmp_path: Path) -> None:
-    """Before fetches and uploads were told apart, each fetch was two rows (from peer, to nix)."""
+def test_an_activity_file_from_before_keeps_its_totals_and_its_rows_move_to_the_journal(tmp_path: Path) -> None:
+    """Before the journal, activity.json held the rows too, and each fetch was two (from peer, to nix)."""
     old = {"since": 1000.0, "totals": {"bytes_to_nix": 5, "bytes_from_peers": 5, "transfers_complete": 2},
-           "recent": [{"at": 1010.0, "direction": "to nix", "path": "/nix/store/x-a", "peer": "", "bytes": 5,
+           "recent": [{"at": 1010.0, "direction": "to nix", "path": "x-a", "peer": "", "bytes": 5,
                        "seconds": 1.0, "outcome": "complete", "detail": ""},
-                      {"at": 1009.0, "direction": "from peer", "path": "/nix/store/x-a", "peer": "0123456789",
+                      {"at": 1009.0, "direction": "from peer", "path": "x-a", "peer": "0123456789",
                        "bytes": 5, "seconds": 1.0, "outcome": "complete", "detail": ""},
-                      {"at": 1005.0, "direction": "to peer", "path": "/nix/store/y-b", "peer": "abcdefabcd",
+                      {"at": 1005.0, "direction": "to peer", "path": "y-b", "peer": "abcdefabcd",
                        "bytes": 7, "seconds": 2.0, "outcome": "stopped", "detail": "zstd 2.0x"}]}
-    (tmp_path / "activity.json").write_text(json.dumps(old))
-    loaded = Activity.load(tmp_path / "activity.json")
+    file = tmp_path / "activity.json"
+    file.write_text(json.dumps(old))
+    loaded = Activity.load(file)
     assert loaded.since == 1000.0 and loaded.totals["bytes_to_nix"] == 5 and loaded.totals["bytes_from_peers"] == 5
-    assert [(t.kind, t.path, t.outcome, t.peer) for t in loaded.recent] == [
-        ("fetch", "/nix/store/x-a", "complete", ""), ("upload", "/nix/store/y-b", "stopped", "abcdefabcd")]
-    loaded.save(tmp_path / "again.json")
-    assert [t.to_json() for t in Activity.load(tmp_path / "again.json").recent] == [t.to_json() for t in loaded.recent]
+    rows = [(t.kind, t.path, t.outcome, t.peer) for t in loaded.recent]
+    assert rows == [("fetch", "x-a", "complete", ""), ("upload", "y-b", "stopped", "abcdefabcd")]
+    loaded.save(file)
+    loaded.close()
+    again = Activity.load(file)
+    assert [(t.kind, t.path, t.outcome, t.peer) for t in again.recent] == rows and again.totals == loaded.totals
+
+
+def test_the_journal_keeps_the_last_transfers_at_a_constant_cost(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(activity_module, "RECENT", 10)
+    file = tmp_path / "activity.json"
+    activity = Activity.load(file)
+    for number in range(25):
+        fetch = activity.fetch(f"/nix/store/x-{number}", 1)
+        activity.finish(fetch, "complete")
+    activity.close()
+    lines = [len((tmp_path / name).read_text().splitlines()) for name in ("transfers.jsonl.1", "transfers.jsonl")]
+    assert lines == [10, 5]  # the file became the older half twice; never rewritten whole
+    (tmp_path / "transfers.jsonl").open("a").write('{"id": 99, "kind": "fetch", "pa')  # a crash mid-line
+    again = Activity.load(file)
+    assert [t.path for t in again.recent] == [f"/nix/store/x-{n}" for n in range(24, 14, -1)]
+    next_one = again.fetch("/nix/store/next", 1)
+    assert next_one.id == 26  # ids go on from the last one
+    again.finish(next_one, "complete")
+    again.close()
+    assert Activity.load(file).recent[0].path == "/nix/store/next"  # not lost behind the line cut short
 
 
 def test_the_time_saved_is_at_the_configured_upstream_rate_else_at_the_measured_one() -> None:

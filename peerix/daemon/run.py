@@ -65,6 +65,7 @@ async def run(config: Config) -> None:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         activity_file = config.state_dir / "activity.json"
         metrics = Metrics(Activity.load(activity_file, config.upstream_rate))
+        stack.callback(metrics.activity.close)
         stack.callback(metrics.activity.save, activity_file)
         nar_cache = NarCache(config.state_dir / "nar-cache", config.nar_cache_size) if config.nar_cache_size else None
         upstream = Upstream(config.upstream) if config.upstream else None

@@ -13,8 +13,11 @@ The swarm credits the fetch it works for without the layers between carrying it:
 the fetch as the context's current one (`fetching`) while it opens the NAR, and the transfer that
 starts then reads it (`current_fetch`).
 
-Prometheus counters restart at zero with the process; the totals and recent transfers persist in the
-state directory (written every minute and at shutdown), so the dashboard tells the host's whole story.
+Prometheus counters restart at zero with the process; the totals persist in the state directory
+(activity.json, written every minute and at shutdown), and so do the recent transfers: each is appended
+to transfers.jsonl as it ends (a line, not the whole list: writing 10,000 rows at once would hold the
+event loop for a good part of a second). When that file has RECENT lines it becomes transfers.jsonl.1
+and a new one begins, so the two always hold the last RECENT transfers, at a constant cost per transfer.
 """
 
 import contextlib
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..common.series import Series
 
@@ -145,7 +148,7 @@ def current_fetch() -> Live | None:
 
 
 class Activity:
-    def __init__(self, upstream_rate: int | None = None) -> None:
+    def __init__(self, upstream_rate: int | None = None, journal: Path | None = None) -> None:
         self.totals: Counter[str] = Counter({name: 0 for name in TOTALS})
         self.recent: deque[Transfer] = deque(maxlen=RECENT)
         self.history = {name: Series(STEP, SLOTS) for name in CHARTED.values()}
@@ -156,6 +159,9 @@ class Activity:
         self.peer_name: Callable[[str], str | None] = lambda peer_id: None  # the daemon knows who is who
         self._next_id = 1
         self._uploads: dict[tuple[str, str], Live] = {}  # (peer, path) -> its upload, until it settles
+        self._journal_path = journal  # transfers.jsonl: the recent transfers, a line each (None: memory only)
+        self._journal: TextIO | None = None
+        self._journal_lines = 0
 
     def count(self, name: str, amount: int = 1) -> None:
         self.totals[name] += amount
@@ -184,9 +190,9 @@ class Activity:
         elif outcome == "complete":
             from_peers = sum(count for key, _, count in sources if key not in (UPSTREAM, LOCAL))
             self.totals["bytes_saved"] += min(from_peers, fetch.size)
-        self.recent.appendleft(Transfer(fetch.id, "fetch", fetch.path, fetch.size, fetch.bytes, fetch.started,
-                                        time.monotonic() - fetch.began, outcome, sources=sources,
-                                        detail="; ".join(filter(None, (fetch.detail, detail)))))
+        self._record(Transfer(fetch.id, "fetch", fetch.path, fetch.size, fetch.bytes, fetch.started,
+                              time.monotonic() - fetch.began, outcome, sources=sources,
+                              detail="; ".join(filter(None, (fetch.detail, detail)))))
 
     def upload(self, peer: str, path: str, size: int, name: str | None = None) -> Live:
         """A range of a NAR about to go to a peer: part of that peer's upload of the path (`piece_done`).
@@ -223,10 +229,37 @@ class Activity:
             notes = [f"{count} pieces"] if count > 1 else []
             notes += [f"{pieces[o]} {o}" for o in ("stopped", "failed") if pieces[o] and count > 1]
             self.totals["uploads"] += 1
-            self.recent.appendleft(Transfer(upload.id, "upload", upload.path, upload.size, upload.bytes,
-                                            upload.started, upload.ended - upload.began, outcome, upload.peer,
-                                            upload.name, pieces=count,
-                                            detail=", ".join(filter(None, (*notes, upload.detail)))))
+            self._record(Transfer(upload.id, "upload", upload.path, upload.size, upload.bytes, upload.started,
+                                  upload.ended - upload.began, outcome, upload.peer, upload.name, pieces=count,
+                                  detail=", ".join(filter(None, (*notes, upload.detail)))))
+
+    def _record(self, transfer: Transfer) -> None:
+        """A finished transfer: first of the recent ones, and a line of the journal."""
+        self.recent.appendleft(transfer)
+        if self._journal_path is None:
+            return
+        try:
+            if self._journal is None or self._journal_lines >= RECENT:
+                self._next_journal()
+            assert self._journal is not None
+            self._journal.write(json.dumps(transfer.__dict__, separators=(",", ":")) + "\n")
+            self._journal.flush()
+            self._journal_lines += 1
+        except OSError as error:
+            log.warning("transfer not written to the journal path=%s error=%s", self._journal_path, error)
+
+    def _next_journal(self) -> None:
+        """The journal has RECENT lines (or is not open yet): it becomes the older half of the last RECENT."""
+        assert self._journal_path is not None
+        if self._journal is not None:
+            self._journal.close()
+            os.replace(self._journal_path, _older(self._journal_path))
+            self._journal_lines = 0
+        self._journal = open(self._journal_path, "a+")
+        if end := self._journal.tell():
+            self._journal.seek(end - 1)
+            if self._journal.read(1) != "\n":
+                self._journal.write("\n")  # a line cut short by a crash stays alone, unread
 
     def in_flight(self) -> list[Live]:
         """What is moving, oldest first."""
@@ -279,43 +312,73 @@ class Activity:
                 "in_flight": [live.to_json(time.monotonic()) for live in self.in_flight()], "history": history}
 
     def save(self, path: Path) -> None:
+        """The totals (the transfers are in the journal already)."""
         self._settle(time.monotonic())
-        data = {"since": self.since, "next_id": self._next_id, "totals": dict(self.totals),
-                "recent": [t.__dict__ for t in self.recent]}
+        data = {"since": self.since, "next_id": self._next_id, "totals": dict(self.totals)}
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data, separators=(",", ":")))
+        temporary.write_text(json.dumps(data))
         os.replace(temporary, path)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     @classmethod
     def load(cls, path: Path, upstream_rate: int | None = None) -> "Activity":
-        """The saved totals and transfers; a file from before fetches and uploads were told apart keeps its
-        totals, and its rows that fit (it counted each fetch twice: as from peer and as to nix)."""
-        activity = cls(upstream_rate)
+        """The saved totals, and the recent transfers from the journal beside them (transfers.jsonl). An
+        activity file from before the journal keeps its totals and moves its rows that fit into the journal
+        (it counted each fetch twice: as from peer and as to nix)."""
+        activity = cls(upstream_rate, path.with_name("transfers.jsonl"))
+        before: list[Transfer] = []
         try:
             data = json.loads(path.read_text())
             activity.since = float(data["since"])
             activity.totals.update({k: int(v) for k, v in data["totals"].items() if k in TOTALS})
-            activity.recent.extend(filter(None, map(_transfer, data["recent"][:RECENT])))
-            activity._next_id = int(data.get("next_id") or len(activity.recent) + 1)
+            before = list(filter(None, map(_from_before, data.get("recent", [])[:RECENT])))
+            activity._next_id = int(data.get("next_id") or 1)
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             log.warning("activity file unreadable, starting afresh path=%s error=%s", path, error)
+        for journal in (_older(activity._journal_path), activity._journal_path):
+            activity.recent.extendleft(_read_journal(journal))
+        with contextlib.suppress(FileNotFoundError), open(activity._journal_path) as current:
+            activity._journal_lines = sum(1 for _ in current)
+        activity._next_id = max([activity._next_id, *(t.id + 1 for t in activity.recent)])
+        for transfer in reversed(before):
+            transfer.id, activity._next_id = activity._next_id, activity._next_id + 1
+            activity._record(transfer)
         return activity
 
 
-def _transfer(row: dict[str, Any]) -> Transfer | None:
-    if "kind" in row:
-        return Transfer(**row)
-    # Before issue 18: {at, direction, path, peer, bytes, seconds, outcome, detail}; "from peer" was the
-    # same fetch as a "to nix" row.
+def _older(journal: Path) -> Path:
+    return journal.with_name(journal.name + ".1")
+
+
+def _read_journal(path: Path) -> list[Transfer]:
+    """The transfers a journal holds, oldest first; a damaged line (a crash in the middle of a write) is skipped."""
+    found, damaged = [], 0
+    with contextlib.suppress(FileNotFoundError), open(path) as lines:
+        for line in lines:
+            try:
+                found.append(Transfer(**json.loads(line)))
+            except (ValueError, TypeError):
+                damaged += 1
+    if damaged:
+        log.warning("journal lines unreadable path=%s lines=%d", path, damaged)
+    return found
+
+
+def _from_before(row: dict[str, Any]) -> Transfer | None:
+    """A row of an activity file from before the journal: {at, direction, path, peer, bytes, seconds,
+    outcome, detail}; a "from peer" row was the same fetch as a "to nix" one."""
     if row["direction"] == "from peer":
         return None
     fetch = row["direction"] == "to nix"
     return Transfer(0, "fetch" if fetch else "upload", row["path"], row["bytes"], row["bytes"],
-                    row["at"] - row["seconds"], row["seconds"],
-                    "stopped" if row["outcome"] == "stopped" else row["outcome"], "" if fetch else row["peer"],
-                    sources=[], detail=row.get("detail", ""))
+                    row["at"] - row["seconds"], row["seconds"], row["outcome"], "" if fetch else row["peer"],
+                    detail=row.get("detail", ""))
 
 
 def _peer_json(peer: str, name: str) -> dict[str, str | None] | None:
