@@ -1,6 +1,6 @@
 """Pages as a person sees them: rendered by headless Chromium (Debian's), then read back.
 
-`rendered_dom` runs Chromium once for one page. `Browser` keeps one Chromium for many looks and drives it
+`dump_dom` runs Chromium once for one page. `Browser` keeps one Chromium for many looks and drives it
 over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON messages ended by NUL on file
 descriptors 3 and 4), so a test can read a page while it changes, type into it, and take screenshots.
 """
@@ -31,11 +31,9 @@ def chromium_args(profile: Path) -> list[str]:
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={profile}"]
 
 
-def rendered_dom(url: str, profile: Path) -> str:
-    """The DOM after load, as Chromium built it."""
-    result = subprocess.run([*chromium_args(profile), "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+def dump_dom(url: str, profile: Path) -> list[str]:
+    """Chromium printing a page's DOM after load, once."""
+    return [*chromium_args(profile), "--dump-dom", url]
 
 
 class BrowserError(Exception):

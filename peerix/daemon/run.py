@@ -133,6 +133,7 @@ async def run(config: Config) -> None:
                 return {"url": tracker.url, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
                         "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
+
         def peer_name(peer_id: str) -> str | None:
             """What the peer calls itself, as the LAN or the tracker last said."""
             if lan is not None and (seen := lan.peers.get(peer_id)) is not None:

@@ -155,6 +155,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             metrics.activity.finish(fetch, "failed", f"{error} (404)")
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
             return _error(404, "no peer has this NAR any more")
+        except BaseException as error:  # not in flight any more, whatever happened
+            metrics.activity.finish(fetch, "failed", type(error).__name__)
+            raise
         return NarResponse(parts, info.nar_size, functools.partial(_nar_finished, info, fetch), throttle,
                            fetch.advance)
 
