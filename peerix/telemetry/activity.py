@@ -127,7 +127,8 @@ class Live:
                 "eta": round(left / rate, 1) if rate > 0 and left > 0 else None,
                 "peer": _peer_json(self.peer, self.name),
                 "sources": _sources_json([key, name, count] for key, (name, count) in self.sources.items()),
-                "pieces": self.open + sum(self.pieces.values()), "detail": self.detail}
+                "pieces": self.open + sum(self.pieces.values()) if self.kind == "upload" else 1,
+                "detail": self.detail}
 
 
 _current: ContextVar[Live | None] = ContextVar("peerix_fetch", default=None)
