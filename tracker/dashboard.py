@@ -53,7 +53,7 @@ def render(snap: Snapshot, query: dict[str, str]) -> str:
          "decimal", "over the last 5 minutes"),
     ))
     rows = [_row(peer, online, snap.now) for peer, online in peers[paging.offset:paging.offset + PER_PAGE]]
-    body = f"""{_header(snap.now)}
+    body = f"""{_header(snap.now, live=True)}
 <main>
 {_search_form("")}
 <section aria-label="Totals"><ul class="cards">{cards}</ul></section>
@@ -129,9 +129,9 @@ _STATES = {"online": "heard from within the offline TTL: lookups name it",
            "offline": "silent for longer than the offline TTL, or departed: lookups leave it out"}
 
 
-def _header(now: float) -> str:
-    return f'<header><h1>peerix tracker</h1><p>{_utc(now)} &middot; <span id="live-state" role="status"></span></p>' \
-           "</header>"
+def _header(now: float, live: bool = False) -> str:
+    state = ' &middot; <span id="live-state" role="status"></span>' if live else ""
+    return f"<header><h1>peerix tracker</h1><p>{_utc(now)}{state}</p></header>"
 
 
 def _search_form(text: str) -> str:
