@@ -103,12 +103,18 @@ class Browser:
                       timeout)
 
     def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        """The expression's value once it is true; a page still loading or being left is not ready yet."""
         deadline = time.monotonic() + timeout
-        while not (value := self.evaluate(f"(() => {{ try {{ return {expression}; }} catch {{ return false; }} }})()")):
+        while True:
+            try:
+                if value := self.evaluate(f"(() => {{ try {{ return {expression}; }} catch {{ return false; }} }})()"):
+                    return value
+            except BrowserError as error:  # the page navigated away in the middle of the evaluation
+                if "navigated" not in str(error):
+                    raise
             if time.monotonic() > deadline:
                 raise BrowserError(f"timed out waiting for {expression}")
             time.sleep(0.1)
-        return value
 
     def page(self) -> "Page":
         return Page(self.evaluate("document.documentElement.outerHTML"))

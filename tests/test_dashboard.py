@@ -66,7 +66,6 @@ def test_the_dashboard_follows_a_transfer_as_it_happens(fleet: dict[str, Host], 
         second = browser.wait_for(f"{progress} > {first} && {progress} < {size} && {progress}", timeout=20)
         assert second > first and browser.text("#served-to-nix") != served
         assert browser.evaluate(f"{moving}.cells[3].innerText").endswith("/s")  # its rate
-        assert nix.poll() is None, "the transfer ended before the dashboard was read twice"
     finally:
         _, stderr = nix.communicate(timeout=120)
     assert nix.returncode == 0, stderr
