@@ -45,7 +45,7 @@ def render(activity: Activity, network: dict[str, Any], peers: list[dict[str, An
 <section aria-label="Totals"><ul class="cards">{_cards(activity)}</ul></section>
 <h2 id="in-flight-title">In flight</h2>
 {web.table("in-flight", "NARs moving now, updated every second", ["Path", "Progress", "#Moved", "#Rate", "#ETA",
-           "From / to"], [], "Nothing is moving.",
+           "From / to"], [], "Shown live with JavaScript (or in /api/v1/activity).",
            ' data-rows="in_flight" data-template="in-flight-row" data-empty="Nothing is moving."')}
 <template id="in-flight-row"><tr><td class="path" data-item="path" data-format="name"></td>
 <td><progress data-item="bytes" data-max="size" aria-label="progress"></progress></td>
