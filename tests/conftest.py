@@ -194,3 +194,14 @@ def fleet(tmp_path: Path):
     fleet.start_tracker()
     yield fleet
     fleet.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One headless Chromium for a module's tests (its first start costs seconds)."""
+    from browser import CHROMIUM, Browser
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/dev test installs it)")
+    chromium = Browser(tmp_path_factory.mktemp("chromium"))
+    yield chromium
+    chromium.close()

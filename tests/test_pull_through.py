@@ -11,12 +11,11 @@ from netns import Network, wait_for, why_no_netns
 
 from peerix.cli.localfleet import Host, LocalFleet, wait_until
 from peerix.common.secrets import write_secret
-from peerix.common.units import size_text
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import SecretKey
 
 from conftest import requires_nix
-from nixtools import HERE, build, closure_of, hash_part, nix, run
+from nixtools import HERE, build, closure_of, hash_part, nix, path_info, run
 from rollout import Rollout
 from upstream import UpstreamCache
 
@@ -62,8 +61,11 @@ def test_a_path_no_peer_holds_comes_from_the_upstream_once_and_is_held(fleet: Lo
     assert a.metric("peerix_upstream_fetches_total{outcome=\"complete\"}") == len(closure)
     fetched = a.metric("peerix_upstream_bytes_total")
     assert fetched > 0
-    dashboard = httpx.get(f"{a.url}/dashboard").text
-    assert f'id="fetched-from-upstream">{size_text(int(fetched))}<' in dashboard  # kept in the lifetime totals
+    totals = httpx.get(f"{a.url}/api/v1/activity").json()["totals"]  # the dashboard's lifetime totals
+    assert totals["bytes_from_upstream"] == fetched
+    fetches = httpx.get(f"{a.url}/api/v1/transfers").json()["transfers"]  # each from the upstream, by name
+    assert sorted(t["path"] for t in fetches) == closure
+    assert {s["name"] for t in fetches for s in t["sources"]} == {"upstream 127.0.0.1"}
     # held, announced and served to the next host: the upstream sees nothing more
     fleet.wait_announced(a, closure)
     b = fleet.host("b")
@@ -72,6 +74,8 @@ def test_a_path_no_peer_holds_comes_from_the_upstream_once_and_is_held(fleet: Lo
     verify(b, pulled)
     assert sum(upstream.nar_fetches().values()) == len(closure)
     assert b.metric("peerix_upstream_fetches_total{outcome=\"complete\"}") == 0
+    saved = httpx.get(f"{b.url}/api/v1/activity").json()["saved"]  # A's copies, not the upstream's
+    assert saved["bytes"] == sum(info["narSize"] for info in path_info(*closure).values())
 
 
 def test_an_untrusted_upstream_path_is_not_pulled(fleet: LocalFleet, upstream: UpstreamCache, pulled: Path) -> None:

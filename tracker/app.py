@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from peerix import __version__
+from peerix.common import web
 from peerix.common.asgi import MetricsMiddleware
 from peerix.net.tracker_protocol import (
     ADMIN_AUDIT_PATH,
@@ -43,6 +44,7 @@ from peerix.net.tracker_protocol import (
     LOOKUP_PATH,
     MEMBERS_PATH,
     PEERS_PATH,
+    STATS_PATH,
     Signature,
     is_peer_id,
     pack_hash,
@@ -78,6 +80,7 @@ JSON = "application/json"
 _JSON_BYTES = JSON.encode()
 BODY_TIMEOUT = 30.0
 MAX_AUDIT_EVENTS = 10_000
+Handler = Callable[[Request], Awaitable[Response]]
 _DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read and dropped, so the client sees the 413
 
 
@@ -263,6 +266,29 @@ def create_app(t: Tracker) -> ASGIApp:
         signature_of(request.scope, request.headers, b"", now, write=False)
         return await listing(now)
 
+    async def known_peer(peer_id: str) -> Peer:
+        if not is_peer_id(peer_id):
+            raise ApiError(400, "invalid_peer_id", "a peer id is 64 lowercase hex characters")
+        peer = await storage.peer(bytes.fromhex(peer_id))
+        if peer is None:
+            raise ApiError(404, "not_found", "this tracker holds nothing for the peer")
+        return peer
+
+    @api_route
+    async def peer(request: Request) -> Response:
+        now = time.time()
+        signature_of(request.scope, request.headers, b"", now, write=False)
+        found = await known_peer(request.path_params["peer_id"])
+        return Response(render_peer(found, found.is_online(online_since(now))), media_type=JSON)
+
+    @api_route
+    async def stats(request: Request) -> Response:
+        """Counts and this replica's last hour, open as /health is: they tell counts, not peers."""
+        now = time.time()
+        counts = await storage.counts(online_since(now))
+        metrics.counted(counts, now)
+        return JSONResponse(metrics.stats(counts, now))
+
     @api_route
     async def deregister(request: Request) -> Response:
         now = time.time()
@@ -358,32 +384,60 @@ def create_app(t: Tracker) -> ASGIApp:
         return JSONResponse({"membership": t.auth.membership, "version": version,
                              **({} if unchanged else {"members": listed})})
 
-    @api_route
-    async def home(request: Request) -> Response:
-        if t.auth.membership != "open" and not _on_this_host(request.scope, request.headers):
-            return refuse(request.scope, ApiError(
-                403, "dashboard_private", f"membership is {t.auth.membership}: the dashboard names every peer "
-                "with its addresses, so it is shown only on the tracker's own host (a loopback client, e.g. "
-                "through an SSH tunnel)"))
-        now = time.time()
+    def dashboard_page(endpoint: Callable[[Request, float], Awaitable[str]]) -> Handler:
+        """A page of the dashboard: for everyone under open membership, else for the tracker's own host."""
+        @api_route
+        @functools.wraps(endpoint)
+        async def page(request: Request) -> Response:
+            if t.auth.membership != "open" and not _on_this_host(request.scope, request.headers):
+                raise ApiError(
+                    403, "dashboard_private", f"membership is {t.auth.membership}: the dashboard names every peer "
+                    "with its addresses, so it is shown only on the tracker's own host (a loopback client, e.g. "
+                    "through an SSH tunnel)")
+            return HTMLResponse(await endpoint(request, time.time()), headers=web.HEADERS)
+        return page
+
+    @dashboard_page
+    async def home(request: Request, now: float) -> str:
         since = online_since(now)
+        counts = await storage.counts(since)
+        metrics.counted(counts, now)
         snapshot = dashboard.Snapshot(
             now=now, version=__version__, replica=config.replica, membership=t.auth.membership,
             offline_after=config.offline_after, remove_after=config.remove_after,
-            peers=[(peer, peer.is_online(since)) for peer in await storage.peers()], counts=await storage.counts(since),
-            announces_per_second=metrics.announce_rate.per_second(now),
-            lookups_per_second=metrics.lookup_rate.per_second(now), sweep=t.sweeper.status(now),
+            peers=[(peer, peer.is_online(since)) for peer in await storage.peers()], counts=counts,
+            announces_per_minute=metrics.per_minute("announces", now),
+            lookups_per_minute=metrics.per_minute("lookups", now), sweep=t.sweeper.status(now),
         )
-        return HTMLResponse(dashboard.render(snapshot), headers={
-            "content-security-policy": dashboard.CSP, "x-content-type-options": "nosniff",
-            "referrer-policy": "no-referrer", "cache-control": "no-store"})
+        return dashboard.render(snapshot, dict(request.query_params))
+
+    @dashboard_page
+    async def search(request: Request, now: float) -> str:
+        text = request.query_params.get("q", "")
+        hash_part = dashboard.search_hash(text)
+        holders = await storage.holders(pack_hash(hash_part), online_since(now), config.lookup_limit) if hash_part \
+            else []
+        return dashboard.render_search(text, hash_part, holders, now)
+
+    @dashboard_page
+    async def peer_page(request: Request, now: float) -> str:
+        found = await known_peer(request.path_params["peer_id"])
+        return dashboard.render_peer(found, found.is_online(online_since(now)), now)
+
+    async def static(request: Request) -> Response:
+        if (asset := web.STATIC.get(request.path_params["name"])) is None:
+            raise HTTPException(404, "no such file")
+        content, media_type = asset
+        return Response(content, media_type=media_type, headers={"cache-control": "max-age=300"})
 
     async def fleet(now: float) -> tuple[dict, Counts | None]:
         """The database's state and the fleet's counts, or why they cannot be had (within 2 s)."""
         try:
             async with asyncio.timeout(2):
                 database = {"status": "ok", "schema_version": await storage.check(), "bytes": await storage.size()}
-                return database, await storage.counts(online_since(now))
+                counts = await storage.counts(online_since(now))
+                metrics.counted(counts, now)
+                return database, counts
         except Exception as error:  # reported, not raised: these pages must answer when the database does not
             return {"status": "error", "error": f"{type(error).__name__}: {error}"}, None
 
@@ -425,6 +479,8 @@ def create_app(t: Tracker) -> ASGIApp:
         Route(LOOKUP_PATH, lookup_batch, methods=["POST"]),
         Route(PEERS_PATH, peers, methods=["GET"]),
         Route(PEERS_PATH + "/{peer_id}", deregister, methods=["DELETE"]),
+        Route(PEERS_PATH + "/{peer_id}", peer, methods=["GET"]),
+        Route(STATS_PATH, stats, methods=["GET"]),
         Route(LEASES_PATH + "/{hash}", lease, methods=["POST"]),
         Route(LEASES_PATH + "/{hash}", release, methods=["DELETE"]),
         Route(MEMBERS_PATH, members, methods=["GET"]),
@@ -437,7 +493,8 @@ def create_app(t: Tracker) -> ASGIApp:
         Route("/openapi.json", api_description),
     ]
     if config.dashboard:
-        routes.append(Route("/", home))
+        routes += [Route("/", home), Route("/search", search), Route("/peers/{peer_id}", peer_page),
+                   Route("/static/{name}", static)]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
     rest = MetricsMiddleware(AddressLimit(app, t.address_limits, refuse), metrics)
     address_limits = t.address_limits

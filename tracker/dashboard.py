@@ -1,19 +1,25 @@
-"""The dashboard at `/`: one server-rendered page for people, pure HTML and inline CSS.
+"""The dashboard: the fleet at `/` (paged), who holds a path at `/search`, one peer at `/peers/<id>`.
 
-No scripts and no external assets, so it works offline and under a Content-Security-Policy that
-forbids both; it reloads itself every 10 seconds. Everything a peer chose (its name, addresses)
-is escaped: a peer must not be able to put markup on the operator's screen.
+Pages are rendered on the server, with the shared stylesheet and script of peerix.common.web (nothing
+from elsewhere: the Content-Security-Policy allows this tracker's own files only). The script keeps the
+counts and the charts of the last hour current from /api/v1/stats; every figure here is in a JSON
+endpoint too (/api/v1/stats, /api/v1/peers, /api/v1/peers/<id>, /api/v1/lookup/<hash>). Everything a
+peer chose (its name, addresses) is escaped: a peer must not be able to put markup on the operator's
+screen.
 """
 
 import time
 from dataclasses import dataclass
 from html import escape
 
+from peerix.common import web
+from peerix.nix.storepath import is_hash_part
+
 from .model import Peer
 from .storage import Counts
 
-REFRESH_SECONDS = 10
-CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+PER_PAGE = 100
+LIVE_EVERY = 15.0  # seconds between polls of /api/v1/stats
 
 
 @dataclass(frozen=True)
@@ -26,71 +32,142 @@ class Snapshot:
     remove_after: float
     peers: list[tuple[Peer, bool]]  # each peer with whether it is online
     counts: Counts
-    announces_per_second: float
-    lookups_per_second: float
+    announces_per_minute: float
+    lookups_per_minute: float
     sweep: dict
 
 
-def render(snap: Snapshot) -> str:
+def render(snap: Snapshot, query: dict[str, str]) -> str:
     peers = sorted(snap.peers, key=lambda item: (not item[1], -item[0].last_seen, item[0].name))
+    paging = web.Paging.of(query, "page", PER_PAGE, len(peers))
     counts = snap.counts
-    totals = [
-        ("peers-online", "Peers online", f"{counts.peers_online:,}"),
-        ("peers-offline", "Peers offline", f"{counts.peers_offline:,}"),
-        ("paths", "Store paths", f"{counts.paths:,}"),
-        ("holdings", "Holdings", f"{counts.holdings:,}"),
-        ("announce-rate", "Announces / min (this replica)", f"{snap.announces_per_second * 60:,.1f}"),
-        ("lookup-rate", "Lookups / min (this replica)", f"{snap.lookups_per_second * 60:,.1f}"),
+    cards = "".join(web.card(*card) for card in (
+        ("peers-online", "Peers online", f"{counts.peers_online:,}", "counts.peers_online", "count"),
+        ("peers-offline", "Peers offline", f"{counts.peers_offline:,}", "counts.peers_offline", "count"),
+        ("paths", "Store paths", f"{counts.paths:,}", "counts.paths", "count"),
+        ("holdings", "Holdings", f"{counts.holdings:,}", "counts.holdings", "count",
+         "pairs of a peer and a path it holds"),
+        ("announce-rate", "Announces / min (this replica)", f"{snap.announces_per_minute:,.1f}",
+         "per_minute.announces", "decimal", "over the last 5 minutes"),
+        ("lookup-rate", "Lookups / min (this replica)", f"{snap.lookups_per_minute:,.1f}", "per_minute.lookups",
+         "decimal", "over the last 5 minutes"),
+    ))
+    rows = [_row(peer, online, snap.now) for peer, online in peers[paging.offset:paging.offset + PER_PAGE]]
+    body = f"""{_header(snap.now, live=True)}
+<main>
+{_search_form("")}
+<section aria-label="Totals"><ul class="cards">{cards}</ul></section>
+<h2>The last hour</h2>
+<section class="charts" aria-label="Charts of the last hour">
+{web.chart("history.peers_online", "Peers online", "count")}
+{web.chart("history.announces", "Announces per minute (this replica)", "count")}
+{web.chart("history.lookups", "Lookups per minute (this replica)", "count")}
+</section>
+<h2>Peers ({len(peers):,})</h2>
+{paging.nav("Peers", query)}
+{_peers_table(rows, "Every peer: online first, most recently seen first", "No peer has announced yet.")}
+{paging.nav("Peers", query)}
+</main>
+{_footer(snap)}"""
+    return web.page("peerix tracker", body, live="/api/v1/stats", every=LIVE_EVERY)
+
+
+def search_hash(text: str) -> str | None:
+    """The hash part of what a person typed: a store path, its base name, or the hash itself."""
+    name = text.strip().rstrip("/").rpartition("/")[2]
+    return name[:32] if is_hash_part(name[:32]) and (len(name) == 32 or name[32:33] == "-") else None
+
+
+def render_search(text: str, hash_part: str | None, holders: list[Peer], now: float) -> str:
+    if not text.strip():
+        result = '<p class="muted">Type a store path or its hash.</p>'
+    elif hash_part is None:
+        result = (f'<p role="alert">Not a store path or hash: <span class="mono">{escape(text[:200])}</span>. '
+                  "A store path looks like /nix/store/&lt;32 characters&gt;-name.</p>")
+    else:
+        caption = (f"{len(holders):,} online peer{'s' * (len(holders) != 1)} hold {hash_part} "
+                   f"(the answer of /api/v1/lookup/{hash_part})")
+        result = _peers_table([_row(peer, True, now) for peer in holders], caption,
+                              "No online peer holds this path.", "holders")
+    body = f"""{_header(now)}
+<main>
+<p><a href="/">&larr; the fleet</a></p>
+{_search_form(text)}
+<section id="result" aria-live="polite">{result}</section>
+</main>"""
+    return web.page("who has it: peerix tracker", body)
+
+
+def render_peer(peer: Peer, online: bool, now: float) -> str:
+    state = "online" if online else "offline"
+    addresses = peer.addresses
+    facts = [
+        ("Name", escape(peer.name)),
+        ("State", web.status(state, _STATES[state])),
+        ("Peer id", f'<span class="mono">{peer.peer_id}</span>'),
+        ("Direct addresses", _addresses(list(addresses.direct)) or '<span class="muted">none</span>'),
+        ("Relay", escape(addresses.relay_url or "none")),
+        ("HTTP", escape(addresses.http_url or "none")),
+        ("Process", escape(addresses.incarnation or "not said") + ' <span class="muted">(changes when the daemon '
+                                                                  "restarts)</span>"),
+        ("Paths", f"{peer.paths:,}"),
+        ("First seen", f"{web.clock(peer.first_seen)} ({_ago(now - peer.first_seen)})"),
+        ("Last seen", f"{web.clock(peer.last_seen)} ({_ago(now - peer.last_seen)})"),
+        ("Departed", web.clock(peer.departed) if peer.departed else "no"),
     ]
-    cards = "".join(f'<div class="card" id="{key}"><div class="value">{value}</div><div class="label">{label}</div>'
-                    f"</div>" for key, label, value in totals)
-    rows = "".join(_row(peer, is_online, snap.now) for peer, is_online in peers)
-    if not rows:
-        rows = '<tr><td colspan="6" class="empty">No peer has announced yet.</td></tr>'
+    items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+    body = f"""{_header(now)}
+<main>
+<p><a href="/">&larr; the fleet</a> &middot; as JSON: <a href="/api/v1/peers/{peer.peer_id}">/api/v1/peers/…</a></p>
+<h2 id="peer-name">{escape(peer.name)}</h2>
+<dl class="legend" id="peer">{items}</dl>
+</main>"""
+    return web.page(f"{peer.name}: peerix tracker", body)
+
+
+_STATES = {"online": "heard from within the offline TTL: lookups name it",
+           "offline": "silent for longer than the offline TTL, or departed: lookups leave it out"}
+
+
+def _header(now: float, live: bool = False) -> str:
+    state = ' &middot; <span id="live-state" role="status"></span>' if live else ""
+    return f"<header><h1>peerix tracker</h1><p>{_utc(now)}{state}</p></header>"
+
+
+def _search_form(text: str) -> str:
+    return (f'<form class="search" action="/search" method="get" role="search"><label for="q">Who has</label>'
+            f'<input id="q" name="q" value="{escape(text)}" placeholder="/nix/store/… or a hash" required>'
+            "<button>Search</button></form>")
+
+
+def _peers_table(rows: list[str], caption: str, empty: str, table_id: str = "peers") -> str:
+    return web.table(table_id, caption, ["Status", "Name", "Peer id", "Addresses", "#Paths", "Last seen"], rows,
+                     empty)
+
+
+def _row(peer: Peer, online: bool, now: float) -> str:
+    state = "online" if online else "offline"
+    addresses = peer.addresses
+    lines = _addresses([*addresses.direct, *([f"relay {addresses.relay_url}"] if addresses.relay_url else []),
+                        *([f"http {addresses.http_url}"] if addresses.http_url else [])])
+    return (f'<tr class="{state}"><td>{web.status(state, _STATES[state])}</td>'
+            f'<td><a href="/peers/{peer.peer_id}">{escape(peer.name)}</a></td>'
+            f'<td class="mono" title="{peer.peer_id}">{peer.peer_id[:16]}…</td>'
+            f'<td class="addresses">{lines or "<span class=muted>none</span>"}</td><td class="num">{peer.paths:,}</td>'
+            f'<td title="{_utc(peer.last_seen)}">{_ago(now - peer.last_seen)}</td></tr>\n')
+
+
+def _addresses(lines: list[str]) -> str:
+    return "<br>".join(escape(line) for line in lines)
+
+
+def _footer(snap: Snapshot) -> str:
     sweep = snap.sweep
     last_sweep = _ago(snap.now - sweep["last_run"]) if sweep["last_run"] else "not yet"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>peerix tracker</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<header><h1>peerix tracker</h1><span class="muted">{_utc(snap.now)}</span></header>
-<section class="cards">{cards}</section>
-<table id="peers">
-<thead><tr><th>Status</th><th>Name</th><th>Peer id</th><th>Addresses</th><th class="num">Paths</th>\
-<th>Last seen</th></tr></thead>
-<tbody>
-{rows}
-</tbody>
-</table>
-<footer id="footer" class="muted">peerix-tracker {escape(snap.version)} · replica {escape(snap.replica)} ·
+    return f"""<footer id="footer">peerix-tracker {escape(snap.version)} · replica {escape(snap.replica)} ·
 membership {escape(snap.membership)} ·
 offline after {_duration(snap.offline_after)}, removed after {_duration(snap.remove_after)} ·
-last sweep {last_sweep} ({escape(sweep["status"])})</footer>
-</body>
-</html>
-"""
-
-
-def _row(peer: Peer, is_online: bool, now: float) -> str:
-    state = "online" if is_online else "offline"
-    addresses = peer.addresses
-    lines = [*addresses.direct]
-    if addresses.relay_url:
-        lines.append(f"relay {addresses.relay_url}")
-    if addresses.http_url:
-        lines.append(f"http {addresses.http_url}")
-    shown = "<br>".join(escape(line) for line in lines) or '<span class="muted">none</span>'
-    return (f'<tr class="{state}"><td><span class="badge {state}">{state}</span></td>'
-            f'<td class="name">{escape(peer.name)}</td>'
-            f'<td class="id" title="{peer.peer_id}">{peer.peer_id[:16]}…</td>'
-            f'<td class="addresses">{shown}</td><td class="num">{peer.paths:,}</td>'
-            f'<td title="{_utc(peer.last_seen)}">{_ago(now - peer.last_seen)}</td></tr>\n')
+last sweep {last_sweep} ({escape(sweep["status"])})</footer>"""
 
 
 def _ago(seconds: float) -> str:
@@ -106,20 +183,3 @@ def _duration(seconds: float) -> str:
 
 def _utc(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
-
-
-_STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#1d2433;background:#f6f7f9}
-header{display:flex;align-items:baseline;gap:1rem}h1{font-size:1.4rem;margin:0 0 1rem}
-.cards{display:flex;flex-wrap:wrap;gap:.75rem;margin-bottom:1.25rem}
-.card{background:#fff;border:1px solid #dde1e8;border-radius:6px;padding:.6rem 1rem;min-width:9rem}
-.value{font-size:1.5rem;font-weight:600}.label,.muted{color:#667085}
-table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #dde1e8}
-th,td{padding:.45rem .7rem;border-bottom:1px solid #eceff3;text-align:left;vertical-align:top}
-th{background:#eef1f5;font-weight:600}.num{text-align:right}.id{font-family:ui-monospace,monospace}
-.addresses{font-family:ui-monospace,monospace;font-size:12px}
-tr.offline{color:#8a93a3}.empty{text-align:center;color:#667085}
-.badge{border-radius:4px;padding:.1rem .45rem;font-size:12px;font-weight:600}
-.badge.online{background:#dcf5e3;color:#146c2e}.badge.offline{background:#eceff3;color:#667085}
-footer{margin-top:1rem;font-size:12px}
-"""

@@ -1,16 +1,19 @@
-"""Prometheus metrics of the tracker, in a registry of its own, and the recent rates the dashboard shows.
+"""Prometheus metrics of the tracker, in a registry of its own, and the last hour the dashboard charts.
 
 Several replicas may serve one fleet. What a replica counts itself (requests, announces, lookups,
 refusals, sweeps) carries `replica="<name>"`, so a fleet's totals are sums over replicas; what the
 database says (peers, paths, holdings, its size) describes the fleet and carries no replica label:
-every replica reports the same values.
+every replica reports the same values. The last hour (announces and lookups per minute, peers online)
+is this replica's, kept in memory from its start.
 """
 
-import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from peerix.common.series import Series
 
 from .storage import Counts
 
@@ -18,28 +21,8 @@ _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-class RecentRate:
-    """Events per second over the last `window` seconds, counted in `step`-second slots."""
-
-    def __init__(self, window: int = 300, step: int = 10) -> None:
-        self.step = step
-        self._slots = [0] * (window // step)
-        self._slot_times = [0] * (window // step)
-        self._started = time.time()
-
-    def add(self, now: float, count: int = 1) -> None:
-        tick = int(now // self.step)
-        index = tick % len(self._slots)
-        if self._slot_times[index] != tick:
-            self._slot_times[index], self._slots[index] = tick, 0
-        self._slots[index] += count
-
-    def per_second(self, now: float) -> float:
-        tick = int(now // self.step)
-        oldest = tick - len(self._slots) + 1
-        total = sum(count for count, when in zip(self._slots, self._slot_times, strict=True) if when >= oldest)
-        seconds = min(len(self._slots) * self.step, max(now - self._started, 1.0))
-        return total / seconds
+MINUTE, HOUR = 60, 60  # the charts: per minute, for the last hour
+RATE_WINDOW = 300  # seconds over which the dashboard's announces and lookups per minute are averaged
 
 
 class Metrics:
@@ -73,8 +56,8 @@ class Metrics:
                               "was sweeping)", ["result"], registry=r)
         self.leases = Counter("peerix_tracker_leases", "Lease requests, by result (granted: taken or renewed; "
                               "held: another peer holds it; released)", ["result"], registry=r)
-        self.announce_rate = RecentRate()
-        self.lookup_rate = RecentRate()
+        self.history = {"peers_online": Series(MINUTE, HOUR, gauge=True), "announces": Series(MINUTE, HOUR),
+                        "lookups": Series(MINUTE, HOUR)}
         # Label children looked up once: labels() costs more than the increment it leads to.
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._announces = {kind: self.announces.labels(kind) for kind in ("full", "delta", "heartbeat")}
@@ -99,17 +82,32 @@ class Metrics:
         self._announces[kind].inc()
         self._added.inc(added)
         self._removed.inc(removed)
-        self.announce_rate.add(now)
+        self.history["announces"].add(now)
 
     def looked_up(self, kind: str, hits: int, misses: int, now: float) -> None:
         self._lookups[kind].inc()
         self._hits.inc(hits)
         self._misses.inc(misses)
-        self.lookup_rate.add(now)
+        self.history["lookups"].add(now)
 
     def fleet(self, counts: Counts | None, database_bytes: int | None) -> None:
         """What the database says, for the scrape about to be answered."""
         self.counts, self.database_bytes = counts, database_bytes
+
+    def counted(self, counts: Counts, now: float) -> None:
+        """The fleet as the database just counted it: a point of the chart of peers online."""
+        self.history["peers_online"].set(now, counts.peers_online)
+
+    def per_minute(self, series: str, now: float) -> float:
+        return self.history[series].rate(now, RATE_WINDOW) * 60
+
+    def stats(self, counts: Counts, now: float) -> dict[str, Any]:
+        """The fleet's counts and this replica's last hour: /api/v1/stats."""
+        return {"now": round(now, 3), "counts": {"peers_online": counts.peers_online,
+                                                  "peers_offline": counts.peers_offline, "paths": counts.paths,
+                                                  "holdings": counts.holdings},
+                "per_minute": {name: round(self.per_minute(name, now), 2) for name in ("announces", "lookups")},
+                "history": {name: series.to_json(now) for name, series in self.history.items()}}
 
 
 class _ReplicaLabel:

@@ -20,6 +20,7 @@ from peerix.net.tracker_protocol import (
     PEER_HEADER,
     PEERS_PATH,
     SIGNATURE_HEADER,
+    STATS_PATH,
     TIMESTAMP_HEADER,
 )
 
@@ -67,6 +68,11 @@ _ADMIN_ERRORS = {
     "403": _error("admin_disabled: the tracker has no admin_token_file"),
     **_COMMON_ERRORS,
 }
+
+
+_PAGE = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+         "403": _error("dashboard_private: shown only on the tracker's own host under closed membership"),
+         "404": _error("not_found: the dashboard is off")}
 
 
 def _signed(operation: dict) -> dict:
@@ -119,6 +125,22 @@ SCHEMAS: dict[str, Any] = {
         "ttl": {"type": "number", "description": "seconds a lease lasts"},
         "holder": {"oneOf": [{"type": "null"}, _ref("PeerRecord")],
                    "description": "who holds it, when not the asker"}}},
+    "Series": {"type": "object", "required": ["step", "end", "values"], "properties": {
+        "step": {"type": "integer", "description": "seconds per value"},
+        "end": {"type": "number", "description": "when the last value's slot ends (Unix time)"},
+        "values": {"type": "array", "items": {"type": ["number", "null"]},
+                   "description": "oldest first; null: no data (before this replica started)"}}},
+    "Stats": {"type": "object", "required": ["now", "counts", "per_minute", "history"], "properties": {
+        "now": {"type": "number"},
+        "counts": {"type": "object", "required": ["peers_online", "peers_offline", "paths", "holdings"],
+                   "additionalProperties": {"type": "integer", "minimum": 0}},
+        "per_minute": {"type": "object", "required": ["announces", "lookups"],
+                       "additionalProperties": {"type": "number", "minimum": 0},
+                       "description": "this replica's, over the last 5 minutes"},
+        "history": {"type": "object", "required": ["peers_online", "announces", "lookups"],
+                    "additionalProperties": _ref("Series"),
+                    "description": "the last hour per minute: peers online, and this replica's announces and "
+                                   "lookups"}}},
     "Announced": {"type": "object", "required": ["seq", "paths"], "properties": {
         "seq": {"type": "integer"}, "paths": {"type": "integer"},
         "advice": {"type": "object", "additionalProperties": {"type": "integer"}}}},
@@ -155,7 +177,13 @@ def document() -> dict[str, Any]:
                 **_READ_ERRORS}})},
         PEERS_PATH: {"get": _signed({"summary": "Every peer, online or not",
                                      "responses": {"200": _ok(_ref("Peers")), **_READ_ERRORS}})},
-        PEERS_PATH + "/{peer_id}": {"delete": _signed({
+        STATS_PATH: {"get": {"summary": "The fleet's counts and this replica's last hour (open, like /health)",
+                             "responses": {"200": _ok(_ref("Stats")), **_COMMON_ERRORS}}},
+        PEERS_PATH + "/{peer_id}": {"get": _signed({
+            "summary": "One peer, online or not", "parameters": [_peer_path("the peer")],
+            "responses": {"200": _ok(_ref("PeerListing")), "400": _error("invalid_peer_id"),
+                          "404": _error("not_found: the tracker holds nothing for the peer"), **_READ_ERRORS}}),
+                                    "delete": _signed({
             "summary": "Leave (keeping the set for a delta on return), or with forget the set dropped too",
             "parameters": [_peer_path("the signer itself")],
             "requestBody": {"required": False, "content": {_JSON: {"schema": {
@@ -220,10 +248,21 @@ def document() -> dict[str, Any]:
                                     "status": {"const": "error"}}}, "the database does not answer")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/": {"get": {"summary": "The dashboard (HTML)", "responses": {
-            "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
-            "403": _error("dashboard_private: shown only on the tracker's own host under closed membership"),
-            "404": _error("not_found: the dashboard is off")}}},
+        "/": {"get": {"summary": "The dashboard (HTML)", "parameters": [
+            {"name": "page", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "which page of peers (from 1)"}], "responses": _PAGE}},
+        "/search": {"get": {"summary": "The dashboard's answer to who holds a path (HTML)", "parameters": [
+            {"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "a store path, its base name or its hash"}], "responses": _PAGE}},
+        "/peers/{peer_id}": {"get": {"summary": "The dashboard's page of one peer (HTML)",
+                                     "parameters": [_peer_path("the peer")], "responses": {
+                                         **_PAGE, "400": _error("invalid_peer_id"),
+                                         "404": _error("not_found: no such peer, or the dashboard is off")}}},
+        "/static/{name}": {"get": {"summary": "The dashboard's stylesheet and script", "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"enum": ["dashboard.css", "dashboard.js"]}}],
+            "responses": {"200": {"description": "the file", "content": {
+                "text/css": {"schema": {"type": "string"}}, "text/javascript": {"schema": {"type": "string"}}}},
+                "404": _error("not_found: no such file, or the dashboard is off")}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _ok({"type": "object"})}}},
     }
     return {

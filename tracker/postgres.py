@@ -368,6 +368,10 @@ class PostgresStorage:
         self._peers, self._versions = {}, {}  # forgets the removed
         return [self._peer(row) for row in rows]
 
+    async def peer(self, key: bytes) -> Peer | None:
+        row = await self._read(lambda db: db.fetchrow(f"SELECT {_PEER} FROM peers WHERE key = $1", key))
+        return self._peer(row) if row is not None else None
+
     async def holders(self, packed: bytes, online_since: float, limit: int) -> list[Peer]:
         async def work(db: asyncpg.Connection) -> list[Peer]:
             rows = await db.fetch(_HOLDERS, packed, online_since, limit)

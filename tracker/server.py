@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .postgres import PostgresStorage
 from .ratelimit import RateLimiter
 from .sqlite import SqliteStorage
-from .storage import Storage, is_postgres
+from .storage import DatabaseError, Storage, is_postgres
 from .sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,20 @@ def open_storage(location: Path | str, password: str | None = None) -> Storage:
     if isinstance(location, str) and is_postgres(location):
         return PostgresStorage(location, password)
     return SqliteStorage(Path(location))
+
+
+CENSUS_INTERVAL = 15.0  # seconds between counts of the fleet for the chart of peers online
+
+
+async def _census(storage: Storage, metrics: Metrics, offline_after: float) -> None:
+    """Count the fleet now and then, so the chart of peers online has a point every minute."""
+    while True:
+        now = time.time()
+        try:
+            metrics.counted(await storage.counts(now - offline_after), now)
+        except DatabaseError as error:
+            log.debug("census failed error=%s", error)
+        await asyncio.sleep(CENSUS_INTERVAL)
 
 
 async def serve(config: Config) -> None:
@@ -80,10 +94,13 @@ async def serve(config: Config) -> None:
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
         sweeper.start()
+        census = asyncio.create_task(_census(storage, metrics, config.offline_after))
         try:
             await server.serve()
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            census.cancel()
+            await asyncio.gather(census, return_exceptions=True)
             await sweeper.stop()
     finally:
         trail.close()

@@ -204,6 +204,9 @@ class SqliteStorage:
     async def peers(self) -> list[Peer]:
         return list(self._by_key.values())
 
+    async def peer(self, key: bytes) -> Peer | None:
+        return self._by_key.get(key)
+
     async def holders(self, packed: bytes, online_since: float, limit: int) -> list[Peer]:
         """An index probe on the calling (event loop) thread: ~20 µs, less than the hop to a worker."""
         if self._probe is None:

@@ -63,6 +63,9 @@ class Storage(Protocol):
     async def peers(self) -> list[Peer]:
         """Every peer, online or not."""
 
+    async def peer(self, key: bytes) -> Peer | None:
+        """One peer, online or not; None when the tracker holds nothing for it."""
+
     async def holders(self, packed: bytes, online_since: float, limit: int) -> list[Peer]:
         """The online peers holding one hash (its 20 packed bytes)."""
 

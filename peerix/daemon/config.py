@@ -151,6 +151,9 @@ class Config:
                                  "it", parse_bool)
     upstream_cache_size: int = setting(4 << 30, "disk budget for pulled-through paths, held outside the Nix store "
                                        "until Nix imports them (default: 4G)", parse_size, "SIZE")
+    upstream_rate: int | None = setting(None, "bytes per second the upstream delivers NARs at, for the dashboard's "
+                                        "time saved (default: as measured on paths pulled through)", parse_size,
+                                        "RATE")
     pull_through_min_rate: int = setting(1 << 20, "bytes per second a host following another host's pull-through "
                                          "must get, else it goes to the upstream itself (default: 1M)", parse_size,
                                          "RATE")

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -79,12 +80,14 @@ async def run(config: Config) -> None:
         key = configured or host_key(config)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         activity_file = config.state_dir / "activity.json"
-        metrics = Metrics(Activity.load(activity_file))
+        metrics = Metrics(Activity.load(activity_file, config.upstream_rate))
+        stack.callback(metrics.activity.close)
         stack.callback(metrics.activity.save, activity_file)
         nar_cache = NarCache(config.state_dir / "nar-cache", config.nar_cache_size) if config.nar_cache_size else None
         upstream = Upstream(config.upstream) if config.upstream else None
         if upstream is not None:
             stack.push_async_callback(upstream.aclose)
+            metrics.activity.upstream_name = f"upstream {urlsplit(config.upstream).hostname}"
         policy = Policy([PublicKey.parse(k) for k in config.trusted_public_keys], config.accept, config.serve, upstream,
                         config.exclude)
         held = (HeldPaths(config.state_dir / "held", config.upstream_cache_size, local.store_dir)
@@ -110,6 +113,8 @@ async def run(config: Config) -> None:
                                lambda: len(reputation.peers))
         metrics.read_at_scrape("gauge", "peerix_peers_backing_off", "Peers left alone after failures",
                                lambda: sum(not reputation.available(p) for p in reputation.peers))
+        metrics.read_at_scrape("gauge", "peerix_peers_banned", "Peers banned for sending bytes that did not "
+                               "match their NarHash", lambda: sum(reputation.banned(p) for p in reputation.peers))
         sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2,
                       admits=admission.admits)
@@ -153,9 +158,19 @@ async def run(config: Config) -> None:
                 return {"url": tracker.url, "announced_paths": announcer.announced,
                         "last_announce": announcer.last_success or None, "in_backoff": tracker.in_backoff,
                         "backoff_s": round(tracker.backoff_remaining, 1), "last_error": announcer.last_error}
+
+        def peer_name(peer_id: str) -> str | None:
+            """What the peer calls itself, as the LAN or the tracker last said."""
+            if lan is not None and (seen := lan.peers.get(peer_id)) is not None:
+                return seen.announcement.name
+            record = tracker_source.seen.get(peer_id) if tracker_source is not None else None
+            return record.name if record is not None else None
+
+        metrics.activity.peer_name = peer_name
         transfers = TransferSettings(read_timeout=config.peer_timeout, split_threshold=config.split_threshold,
                                      max_sources=config.max_sources, stall_timeout=config.stall_timeout,
-                                     temporary_dir=str(config.state_dir), compression=config.compression)
+                                     temporary_dir=str(config.state_dir), compression=config.compression,
+                                     name=config.name)
         pull = None
         if held is not None and upstream is not None:
             leases: Leases = LanLeases(lan) if lan is not None else Alone()

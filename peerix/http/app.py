@@ -8,6 +8,7 @@ retries (five tries over about five seconds) instead of giving the path up.
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from .. import __version__
+from ..common import web
 from ..common.asgi import MetricsMiddleware
 from ..common.throttle import Throttle
 from ..nix import nix32
@@ -31,6 +33,7 @@ from ..store.narcache import NarCache
 from ..store.substituter import HoldersFailed, NarUnavailable, Substituter, Unavailable, narinfo_text
 from ..swarm.explain import explain
 from ..swarm.policy import Policy
+from ..telemetry.activity import Live, fetching
 from ..telemetry.metrics import Metrics
 from .access import LOOPBACK, ClientAccess, parse_networks
 from .dashboard import render as render_dashboard
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 NARINFO_TYPE = "text/x-nix-narinfo"
 RETRY_AFTER = 1  # seconds: a killed holder is back, or another found, within a few of Nix's retries
+TRANSFERS_PAGE, MAX_TRANSFERS_PAGE = 50, 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
 Lookup = Callable[[str], Awaitable[PathInfo | None]]
@@ -117,9 +121,10 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         return await _nar(request, substituter.lookup)
 
     async def store_nar(request: Request) -> Response:
-        return await _nar(request, _servable, uploads)  # other machines: within the upload cap
+        client = request.client.host if request.client else "?"
+        return await _nar(request, _servable, uploads, f"for {client} through /store/")  # within the upload cap
 
-    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None) -> Response:
+    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "") -> Response:
         encoded = request.path_params["narhash"]
         hash_part = request.query_params.get("hash", "")
         try:
@@ -151,15 +156,25 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             headers = {"content-length": str(end - start), "accept-ranges": "bytes"}
             return Response(status_code=206 if part else 200, media_type=NAR_TYPE,
                             headers=headers | ({"content-range": part} if part else {}))
-        try:  # a range that is the whole NAR is checked against NarHash as a whole NAR is
-            parts = await (substituter.open_nar(info) if (start, end) == (0, size) else
-                           substituter.open_range(info, start, end))
+        fetch = metrics.activity.fetch(info.store_path.full(substituter.local.store_dir), end - start)
+        fetch.detail = " ".join(filter(None, (f"bytes {start}-{end - 1}" if wanted else "", note)))
+        try:
+            with fetching(fetch):  # what the transfer from peers or the upstream credits
+                # a range that is the whole NAR is checked against NarHash as a whole NAR is
+                parts = await (substituter.open_nar(info) if (start, end) == (0, size) else
+                               substituter.open_range(info, start, end))
         except HoldersFailed as error:
+            metrics.activity.finish(fetch, "failed", "the peers holding it failed to send it (503: Nix asks again)")
             return _holders_failed(hash_part, error)
         except NarUnavailable as error:
+            metrics.activity.finish(fetch, "failed", f"{error} (404)")
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
             return _error(404, "no peer has this NAR any more")
-        return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted), throttle, part)
+        except BaseException as error:  # not in flight any more, whatever happened
+            metrics.activity.finish(fetch, "failed", type(error).__name__)
+            raise
+        return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted, fetch), throttle,
+                           part, fetch.advance)
 
     def _holders_failed(hash_part: str, error: HoldersFailed) -> Response:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
@@ -187,11 +202,10 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             metrics.store_errors.inc()
             return None
 
-    def _nar_finished(info: PathInfo, wanted: tuple[int, int] | None, outcome: str, sent: int, seconds: float,
-                      error: Exception | None) -> None:
+    def _nar_finished(info: PathInfo, wanted: tuple[int, int] | None, fetch: Live, outcome: str, sent: int,
+                      seconds: float, error: Exception | None) -> None:
         metrics.nar_transfers.labels(outcome).inc()
-        part = f"bytes {wanted[0]}-{wanted[1] - 1}" if wanted else ""
-        metrics.activity.transfer("to nix", str(info.store_path), "", sent, seconds, outcome, part)
+        metrics.activity.finish(fetch, outcome, str(error) if error else "")
         level = logging.ERROR if error else logging.INFO
         log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s%s", outcome, info.store_path, sent,
                 seconds, sent / (1 << 20) / max(seconds, 1e-6), f" range={wanted[0]}-{wanted[1] - 1}" if wanted else "",
@@ -298,8 +312,30 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         return JSONResponse({**await explain(substituter, policy, hash_part), "admission": admission})
 
     async def dashboard(request: Request) -> Response:
-        page = render_dashboard(metrics.activity, network() if network else {}, peers() if peers else [])
-        return HTMLResponse(page)
+        page = render_dashboard(metrics.activity, network() if network else {}, peers() if peers else [],
+                                dict(request.query_params), time.time())
+        return HTMLResponse(page, headers=web.HEADERS)
+
+    async def activity(request: Request) -> Response:
+        return JSONResponse(metrics.activity.to_json(time.time()))
+
+    async def transfers(request: Request) -> Response:
+        try:
+            offset = int(request.query_params.get("offset", 0))
+            limit = int(request.query_params.get("limit", TRANSFERS_PAGE))
+        except ValueError:
+            offset = limit = -1
+        if offset < 0 or not 1 <= limit <= MAX_TRANSFERS_PAGE:
+            return _error(400, f"offset must be 0 or more and limit 1 to {MAX_TRANSFERS_PAGE}")
+        page = metrics.activity.recent_page(offset, limit)
+        return JSONResponse({"total": len(metrics.activity.recent), "offset": offset, "limit": limit,
+                             "transfers": [t.to_json() for t in page]})
+
+    async def static(request: Request) -> Response:
+        if (asset := web.STATIC.get(request.path_params["name"])) is None:
+            return _error(404, "no such file")
+        content, media_type = asset
+        return Response(content, media_type=media_type, headers={"cache-control": "max-age=300"})
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -316,7 +352,10 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         Route("/metrics", prometheus),
         Route("/api/v1/peers", local_clients(known_peers)),
         Route("/api/v1/why/{hash}", local_clients(why)),
+        Route("/api/v1/activity", local_clients(activity)),
+        Route("/api/v1/transfers", local_clients(transfers)),
         Route("/dashboard", local_clients(dashboard)),
+        Route("/static/{name}", local_clients(static)),
     ]
     if policy is not None:
         routes.append(Mount("/store", routes=[

@@ -25,12 +25,14 @@ class NarResponse:
     the client sees a broken transfer instead of a wrong NAR."""
 
     def __init__(self, parts: AsyncIterator[nar.Segment], size: int, finished: Finished,
-                 throttle: Throttle | None = None, content_range: str | None = None) -> None:
+                 throttle: Throttle | None = None, content_range: str | None = None,
+                 progress: Callable[[int], None] = lambda count: None) -> None:
         self.parts = parts
         self.size = size  # of the body: the NAR's, or the range's
         self.finished = finished
         self.throttle = throttle or Throttle()
         self.content_range = content_range  # a 206 answer's Content-Range
+        self.progress = progress  # bytes as they are sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
@@ -59,6 +61,7 @@ class NarResponse:
                             await self.throttle.take(count)
                             await send({"type": ZEROCOPY, "file": file, "offset": offset, "count": count,
                                         "more_body": True})
+                            self.progress(count)
                     sent += part.size
                     continue
                 else:
@@ -68,6 +71,7 @@ class NarResponse:
                     self._check(sent)
                     await self.throttle.take(len(chunk))
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self.progress(len(chunk))
             else:
                 if sent != self.size:
                     raise nar.NarError(f"NAR ended after {sent} of {self.size} bytes")

@@ -28,6 +28,7 @@ LOOKUP_PATH = f"{API}/lookup"
 LEASES_PATH = f"{API}/leases"
 PEERS_PATH = f"{API}/peers"
 MEMBERS_PATH = f"{API}/members"
+STATS_PATH = f"{API}/stats"
 ADMIN_PEERS_PATH = f"{API}/admin/peers"
 ADMIN_AUDIT_PATH = f"{API}/admin/audit"
 

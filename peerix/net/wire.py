@@ -76,11 +76,12 @@ class NarRequest:
     length: int | None = None  # None: to the end
     zstd: str | None = None  # "prefer", "accept" or None
     growing: bool = True  # a NAR the peer is still pulling through will do (it sends bytes as they come)
+    name: str | None = None  # the asking host's name, for the sender's dashboard (older peers send none)
 
     def to_frame(self) -> bytes:
         message = {"hash": self.hash_part, "nar_hash": self.nar_hash, "offset": self.offset, "length": self.length}
         return encode_frame(message | ({"zstd": self.zstd} if self.zstd else {})
-                            | ({} if self.growing else {"growing": False}))
+                            | ({} if self.growing else {"growing": False}) | ({"name": self.name} if self.name else {}))
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> "NarRequest":
@@ -90,9 +91,14 @@ class NarRequest:
             raise WireError("nar request needs string fields hash and nar_hash")
         if not _is_count(offset) or not (length is None or _is_count(length)):
             raise WireError("nar request offset and length must be non-negative integers")
-        zstd = message.get("zstd")
+        zstd, name = message.get("zstd"), message.get("name")
         return cls(hash_part, nar_hash, offset, length, zstd if zstd in ("prefer", "accept") else None,
-                   message.get("growing") is not False)
+                   message.get("growing") is not False, name if _is_name(name) else None)
+
+
+def _is_name(value: object) -> bool:
+    """A host's name as the tracker takes it: 1 to 64 printable characters (anything else is ignored)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable()
 
 
 def _is_count(value: object) -> bool:

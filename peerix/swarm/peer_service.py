@@ -75,6 +75,8 @@ class PeerService:
         header = {"status": "ok", "size": end - request.offset} | ({"encoding": wire.ZSTD_BLOCKS} if blocks else {})
         await self._send(send, wire.encode_frame(header))
         sent, outcome = 0, "failed"
+        upload = self.metrics.activity.upload(peer_id, info.store_path.full(self.substituter.local.store_dir),
+                                              info.nar_size, request.name)
         try:
             async with contextlib.aclosing(self.substituter.nar_chunks(info, request.offset, end)) as chunks:
                 async for chunk in chunks:
@@ -82,6 +84,7 @@ class PeerService:
                     await self.uploads.take(len(data))
                     await self._send(send, data)
                     sent += len(chunk)
+                    upload.advance(len(chunk))
                     self.metrics.peer_sent_bytes.inc(len(chunk))
                     self.metrics.peer_wire_bytes.labels("sent").inc(len(data))
             await self._finish(send)
@@ -93,8 +96,7 @@ class PeerService:
         finally:
             seconds = time.monotonic() - started
             detail = f"zstd {blocks.raw_bytes / max(blocks.stored_bytes, 1):.1f}x" if blocks else ""
-            self.metrics.activity.transfer("to peer", str(info.store_path), peer_id[:10], sent, seconds, outcome,
-                                           detail)
+            self.metrics.activity.piece_done(upload, outcome, detail)
             log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, peer_id[:10],
                      info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6),
                      f" {detail}" if detail else "")

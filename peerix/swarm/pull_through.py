@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..net.upstream import Upstream, UpstreamError
 from ..nix.narinfo import NarInfo
 from ..store.held import Growing, HeldError, HeldPaths
+from ..telemetry.activity import UPSTREAM, current_fetch
 from ..telemetry.metrics import Metrics
 from .candidates import Candidate
 from .leases import Leases
@@ -45,6 +46,7 @@ class PullSettings:
 
 MAX_PEERS_ASKED = 4  # peers asked whether they hold a path whole before going to the lease
 MAX_LEASE_WAIT = 15.0  # seconds waited for a failed holder's lease to run out before fetching anyway
+TIMED_DOWNLOAD = 1 << 20  # NAR bytes from the upstream in one go that make a fair measure of its rate
 
 
 class TooSlow(Exception):
@@ -94,7 +96,8 @@ class PullThrough:
 
     async def _fetch(self, growing: Growing, info: NarInfo) -> None:
         """Fill the held copy from the lease holder or the upstream until it is whole, then publish
-        it. It runs on its own: a Nix that goes away does not stop what other hosts may follow."""
+        it. It runs on its own: a Nix that goes away does not stop what other hosts may follow. It
+        runs in the context of the request that started it: its bytes are credited to that fetch."""
         hash_part, started = info.store_path.hash_part, time.monotonic()
         outcome, how = "failed", "upstream"
         try:
@@ -132,8 +135,9 @@ class PullThrough:
 
     async def _from_upstream(self, growing: Growing, info: NarInfo, leased: bool) -> None:
         """The rest of the NAR from the upstream: its file from the start, the part already held skipped."""
-        skip = growing.written
+        skip = written = growing.written
         renewer = asyncio.create_task(self._renew(growing)) if leased else None
+        started, fetch = time.monotonic(), current_fetch()
         try:
             chunks = self.upstream.nar(info, self.metrics.from_upstream)
             async with contextlib.aclosing(chunks):
@@ -142,6 +146,10 @@ class PullThrough:
                         chunk, skip = chunk[skip:], max(0, skip - len(chunk))
                     if chunk:
                         growing.write(chunk)
+                        if fetch is not None:
+                            fetch.credit(UPSTREAM, len(chunk))
+            if growing.written - written >= TIMED_DOWNLOAD:
+                self.metrics.activity.timed_upstream(growing.written - written, time.monotonic() - started)
         finally:
             if renewer is not None:
                 renewer.cancel()
@@ -190,9 +198,12 @@ class PullThrough:
     async def _copy(self, growing: Growing, source: PeerRange) -> None:
         """A peer's range into the held copy, as fast as `min_rate` at least (else TooSlow)."""
         window_start, window_bytes = time.monotonic(), 0
+        fetch = current_fetch()
         while growing.written < growing.info.nar_size:
             chunk = await source.read()
             growing.write(chunk)
+            if fetch is not None:
+                fetch.credit(source.candidate.peer_id, len(chunk))
             self.metrics.saved_from_upstream(len(chunk))
             self.metrics.peer_received_bytes.inc(len(chunk))
             window_bytes += len(chunk)

@@ -38,6 +38,7 @@ from ..net.endpoint import PeerUnreachable
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
 from ..store.substituter import HoldersFailed, NarUnavailable
+from ..telemetry.activity import current_fetch
 from .candidates import Candidate
 from .peers import Peers
 
@@ -63,6 +64,7 @@ class TransferSettings:
     stall_timeout: float = 0.5  # a peer silent this long has the next holder asked too (split: loses its piece)
     temporary_dir: str | None = None  # where split transfers keep their pieces
     compression: str = "auto"  # zstd: auto (asked of remote peers, accepted from near ones), always, never
+    name: str | None = None  # this host's name, told to the peers it asks (for their dashboards)
 
 
 class PeerRange:
@@ -139,6 +141,7 @@ class NarTransfer:
                       and len({c.peer_id for c in candidates}) > 1)
         self._disk_error: OSError | None = None
         self.contributed: Counter[str] = Counter()  # peer id -> bytes of the NAR it supplied
+        self.fetch = current_fetch()  # the dashboard's row this transfer supplies, if any
         self.resumes = 0
         self.wire_bytes = 0
         self._unthrottled = 0  # wire bytes not yet taken from the download cap
@@ -304,7 +307,7 @@ class NarTransfer:
                 self._resumed(source, position)
                 continue
             await self._received(outcome)
-            self.contributed[source.candidate.peer_id] += len(outcome)
+            self._contributed(source.candidate.peer_id, len(outcome))
             position += len(outcome)
             yield outcome
         await source.close()
@@ -342,6 +345,11 @@ class NarTransfer:
             await _cancel(read)
             if takeover is not None and isinstance(unused := await _cancel(takeover), PeerRange):
                 await self._put_back(unused.candidate, unused)  # it opened a range as the source answered
+
+    def _contributed(self, peer: str, count: int) -> None:
+        self.contributed[peer] += count
+        if self.fetch is not None:
+            self.fetch.credit(peer, count)
 
     def _resumed(self, source: PeerRange, position: int) -> None:
         self.resumes += 1
@@ -459,7 +467,7 @@ class NarTransfer:
             _write_all(self._fd, used, piece.position)
             self._record_write(piece.position, len(used), source.candidate)
             piece.written += len(used)
-            self.contributed[peer] += len(used)
+            self._contributed(peer, len(used))
             self._changed.set()
         if source.position < source.end:
             await source.close()
@@ -512,8 +520,9 @@ class NarTransfer:
         finally:
             if self._file:
                 self._file.close()
-            peers.metrics.activity.transfer("from peer", str(info.store_path), self._sources(), received,
-                                             time.monotonic() - self.started, outcome, self._detail(received))
+            if self.fetch is not None:
+                self.fetch.detail = ("the NAR did not match its NarHash" if outcome == "mismatch"
+                                     else self._detail(received))
 
     async def _unverified(self, chunks: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
         received, outcome = 0, "failed"
@@ -527,9 +536,8 @@ class NarTransfer:
         finally:
             log.info("fetched nar range path=%s bytes=%d-%d peers=%s outcome=%s", self.info.store_path, start,
                      end - 1, self._sources(), outcome)
-            detail = ", ".join(filter(None, (f"bytes {start}-{end - 1}", self._detail(received))))
-            self.peers.metrics.activity.transfer("from peer", str(self.info.store_path), self._sources(), received,
-                                                 time.monotonic() - self.started, outcome, detail)
+            if self.fetch is not None:
+                self.fetch.detail = ", ".join(filter(None, (f"bytes {start}-{end - 1}", self._detail(received))))
 
     async def _mismatch(self) -> None:
         """Mark the peers that lied: one peer alone is the liar; of several in a split transfer, the
@@ -593,7 +601,7 @@ class NarTransfer:
         return found
 
     def _sources(self) -> str:
-        """Who supplied how much, for logs and the dashboard: `ab12cd34ef` alone, else
+        """Who supplied how much, for logs: `ab12cd34ef` alone, else
         `ab12cd34ef:60%,0123456789:40%`."""
         if len(self.contributed) == 1:
             return next(iter(self.contributed))[:10]
@@ -618,7 +626,7 @@ async def open_range(peers: Peers, candidate: Candidate, info: PathInfo, start: 
     when it fails to start sending them."""
     peer = candidate.peer_id
     request = wire.NarRequest(info.store_path.hash_part, nix32.encode(info.nar_hash), start, end - start,
-                              zstd_request(settings.compression, candidate), growing)
+                              zstd_request(settings.compression, candidate), growing, settings.name)
     began = time.monotonic()
     try:
         async with asyncio.timeout(peers.query_timeout):
