@@ -15,8 +15,8 @@ from .policy import Policy, Verdict
 
 log = logging.getLogger(__name__)
 
-MAX_COUNT = 128  # narinfos added to one answer
-MAX_BYTES = 128 << 10  # of narinfo text added to one answer
+MAX_COUNT = 256  # narinfos added to one answer
+MAX_BYTES = 256 << 10  # of narinfo text added to one answer
 
 
 async def held_references(substituter: Substituter, policy: Policy, info: PathInfo) -> list[str]:
