@@ -95,11 +95,14 @@ def main() -> None:
         flat = work / "flat"  # from A's store, so its narinfos carry the fleet key's signatures
         run("nix", "copy", "--from", str(a.store), "--to", f"file://{flat}?compression=none", top, big)
         with nginx(flat, work) as (nginx_url, _):
-            for _ in range(args.runs):
+            for run_number in range(args.runs):
                 results.setdefault("nginx nix", []).append(
                     big_mib / nix_copy_seconds(nginx_url, [big], fleet.cluster.public.to_text(), work))
+                asked = c.metric('peerix_peer_round_trips_total{kind="narinfo"}')
                 results.setdefault("closure p2p", []).append(
                     closure_mib / nix_copy_seconds(c.url, [top], key, work))
+                if run_number == 0:  # later runs find the paths known (hit_ttl)
+                    round_trips = c.metric('peerix_peer_round_trips_total{kind="narinfo"}') - asked
                 results.setdefault("closure nginx", []).append(
                     closure_mib / nix_copy_seconds(nginx_url, [top], fleet.cluster.public.to_text(), work))
 
@@ -124,7 +127,8 @@ def main() -> None:
     print(f"{'nginx nix 1 GiB':26} {nix_ceiling:8.0f} MiB/s  (Nix's own ceiling: p2p nix is "
           f"{median(results['p2p nix']) / nix_ceiling:.2f}x of it)")
     p2p, flat_rate = median(results["closure p2p"]), median(results["closure nginx"])
-    print(f"{'closure via peerix (nix)':26} {p2p:8.0f} MiB/s  {p2p / flat_rate:5.2f}x nginx ({flat_rate:.0f} MiB/s)")
+    print(f"{'closure via peerix (nix)':26} {p2p:8.0f} MiB/s  {p2p / flat_rate:5.2f}x nginx ({flat_rate:.0f} MiB/s); "
+          f"first run: {round_trips:.0f} narinfo round trips to A for {len(infos)} paths (closure prefetch)")
     for state, latencies in misses.items():
         latencies.sort()
         p50, p99 = statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99)] * 1000

@@ -5,7 +5,8 @@
 PLAN: {"tracker": URL, "state": DIR, "name": NAME,
        "narinfo": {hash part: narinfo text to answer with},
        "nar": {hash part: file whose bytes to send as its NAR},
-       "realisation": {realisation id: realisation text to answer with}}
+       "realisation": {realisation id: realisation text to answer with},
+       "references": {hash part: narinfo texts to add to its narinfo answer, as closure prefetch}}
 It prints its peer id once it has announced, then a line `nar HASH` for every NAR request it is sent,
 and serves until terminated.
 """
@@ -29,11 +30,14 @@ async def main(plan: dict) -> None:
     narinfos: dict[str, str] = plan.get("narinfo", {})
     nars: dict[str, str] = plan.get("nar", {})
     realisations: dict[str, str] = plan.get("realisation", {})
+    references: dict[str, list[str]] = plan.get("references", {})
 
     async def narinfo(peer_id: str, stream: iroh.BiStream) -> None:
         request = await wire.read_frame(stream.recv())
         text = narinfos.get(request.get("hash"))
         reply = {"status": "ok", "narinfo": text} if text else {"status": "not-found"}
+        if text and request.get("references") and request.get("hash") in references:
+            reply["references"] = references[request["hash"]]
         await stream.send().write_all(wire.encode_frame(reply))
         await stream.send().finish()
         await stream.send().stopped()

@@ -75,11 +75,13 @@ def test_paths_split_across_two_hosts_reach_a_third(fleet: LocalFleet, closure: 
 
 
 def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None,
-               realisation: dict[str, str] | None = None) -> subprocess.Popen:
+               realisation: dict[str, str] | None = None, references: dict[str, list[str]] | None = None
+               ) -> subprocess.Popen:
     (fleet.root / name).mkdir()
     plan = fleet.root / name / "plan.json"
     plan.write_text(json.dumps({"tracker": fleet.tracker_url, "state": str(fleet.root / name), "name": name,
-                                "narinfo": narinfo, "nar": nar or {}, "realisation": realisation or {}}))
+                                "narinfo": narinfo, "nar": nar or {}, "realisation": realisation or {},
+                                "references": references or {}}))
     liar = subprocess.Popen([sys.executable, str(HERE / "liar.py"), str(plan)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     assert len(liar.stdout.readline().strip()) == 64, "the liar did not start"
@@ -128,6 +130,43 @@ def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closu
         for liar in (forger, corrupter):
             liar.send_signal(signal.SIGTERM)
             liar.wait(10)
+
+
+def test_references_come_with_the_narinfo_and_cost_no_round_trip(fleet: LocalFleet, closure: Path) -> None:
+    lib, data, app = (named(closure, name) for name in ("lib", "data", "app"))
+    a, c = host(fleet, "a", closure), host(fleet, "c")
+    assert httpx.get(f"{c.url}/{hash_part(app)}.narinfo").status_code == 200
+    assert c.metric('peerix_prefetched_narinfos_total{result="accepted"}') == 2
+    for path in (lib, data):
+        ours = NarInfo.parse(httpx.get(f"{c.url}/{hash_part(path)}.narinfo").text)
+        assert ours.nar_hash == NarInfo.parse(httpx.get(f"{a.url}/{hash_part(path)}.narinfo").text).nar_hash
+    c.realise(str(app))  # Nix asks for all three narinfos again and fetches the NARs from A
+    verify(c, app)
+    assert c.metric('peerix_peer_round_trips_total{kind="narinfo"}') == 1
+    assert c.metric('peerix_prefetched_narinfos_total{result="used"}') >= 2
+
+
+def test_prefetched_narinfos_without_a_trusted_signature_are_not_used(fleet: LocalFleet, closure: Path) -> None:
+    lib, data, app = (named(closure, name) for name in ("lib", "data", "app"))
+    a = host(fleet, "a", closure)
+    honest = {path: NarInfo.parse(httpx.get(f"{a.url}/{hash_part(path)}.narinfo").text) for path in (app, lib, data)}
+    untrusted = sign_info(honest[lib].with_sigs(()), SecretKey.generate("stranger-1")).to_text()
+    forged = sign_info(honest[data].with_sigs(()), SecretKey.generate(fleet.cluster.name)).to_text()  # wrong key
+    a.stop()  # only the liar holds the closure now
+    liar = start_liar(fleet, "liar", narinfo={hash_part(app): honest[app].to_text(), hash_part(lib): untrusted,
+                                              hash_part(data): forged},
+                      references={hash_part(app): [untrusted, forged, honest[app].to_text()]})  # app: no reference
+    try:
+        c = host(fleet, "c")
+        assert httpx.get(f"{c.url}/{hash_part(app)}.narinfo").status_code == 200
+        assert httpx.get(f"{c.url}/{hash_part(lib)}.narinfo").status_code == 404  # asked, and refused
+        assert httpx.get(f"{c.url}/{hash_part(data)}.narinfo").status_code == 404
+        assert c.metric('peerix_prefetched_narinfos_total{result="refused"}') == 3
+        assert c.metric('peerix_prefetched_narinfos_total{result="used"}') == 0
+        assert c.metric('peerix_peer_round_trips_total{kind="narinfo"}') >= 2
+    finally:
+        liar.send_signal(signal.SIGTERM)
+        liar.wait(10)
 
 
 def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFleet, closure: Path) -> None:

@@ -219,3 +219,34 @@ async def test_nar_under_a_server_without_zero_copy(host_a: Path, closure: Path)
                 response = await client.get("/" + info.url)
                 assert response.content == run("nix-store", "--dump", path).stdout
         substituter.close()
+
+
+def test_pipelined_narinfos_answered_at_once_in_order(served, closure: Path) -> None:
+    """A narinfo already looked up is written without an ASGI task: pipelined behind ones that wait for the
+    database it keeps its place, and its bytes, headers and metrics are those of the task's answer."""
+    known, unknown = hash_part(closure), "0" * 32
+    asked = [("GET", known, ""), ("GET", known, ""), ("HEAD", known, ""), ("GET", unknown, ""), ("GET", known, ""),
+             ("GET", known, "Connection: close\r\n")]
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"".join(f"{method} /{h}.narinfo HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+                              for method, h, extra in asked))
+        stream = sock.makefile("rb")
+        answers = []
+        for method, _, _ in asked:
+            status = int(stream.readline().split()[1])
+            headers = dict(line.decode().rstrip("\r\n").lower().split(": ", 1)
+                           for line in iter(stream.readline, b"\r\n"))
+            headers.pop("date")  # to the second: may differ between answers
+            body = stream.read(int(headers["content-length"])) if method == "GET" else b""
+            answers.append((status, headers, body))
+        assert stream.read() == b""  # closed after the last, as asked
+    assert [status for status, _, _ in answers] == [200, 200, 200, 404, 200, 200]
+    first, at_once = answers[0], answers[1]
+    assert at_once == first and answers[4] == first and first[1]["content-type"] == "text/x-nix-narinfo; charset=utf-8"
+    assert answers[2][1]["content-length"] == first[1]["content-length"]
+    assert answers[5][1]["connection"] == "close" and answers[5][2] == first[2]
+    metrics = httpx.get(served.url + "/metrics").text
+    assert 'peerix_http_requests_total{method="GET",route="narinfo",status="200"} 4.0' in metrics
+    assert 'peerix_http_requests_total{method="HEAD",route="narinfo",status="200"} 1.0' in metrics
+    assert f'peerix_http_sent_bytes_total{{route="narinfo"}} {4 * len(first[2]) + len(answers[3][2])}.0' in metrics
+    assert 'peerix_narinfo_lookups_total{result="hit"} 5.0' in metrics

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from peerix import __version__
 from peerix.common import web
-from peerix.common.asgi import MetricsMiddleware
+from peerix.common.asgi import MetricsMiddleware, Whole
 from peerix.net.tracker_protocol import (
     ADMIN_AUDIT_PATH,
     ADMIN_PEERS_PATH,
@@ -496,52 +496,37 @@ def create_app(t: Tracker) -> ASGIApp:
         routes += [Route("/", home), Route("/search", search), Route("/peers/{peer_id}", peer_page),
                    Route("/static/{name}", static)]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
-    rest = MetricsMiddleware(AddressLimit(app, t.address_limits, refuse), metrics)
     address_limits = t.address_limits
-    observe = metrics.observe_request
     prefix = LOOKUP_PATH + "/"
     skip = len(prefix)
 
-    async def front(scope: Scope, receive: Receive, send: Send) -> None:
-        """`GET /api/v1/lookup/<hash>` answered here, everything else by `rest`.
-
-        Single lookups are most of a tracker's requests and cost little themselves: Starlette's
-        routing, request and response objects and the middleware chain cost more than the lookup.
-        This does what that chain does for them (the per-address limit, the route's refusals,
-        metrics, a 500 for a bug) without it; a path Starlette would not route here goes on to it.
-        """
+    def fast_lookup(scope: Scope) -> ASGIApp | None:
+        """Single lookups are most of a tracker's requests: `GET /api/v1/lookup/<hash>` is answered by
+        `answer_single_lookup`, which does what the router's chain does for it (the per-address limit,
+        the route's refusals, a 500 for a bug); a path Starlette would not route to `lookup` goes on to it."""
         path = scope["path"]
-        if (scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(prefix)
-                or "/" in path[skip:] or len(path) == skip or scope.get("root_path")):
-            return await rest(scope, receive, send)
-        started = time.perf_counter()
-        status, route = 500, "unmatched"  # the limit refuses before routing, as AddressLimit does
-        try:
-            try:
-                if wait := address_limits.take(_client(scope), time.time()):
-                    raise _rate_limited(wait, "this address")
-                route = "lookup"
-                body = await answer_lookup(scope, Headers(scope=scope), path[skip:])
-            except ApiError as error:
-                response = refuse(scope, error)
-            except DatabaseError as error:
-                response = refuse(scope, unavailable("lookup", error))
-            else:
-                status = 200
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", _JSON_BYTES)]})
-                await send({"type": "http.response.body", "body": body})
-                return
-            status = response.status_code
-            await response(scope, receive, send)
-        except Exception:
-            if status == 500:  # as Starlette: the 500 answered, the error raised on for uvicorn to log
-                await (await internal_error(Request(scope), RuntimeError()))(scope, receive, send)
-            raise
-        finally:
-            observe(route, "GET", status, time.perf_counter() - started)
+        if (scope["method"] != "GET" or not path.startswith(prefix) or "/" in path[skip:] or len(path) == skip
+                or scope.get("root_path")):
+            return None
+        return answer_single_lookup
 
-    return front
+    async def answer_single_lookup(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if wait := address_limits.take(_client(scope), time.time()):
+                raise _rate_limited(wait, "this address")  # before routing, as AddressLimit: "unmatched"
+            scope["endpoint"] = lookup
+            response: ASGIApp = Whole(200, await answer_lookup(scope, Headers(scope=scope), scope["path"][skip:]),
+                                      _JSON_BYTES)
+        except ApiError as error:
+            response = refuse(scope, error)
+        except DatabaseError as error:
+            response = refuse(scope, unavailable("lookup", error))
+        except Exception:  # as Starlette: the 500 answered, the error raised on for uvicorn to log
+            await (await internal_error(Request(scope), RuntimeError()))(scope, receive, send)
+            raise
+        await response(scope, receive, send)
+
+    return MetricsMiddleware(AddressLimit(app, t.address_limits, refuse), metrics, fast_lookup)
 
 
 class AddressLimit:

@@ -8,6 +8,7 @@ retries (five tries over about five seconds) instead of giving the path up.
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,11 +19,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..common import web
-from ..common.asgi import MetricsMiddleware
+from ..common.asgi import MetricsMiddleware, Whole
 from ..common.throttle import Throttle
 from ..nix import nix32
 from ..nix.hash import SHA256_SIZE
@@ -42,11 +43,15 @@ from .ranges import RangeError, Unsatisfiable, content_range, parse_range
 
 log = logging.getLogger(__name__)
 
-NARINFO_TYPE = "text/x-nix-narinfo"
+NARINFO_TYPE = b"text/x-nix-narinfo; charset=utf-8"  # the charset as Starlette's Response gave it
+PLAIN_TYPE = b"text/plain; charset=utf-8"
 RETRY_AFTER = 1  # seconds: a killed holder is back, or another found, within a few of Nix's retries
 TRANSFERS_PAGE, MAX_TRANSFERS_PAGE = 50, 1000
 
-Handler = Callable[[Request], Awaitable[Response]]
+# The routes Nix asks most, as Starlette would route them: `/<hash>.narinfo`, `/nar/<narhash>.nar`, under /store/ too
+_HOT_PATH = re.compile(r"(?P<store>/store)?/(?:(?P<hash>[^/]+)\.narinfo|nar/(?P<narhash>[^/]+)\.nar)")
+
+Handler = Callable[[Request], Awaitable[ASGIApp]]
 Lookup = Callable[[str], Awaitable[PathInfo | None]]
 
 
@@ -80,7 +85,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     def local_clients(handler: Handler) -> Handler:
         """Refuse clients outside the trusted networks with a 403 that says why."""
         @functools.wraps(handler)
-        async def guarded(request: Request) -> Response:
+        async def guarded(request: Request) -> ASGIApp:
             client = request.client.host if request.client else None
             if not access.allowed(client):
                 metrics.refused.labels("client").inc()
@@ -93,13 +98,14 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def nix_cache_info(request: Request) -> Response:
         return PlainTextResponse(cache_info, media_type="text/x-nix-cache-info")
 
-    async def narinfo(request: Request) -> Response:
+    @local_clients
+    async def narinfo(request: Request) -> ASGIApp:
         return await _narinfo(request, substituter.lookup)
 
-    async def store_narinfo(request: Request) -> Response:
+    async def store_narinfo(request: Request) -> ASGIApp:
         return await _narinfo(request, _servable)
 
-    async def _narinfo(request: Request, lookup: Lookup) -> Response:
+    async def _narinfo(request: Request, lookup: Lookup) -> ASGIApp:
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
             narinfo_invalid.inc()
@@ -111,20 +117,24 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except HoldersFailed as error:  # a 5xx would make Nix give up on the cache: "not here (now)"
             log.info("narinfo unavailable hash=%s error=%s", hash_part, error)
             info = None
+        return _narinfo_answer(info)
+
+    def _narinfo_answer(info: PathInfo | None) -> Whole:
         (narinfo_misses if info is None else narinfo_hits).inc()
         metrics.activity.count("narinfo_misses" if info is None else "narinfo_hits")
         if info is None:
             return _error(404, "path not found")
-        return Response(narinfo_text(info), media_type=NARINFO_TYPE)
+        return Whole(200, narinfo_text(info), NARINFO_TYPE)
 
-    async def nar(request: Request) -> Response:
+    @local_clients
+    async def nar(request: Request) -> ASGIApp:
         return await _nar(request, substituter.lookup)
 
-    async def store_nar(request: Request) -> Response:
+    async def store_nar(request: Request) -> ASGIApp:
         client = request.client.host if request.client else "?"
         return await _nar(request, _servable, uploads, f"for {client} through /store/")  # within the upload cap
 
-    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "") -> Response:
+    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "") -> ASGIApp:
         encoded = request.path_params["narhash"]
         hash_part = request.query_params.get("hash", "")
         try:
@@ -149,7 +159,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except RangeError as error:
             return _error(400, f"bad Range header: {error}")
         except Unsatisfiable as error:
-            return _error(416, f"unsatisfiable range: {error}", {"content-range": f"bytes */{size}"})
+            return _error(416, f"unsatisfiable range: {error}", [(b"content-range", b"bytes */%d" % size)])
         start, end = wanted or (0, size)
         part = content_range(start, end, size) if wanted else None
         if request.method == "HEAD":
@@ -176,11 +186,11 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted, fetch), throttle,
                            part, fetch.advance)
 
-    def _holders_failed(hash_part: str, error: HoldersFailed) -> Response:
+    def _holders_failed(hash_part: str, error: HoldersFailed) -> ASGIApp:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
         log.warning("nar unavailable for now hash=%s error=%s", hash_part, error)
         return _error(503, "the peers holding this NAR failed to send it; ask again",
-                      {"retry-after": str(RETRY_AFTER)})
+                      [(b"retry-after", b"%d" % RETRY_AFTER)])
 
     async def _servable(hash_part: str) -> PathInfo | None:
         """A local path if the serving policy lets anyone have it; raises _Refused otherwise."""
@@ -304,7 +314,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def known_peers(request: Request) -> Response:
         return JSONResponse({"peers": peers() if peers else []})
 
-    async def why(request: Request) -> Response:
+    async def why(request: Request) -> ASGIApp:
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
             return _error(400, f"invalid store path hash {hash_part[:64]!r}")
@@ -342,9 +352,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 
     routes = [
         Route("/nix-cache-info", local_clients(nix_cache_info)),
-        Route("/{hash}.narinfo", local_clients(narinfo)),
+        Route("/{hash}.narinfo", narinfo),
         Route("/{hash}.ls", local_clients(listing)),
-        Route("/nar/{narhash}.nar", local_clients(nar)),
+        Route("/nar/{narhash}.nar", nar),
         Route("/log/{name:path}", local_clients(build_log)),
         Route("/realisations/{name:path}", local_clients(realisation)),
         Route("/build-trace-v2/{drv}/{output}", local_clients(build_trace)),
@@ -364,16 +374,41 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             Route("/{hash}.ls", store_listing),
             Route("/nar/{narhash}.nar", store_nar),
         ]))
-    app = Starlette(routes=routes)
-    return MetricsMiddleware(app, metrics)
+    # (local route, /store/ route) by the regex group that matched
+    hot = {"hash": (narinfo, store_narinfo), "narhash": (nar, store_nar)}
+
+    def fast(scope: Scope) -> ASGIApp | None:
+        """Nix's narinfo and NAR requests (from this host, or from peers under `/store/`) skip Starlette's
+        routing and middleware chain, which cost more than a cached narinfo; the same handlers answer.
+        A local path's narinfo that needs no database read is answered at once, without a task."""
+        if scope["method"] not in ("GET", "HEAD") or not (match := _HOT_PATH.fullmatch(scope["path"])):
+            return None
+        public = match["store"] is not None
+        if public and policy is None:
+            return None
+        param = "hash" if match["hash"] else "narhash"
+        scope["path_params"] = {param: match[param]}
+        scope["endpoint"] = hot[param][public]
+        client = scope.get("client")
+        if (param == "hash" and not public and is_hash_part(match["hash"]) and client and access.allowed(client[0])
+                and (info := substituter.path_info_now(match["hash"]))):
+            return _narinfo_answer(info)
+        return _answer
+
+    return MetricsMiddleware(Starlette(routes=routes), metrics, fast)
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send) -> None:
+    response = await scope["endpoint"](Request(scope, receive))
+    await response(scope, receive, send)
 
 
 class _Refused(Exception):
     """The serving policy keeps this path private."""
 
 
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
-    return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
+def _error(status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> Whole:
+    return Whole(status, reason.encode() + b"\n", PLAIN_TYPE, headers)
 
 
 def _watch_nar_cache(metrics: Metrics, cache: NarCache) -> None:

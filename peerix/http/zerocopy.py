@@ -1,10 +1,14 @@
-"""Zero-copy response bodies for uvicorn: the ASGI `http.response.zerocopysend` extension.
+"""uvicorn's httptools protocol with two additions the daemon's hot routes need.
 
-uvicorn does not offer this extension, so this protocol adds it to uvicorn's httptools protocol
-with asyncio's native `loop.sendfile` (os.sendfile under the hood). Large files in a NAR then go
-from the page cache to the socket without passing through Python, which is what lets a Python
+Zero-copy response bodies: the ASGI `http.response.zerocopysend` extension, which uvicorn does not
+offer, with asyncio's native `loop.sendfile` (os.sendfile under the hood). Large files in a NAR then
+go from the page cache to the socket without passing through Python, which is what lets a Python
 server approach nginx. Apps must keep a fallback: the extension is advertised per request in
 `scope["extensions"]`, and is absent under other servers.
+
+Answers known at once: when the app has one for a request (`answer_at_once`, e.g. a narinfo already
+looked up), it is written to the socket in one piece, without an ASGI task, its messages and the
+middleware chain, which cost several times what the answer itself does.
 """
 
 import asyncio
@@ -12,15 +16,35 @@ import functools
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from ..common.asgi import ZEROCOPY
+from ..common.asgi import ZEROCOPY, Whole
 
 
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # Every request, pipelined ones included, starts here with its own cycle.
+        at_once = getattr(app, "answer_at_once", None)
+        if at_once and not cycle.access_log and not self.flow.write_paused and (answer := at_once(cycle.scope)):
+            return _write(cycle, answer)
         super()._start_asgi_task(cycle, functools.partial(_with_zerocopy, app, cycle))
+
+
+def _write(cycle: RequestResponseCycle, answer: Whole) -> None:
+    """What uvicorn writes for the response's two ASGI messages, in one write."""
+    out = [STATUS_LINE[answer.status]]
+    for name, value in (*cycle.default_headers, *answer.headers):
+        out += [name, b": ", value, b"\r\n"]
+    if not cycle.keep_alive:
+        out.append(b"connection: close\r\n")
+    out.append(b"\r\n")
+    if cycle.scope["method"] != "HEAD":
+        out.append(answer.body)
+    cycle.response_started = cycle.response_complete = True
+    cycle.transport.write(b"".join(out))
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
 
 
 async def _with_zerocopy(app: ASGIApp, cycle: RequestResponseCycle, scope: Scope, receive: Receive, send: Send) -> None:

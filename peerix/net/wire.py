@@ -3,8 +3,10 @@
 Every request and every response header is one frame: a 4-byte big-endian length, then a JSON
 object. A request opens a bidirectional stream; the answer comes back on it.
 
-`/peerix/narinfo/1`  request `{"hash": <store path hash part>}`
-                     answer  `{"status": "ok", "narinfo": <text>}` or `{"status": "not-found"}`
+`/peerix/narinfo/1`  request `{"hash": <store path hash part>, "references": true (optional)}`
+                     answer  `{"status": "ok", "narinfo": <text>}` or `{"status": "not-found"}`; asked
+                     for references, the ok answer adds `"references": [<text>, ...]`: narinfos of the
+                     path's references the peer holds (closure prefetch, swarm/prefetch.py)
 `/peerix/nar/1`      request `{"hash": <hash part>, "nar_hash": <nix32>, "offset": n, "length": n|null,
                               "zstd": "prefer"|"accept" (optional)}`
                      answer  `{"status": "ok", "size": n}` followed by exactly n raw NAR bytes (the

@@ -205,6 +205,15 @@ class Substituter:
                 return self._held(hash_part)
             info = self._signed(info)
             self._remember(hash_part, info)
+        return self._on_disk(hash_part, info)
+
+    def path_info_now(self, hash_part: str) -> PathInfo | None:
+        """What `path_info` answers when that needs no database read (a path looked up since the
+        database last changed); None otherwise."""
+        info = self._cached(hash_part)
+        return None if info is None else self._on_disk(hash_part, info)
+
+    def _on_disk(self, hash_part: str, info: PathInfo) -> PathInfo | None:
         # The database can outlive the files (or vice versa for a moment during garbage collection).
         if not self.local.has_files(info.store_path):
             return self._held(hash_part)

@@ -27,6 +27,7 @@ from ..store.local import MAX_LOG
 from ..store.substituter import Substituter, Unavailable, narinfo_text
 from ..telemetry.metrics import Metrics
 from .policy import Policy
+from .prefetch import held_references
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class PeerService:
         request = await self._request(stream)
         info = await self._servable(peer_id, "narinfo", request.get("hash"))
         reply = {"status": "ok", "narinfo": narinfo_text(info).decode()} if info else {"status": "not-found"}
+        if info and request.get("references") is True:
+            reply["references"] = await held_references(self.substituter, self.policy, info)
         await self._send(stream.send(), wire.encode_frame(reply))
         await self._finish(stream.send())
 

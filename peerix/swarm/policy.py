@@ -79,11 +79,22 @@ class Policy:
             return Verdict(False, f"differs from {self.upstream.url}")
         return Verdict(True, f"matches {self.upstream.url}")
 
-    async def accept_from_peer(self, info: PathInfo) -> tuple[Verdict, PathInfo]:
-        """Judge a peer's path info; the info returned keeps only the signatures we trust."""
+    def _signed(self, info: PathInfo) -> tuple[Verdict, PathInfo]:
         kept = info.with_sigs(self.trusted_sigs(info))
         names = ", ".join(sig.partition(":")[0] for sig in kept.sigs)
-        signed = Verdict(True, f"signed by {names}") if kept.sigs else Verdict(False, self._untrusted(info))
+        return Verdict(True, f"signed by {names}") if kept.sigs else Verdict(False, self._untrusted(info)), kept
+
+    def accept_by_signature(self, info: PathInfo) -> tuple[Verdict, PathInfo]:
+        """`accept_from_peer` without asking the upstream, for what a peer sends unasked (closure prefetch):
+        a trusted signature accepts, where the policy lets a signature alone accept."""
+        signed, kept = self._signed(info)
+        if signed.ok and self.accept not in (Accept.SIGNATURE, Accept.EITHER):
+            return Verdict(False, f"accept is '{self.accept}': needs the upstream"), kept
+        return signed, kept
+
+    async def accept_from_peer(self, info: PathInfo) -> tuple[Verdict, PathInfo]:
+        """Judge a peer's path info; the info returned keeps only the signatures we trust."""
+        signed, kept = self._signed(info)
         if self.accept is Accept.SIGNATURE or (self.accept is Accept.EITHER and signed.ok):
             return signed, kept
         if self.accept is Accept.BOTH and not signed.ok:
@@ -107,6 +118,12 @@ class Policy:
             return Verdict(False, f"private: {self._untrusted(info)}")
         upstream = await self.check_upstream(info)
         return upstream if upstream.ok else Verdict(False, f"private: {self._untrusted(info)}, and {upstream.reason}")
+
+    def may_serve_now(self, info: PathInfo) -> bool:
+        """`may_serve` without asking the upstream: what a peer may be sent unasked (closure prefetch)."""
+        if self.excluded(info.store_path.basename):
+            return False
+        return self.serve is Serve.ALL or bool(self.trusted_sigs(info))
 
     def _untrusted(self, info: PathInfo) -> str:
         """Why none of the path's signatures counts, for a path `trusted_sigs` found none on."""

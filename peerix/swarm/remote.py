@@ -26,6 +26,7 @@ from .candidates import Candidate
 from .derivations import PeerDerivations
 from .peers import Peers
 from .policy import Policy, Verdict
+from .prefetch import accept_prefetched
 from .pull_through import PullThrough
 from .transfer import NarFetchError, NarTransfer, TransferSettings, describe
 
@@ -38,6 +39,7 @@ class RemotePath:
     verdict: Verdict
     peers: tuple[Candidate, ...]  # who to ask for the NAR, the one that answered first
     upstream: NarInfo | None = None  # no peer had it: pulled through from the upstream, as it published it
+    prefetched: bool = False  # came with the answer for a path that references it (prefetch.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class RemoteSettings:
     parallel_queries: int = 4
     hit_ttl: float = 600.0
     miss_ttl: float = 10.0
+    prefetch_ttl: float = 30.0  # narinfos a peer added to an answer are kept this long (0: not asked for)
     transfer: TransferSettings = TransferSettings()
 
 
@@ -56,6 +59,7 @@ class Answer:
     latency: float
     info: PathInfo | None = None  # as accepted: only the signatures we trust
     verdict: Verdict | None = None
+    prefetched: tuple[tuple[PathInfo, Verdict], ...] = ()  # references' narinfos the peer added, as accepted
 
 
 class _Expiring(OrderedDict):
@@ -105,6 +109,8 @@ class RemoteStore:
         cached = self._paths.get_fresh(hash_part)
         if cached is not None:
             self.metrics.remote_lookups.labels("hit" if isinstance(cached, RemotePath) else "cached-miss").inc()
+            if isinstance(cached, RemotePath) and cached.prefetched:
+                self.metrics.prefetched_narinfos.labels("used").inc()
             return cached if isinstance(cached, RemotePath) else None
         candidates = await self.peers.candidates(hash_part, with_backoff=True)
         available = ([c for c in candidates if self.peers.reputation.available(c.peer_id)]
@@ -144,13 +150,16 @@ class RemoteStore:
             for task in tasks:
                 task.cancel()
 
-    async def _ask(self, hash_part: str, candidate: Candidate) -> Answer:
-        """One peer's narinfo for the path, judged by policy; no bookkeeping."""
+    async def _ask(self, hash_part: str, candidate: Candidate, prefetch: bool = False) -> Answer:
+        """One peer's narinfo for the path, judged by policy, with the narinfos of its references that
+        the peer added when `prefetch`; no bookkeeping."""
         started = time.monotonic()
+        self.metrics.peer_round_trips.labels("narinfo").inc()
+        request = {"hash": hash_part} | ({"references": True} if prefetch else {})
         try:
             async with asyncio.timeout(self.peers.query_timeout):
                 _, reply = await self.peers.endpoint.request(candidate.address, wire.NARINFO_ALPN,
-                                                             wire.encode_frame({"hash": hash_part}), wire.read_frame)
+                                                             wire.encode_frame(request), wire.read_frame)
         except (TimeoutError, PeerUnreachable, iroh.IrohError, wire.WireError) as error:
             return Answer(candidate, "unreachable", describe(error), time.monotonic() - started)
         latency = time.monotonic() - started
@@ -163,11 +172,16 @@ class RemoteStore:
         if info.store_path.hash_part != hash_part:
             return Answer(candidate, "rejected", f"answered with {info.store_path}", latency)
         verdict, accepted = await self.policy.accept_from_peer(info)
-        return Answer(candidate, "ok" if verdict.ok else "rejected", verdict.reason, latency, accepted, verdict)
+        if not verdict.ok:
+            return Answer(candidate, "rejected", verdict.reason, latency, accepted, verdict)
+        prefetched, refused = accept_prefetched(self.policy, info, reply.get("references"))
+        self.metrics.prefetched_narinfos.labels("accepted").inc(len(prefetched))
+        self.metrics.prefetched_narinfos.labels("refused").inc(refused)
+        return Answer(candidate, "ok", verdict.reason, latency, accepted, verdict, tuple(prefetched))
 
     async def _query(self, hash_part: str, candidate: Candidate) -> RemotePath | bool:
         """The path as this peer offers it, else whether the peer answered at all."""
-        answer = await self._ask(hash_part, candidate)
+        answer = await self._ask(hash_part, candidate, prefetch=self.settings.prefetch_ttl > 0)
         peer = candidate.peer_id
         if answer.result == "not-found":
             self.peers.reputation.succeeded(peer, answer.latency)  # it answered; the tracker's list was stale
@@ -183,8 +197,12 @@ class RemoteStore:
         assert answer.info is not None and answer.verdict is not None
         self.peers.reputation.succeeded(peer, answer.latency)
         self.metrics.peer_fetches.labels("narinfo", "ok").inc()
-        log.info("found path=%s peer=%s source=%s seconds=%.3f verdict=%r", answer.info.store_path, peer[:10],
-                 candidate.source, answer.latency, answer.detail)
+        log.info("found path=%s peer=%s source=%s seconds=%.3f verdict=%r prefetched=%d", answer.info.store_path,
+                 peer[:10], candidate.source, answer.latency, answer.detail, len(answer.prefetched))
+        for info, verdict in answer.prefetched:
+            if self.known(info.store_path.hash_part) is None:
+                self._paths.put(info.store_path.hash_part, RemotePath(info, verdict, (candidate,), prefetched=True),
+                                self.settings.prefetch_ttl)
         return RemotePath(answer.info, answer.verdict, (candidate,))
 
     async def explain(self, hash_part: str) -> list[Answer]:

@@ -46,6 +46,13 @@ class Metrics:
             "peerix_peer_fetches", "Fetches from peers by kind (narinfo, nar) and result (ok, not-found, "
             "rejected, unreachable, failed, stalled, mismatch)", ["kind", "result"], registry=r,
         )
+        self.peer_round_trips = Counter("peerix_peer_round_trips", "Requests sent to peers that wait for their "
+                                        "answer, by kind (narinfo)", ["kind"], registry=r)
+        self.prefetched_narinfos = Counter(
+            "peerix_prefetched_narinfos", "Narinfos of references that peers added to their answers, by result "
+            "(accepted: kept for a short time; refused: malformed, not a reference, no trusted signature; used: "
+            "answered a lookup without a round trip)", ["result"], registry=r,
+        )
         self.peer_received_bytes = Counter("peerix_peer_received_bytes", "NAR bytes received from peers",
                                            registry=r)
         self.peer_wire_bytes = Counter("peerix_peer_wire_bytes", "NAR bytes on the wire between peers by "
