@@ -2,11 +2,9 @@
 iroh on loopback, and real Nix on the receiving host trusting only that host's key."""
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from peerix.nix import nix32
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import SecretKey, sign_info
 
-from conftest import ROOT, requires_nix
+import liar
+from conftest import requires_nix
 from nixtools import HERE, build, closure_of, hash_part, nix, path_info, run
 
 pytestmark = requires_nix
@@ -75,14 +74,7 @@ def test_paths_split_across_two_hosts_reach_a_third(fleet: LocalFleet, closure: 
 
 def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None
                ) -> subprocess.Popen:
-    (fleet.root / name).mkdir()
-    plan = fleet.root / name / "plan.json"
-    plan.write_text(json.dumps({"tracker": fleet.tracker_url, "state": str(fleet.root / name), "name": name,
-                                "narinfo": narinfo, "nar": nar or {}}))
-    liar = subprocess.Popen([sys.executable, str(HERE / "liar.py"), str(plan)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    assert len(liar.stdout.readline().strip()) == 64, "the liar did not start"
-    return liar
+    return liar.start(fleet.root, fleet.tracker_url, name, narinfo, nar)
 
 
 def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closure: Path) -> None:
