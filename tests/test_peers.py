@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -201,6 +202,34 @@ def test_a_hung_tracker_keeps_misses_fast(fleet: LocalFleet) -> None:
             fleet.tracker_process.send_signal(signal.SIGCONT)
     timings.sort()
     assert timings[197] < 0.1, timings[-5:]  # p99
+
+
+def test_a_slow_tracker_is_waited_for_not_taken_for_a_hung_one(fleet: LocalFleet, closure: Path) -> None:
+    """A tracker that runs a fifth of the time, as on a machine with a load of ten per core (found by the
+    soak): its answers take up to half a second. Misses learn how slow it is and wait for it, so Nix gets
+    the paths a peer holds rather than 404s that make it build them (or give up)."""
+    host(fleet, "a", closure)
+    c = host(fleet, "c")
+    stopped = threading.Event()
+
+    def overloaded() -> None:
+        while not stopped.is_set():
+            fleet.tracker_process.send_signal(signal.SIGSTOP)
+            time.sleep(0.4)
+            fleet.tracker_process.send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+
+    slow = threading.Thread(target=overloaded)
+    slow.start()
+    try:
+        for _ in range(5):  # misses: what c learns the tracker's pace from
+            assert httpx.get(f"{c.url}/{nix32.encode(os.urandom(20))}.narinfo", timeout=10).status_code == 404
+        c.realise(str(closure))
+    finally:
+        stopped.set()
+        slow.join()
+        fleet.tracker_process.send_signal(signal.SIGCONT)
+    verify(c, closure)
 
 
 def test_a_dead_peer_costs_one_connect_timeout_then_nothing(fleet: LocalFleet, closure: Path) -> None:

@@ -24,8 +24,9 @@ client's, not a tracker's: the next announce is a delta to whichever tracker ans
 the sequence numbers; an independent tracker answers 409 and gets the full set).
 
 Failing fast: the daemon must answer Nix within 100 ms when the trackers are down. The connect
-timeout is short, lookups have a deadline of their own (`lookup_timeout`), and a call tries each
-tracker at most once. When every tracker is backing off, or after a 429 (for its Retry-After: a
+timeout is short, lookups have a timeout of their own (`lookup_timeout`: long enough for a busy
+tracker's answer, which is worth the wait; the daemon does not wait that long for a hung one), and a
+call tries each tracker at most once. When every tracker is backing off, or after a 429 (for its Retry-After: a
 rate limit is not a reason to ask the next replica), the client as a whole is backed off. A refusal
 that will not go away by itself
 (400, 401 other than a stale timestamp or a replay, 403, 413: not a member, no token or a wrong one,
@@ -143,7 +144,7 @@ class _Tracker:
 
 class TrackerClient:
     def __init__(self, urls: str | Sequence[str], seed: bytes, state_dir: Path, *, timeout: float = 5.0,
-                 connect_timeout: float = 0.5, lookup_timeout: float = 0.5, token: str | None = None,
+                 connect_timeout: float = 0.5, lookup_timeout: float = 2.0, token: str | None = None,
                  max_hashes_per_request: int = 100_000) -> None:
         self.urls = tuple(url.rstrip("/") for url in ([urls] if isinstance(urls, str) else urls))
         if not self.urls:

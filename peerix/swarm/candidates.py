@@ -2,8 +2,10 @@
 
 Lookups are cached briefly and never slow a narinfo answer down: a down tracker is one fast
 failure, then the client's backoff makes every lookup an immediate "nobody". A hung tracker (one
-that accepts connections but does not answer) is waited for once, up to a short deadline; until
-it answers again, lookups answer at once from what is known while one probe asks in the background.
+that accepts connections but does not answer) is waited for once, up to a deadline; until it answers
+again, lookups answer at once from what is known while one probe asks in the background. The deadline
+is twice the tracker's slowest recent answer, within bounds: a tracker that is merely slow (a busy
+machine, a link far away) is waited for, since a miss it would have answered makes Nix build the path.
 A source that sees a known peer run another process (a new incarnation in the LAN packet or the
 tracker's record) says so through `on_restart`.
 """
@@ -11,6 +13,7 @@ tracker's record) says so through `on_restart`.
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,14 +60,15 @@ class TrackerSource:
     name = "tracker"
 
     def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096,
-                 deadline: float = 0.25,
+                 deadline: tuple[float, float] = (0.25, 2.0),
                  on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
         self.client = client
         self.on_restart = on_restart  # a peer the tracker named before now runs another process
         self.metrics = metrics
         self.ttl = ttl
         self.entries = entries
-        self.deadline = deadline  # the longest a miss waits for the tracker
+        self.bounds = deadline  # of the longest a miss waits for the tracker
+        self._took: deque[float] = deque(maxlen=16)  # seconds the last answers took
         self._answers: dict[str, tuple[float, list[Candidate]]] = {}
         self._asking: dict[str, asyncio.Task[list[Candidate]]] = {}
         self._unresponsive = False  # the last lookup missed its deadline, and none has answered since
@@ -78,15 +82,22 @@ class TrackerSource:
         if self._unresponsive and self._asking:
             return known  # one probe at a time while the tracker does not answer
         task = self._asking.get(hash_part) or self._ask(hash_part)
+        deadline = self.deadline
         try:
-            async with asyncio.timeout(0 if self._unresponsive else self.deadline):
+            async with asyncio.timeout(0 if self._unresponsive else deadline):
                 return await asyncio.shield(task)
         except TimeoutError:
             if not self._unresponsive:
                 log.warning("tracker lookup missed its deadline, answering from what is known until it answers "
-                            "tracker=%s deadline=%.3f", self.client.url, self.deadline)
+                            "tracker=%s deadline=%.3f", self.client.url, deadline)
             self._unresponsive = True
             return known
+
+    @property
+    def deadline(self) -> float:
+        """Twice the slowest of the tracker's last answers, within `bounds`."""
+        least, most = self.bounds
+        return min(most, max(least, 2 * max(self._took, default=0.0)))
 
     def _ask(self, hash_part: str) -> asyncio.Task[list[Candidate]]:
         task = self._asking[hash_part] = asyncio.create_task(self._lookup(hash_part))
@@ -94,8 +105,10 @@ class TrackerSource:
         return task
 
     async def _lookup(self, hash_part: str) -> list[Candidate]:
+        started = time.monotonic()
         try:
             records = await self.client.lookup(hash_part)
+            self._took.append(time.monotonic() - started)  # an answer that missed the deadline counts too
         except TrackerError as error:
             self.metrics.source_errors.labels(self.name).inc()
             log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
