@@ -44,9 +44,15 @@ class CandidateSource(Protocol):
         `fresh`: bypass any cache, because the peers it named have failed."""
         ...
 
+    @property
+    def answering(self) -> bool:
+        """Whether its answers are its own now, not "unsure": a source that cannot be asked says so here."""
+        ...
+
 
 class LanSource:
     name = "lan"
+    answering = True  # what the LAN packets said
 
     def __init__(self, lan: LanDiscovery) -> None:
         self.lan = lan
@@ -92,6 +98,11 @@ class TrackerSource:
                             "tracker=%s deadline=%.3f", self.client.url, deadline)
             self._unresponsive = True
             return known
+
+    @property
+    def answering(self) -> bool:
+        """False while the tracker is backing off or did not answer its last lookup in time."""
+        return not self._unresponsive and not self.client.in_backoff
 
     @property
     def deadline(self) -> float:

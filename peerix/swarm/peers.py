@@ -43,6 +43,10 @@ class Peers:
                         if not self.reputation.available(peer_id) and not self.reputation.banned(peer_id)]
         return ordered
 
+    def unanswered(self) -> list[str]:
+        """The sources that cannot be asked now (a tracker down or hung): their "nobody" means "unsure"."""
+        return [source.name for source in self.sources if not source.answering]
+
     async def named(self, hash_part: str, fresh: bool = False) -> dict[str, Candidate]:
         """Every peer the sources name for the path, whatever its reputation, once each (LAN first)."""
         answers = await asyncio.gather(*(source.candidates(hash_part, fresh) for source in self.sources))

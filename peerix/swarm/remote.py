@@ -3,8 +3,9 @@ its NAR then comes through a transfer (transfer.py) from the peers that have it.
 has but the upstream cache does is pulled through (pull_through.py), when that is on.
 
 Only "no peer has it" is remembered (for miss_ttl): when a peer that may have the path does not
-answer, or is left alone after failures, the lookup raises HoldersFailed and the next one asks
-again, so a holder that was killed and restarted is found as soon as it is back."""
+answer, or is left alone after failures, or a source that names holders (the tracker) cannot be
+asked, the lookup raises HoldersFailed and the next one asks again, so a holder that was killed and
+restarted is found as soon as it is back, and a NAR asked for meanwhile is a 503 that Nix retries."""
 
 import asyncio
 import logging
@@ -111,6 +112,10 @@ class RemoteStore:
         if found is None and self.pull is not None and (upstream := await self.pull.find(hash_part)) is not None:
             found = RemotePath(upstream, Verdict(True, f"signed by {_signers(self.policy, upstream)}; pulled through "
                                                        f"from {self.pull.upstream.url}"), (), upstream)
+        if found is None and (unanswered := self.peers.unanswered()):
+            self.metrics.remote_lookups.labels("source-failed").inc()
+            raise HoldersFailed(f"no peer known to have {hash_part}, and the {', '.join(unanswered)} cannot be "
+                                "asked now")
         self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
         self.metrics.remote_lookups.labels(("upstream" if found.upstream else "hit") if found else "miss").inc()
         return found
