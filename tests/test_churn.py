@@ -118,6 +118,24 @@ def test_a_nar_asked_while_the_tracker_restarts_is_a_503_not_a_404(fleet: LocalF
     wait_until(lambda: httpx.get(url, timeout=10).status_code == 200, "the NAR once the tracker is back", 8)
 
 
+def test_while_the_tracker_is_down_the_holders_it_named_before_are_asked(fleet: LocalFleet, closure: Path) -> None:
+    """A NAR whose holder failed once is looked up again; with the tracker down (found by the soak, where
+    it restarted), the holders it named before are asked rather than nobody: the NAR comes once the
+    holder is back."""
+    a, c = fleet.host("a"), fleet.host("c")
+    a.give(str(closure))
+    a.start()
+    fleet.wait_announced(a, [str(closure)])
+    c.start()
+    url = nar_url(c, hash_part(closure_of(closure)[0]))  # the tracker named a
+    a.process.kill()  # killed: the tracker still names it
+    a.process.wait()
+    assert httpx.get(url, timeout=10).status_code == 503  # a failed: c looks the path up afresh next time
+    a.start()
+    fleet.stop_tracker()
+    wait_until(lambda: httpx.get(url, timeout=10).status_code == 200, "the NAR from a, named before", 10)
+
+
 async def test_a_tracker_entry_with_a_new_incarnation_reports_a_restart(start_tracker, tmp_path: Path) -> None:
     """A peer's newest record with another incarnation (or, with none, other addresses) is a restart;
     an answer older than the last one seen is not."""

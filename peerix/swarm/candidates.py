@@ -1,7 +1,8 @@
 """Who may hold a path: candidates named by the LAN and by the tracker, fast and never an error.
 
 Lookups are cached briefly and never slow a narinfo answer down: a down tracker is one fast
-failure, then the client's backoff makes every lookup an immediate "nobody". A hung tracker (one
+failure, then the client's backoff makes every lookup an immediate answer from what is known (the
+tracker's last answer for the path, however old: the peers it named are asked). A hung tracker (one
 that accepts connections but does not answer) is waited for once, up to a deadline; until it answers
 again, lookups answer at once from what is known while one probe asks in the background. The deadline
 is twice the tracker's slowest recent answer, within bounds: a tracker that is merely slow (a busy
@@ -123,7 +124,8 @@ class TrackerSource:
         except TrackerError as error:
             self.metrics.source_errors.labels(self.name).inc()
             log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
-            return []
+            known = self._answers.get(hash_part)
+            return known[1] if known is not None else []
         if self._unresponsive:
             log.info("tracker answers again tracker=%s", self.client.url)
         self._unresponsive = False
