@@ -64,15 +64,20 @@ class Host:
     def get(self, url: str) -> str:
         return self.run("curl", "-sf", "--max-time", "5", url).stdout
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM to every process, then wait for each (SIGKILL after 10 s)."""
+        self.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         self.processes.clear()
 
 
@@ -127,6 +132,8 @@ class Network:
         ip("-n", other.ns, "link", "set", far, "up")
 
     def close(self) -> None:
+        for host in self.hosts:
+            host.terminate()  # all at once: each takes a moment to stop
         for host in [*self.hosts, *self.switches]:
             host.stop()
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
