@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from ..common import systemd
+from ..common.memory import give_back_large_buffers
 from ..common.secrets import load_secret_key, read_token, write_secret
 from ..common.server import Server
 from ..common.throttle import Throttle
@@ -57,6 +58,7 @@ def host_key(config: Config) -> SecretKey:
 
 
 async def run(config: Config) -> None:
+    give_back_large_buffers()
     configured = load_secret_key(config.secret_key_file) if config.secret_key_file is not None else None
     async with contextlib.AsyncExitStack() as stack:
         local = await stack.enter_async_context(LocalStore(config.store_root))  # before writing anything
