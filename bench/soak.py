@@ -2,7 +2,7 @@
 
 Twelve hosts in network namespaces, each with its own chroot store holding some of eight overlapping
 closures (1 to 40 MiB of payload each over shared libraries); six share a LAN, six find peers through
-the tracker only. Real Nix on five of them substitutes closures one after another, for two minutes of
+the tracker only. Real Nix on five of them substitutes closures one after another, for a minute of
 warm-up, then for --minutes while daemons on three others are SIGKILLed and restarted every 15 s or so,
 the tracker is killed and restarted once and SIGSTOPped for 30 s once, a liar answers with wrong bytes,
 a mute peer opens streams and never answers, and one host sits behind a 5 MiB/s link (tbf; this kernel

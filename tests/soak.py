@@ -58,7 +58,7 @@ QUIET = 3.0  # seconds without load before RSS and open files are read
 class Settings:
     hosts: int = 12
     seconds: float = 600.0  # of load with faults, after the warm-up
-    warm_up: float = 120.0  # seconds of the same load without faults (one op per Nix host at least), so that
+    warm_up: float = 60.0  # seconds of the same load without faults (one op per Nix host at least), so that
     # the daemons' RSS and open files are read at the start once they hold what a busy daemon holds
     closures: int = 8
     kill_every: float = 15.0  # mean seconds between two daemon kills
