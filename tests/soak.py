@@ -13,7 +13,7 @@ peers through the tracker only; all reach the tracker and each other on the firs
   holder   holds some closures
   shaped   a client behind a link shaped to 5 MiB/s both ways (tbf: this kernel has no netem, so the
            link has no added delay)
-  liar     claims every path, answers genuine narinfo and NARs with one byte flipped (tests/liar.py)
+  liar     claims every path, answers genuine narinfo, and NARs with a byte flipped in every MiB (tests/liar.py)
   mute     claims every path, never answers, and opens NAR streams to others that it never reads
 
 The report holds what the issue asks for; `Report.missed()` names every target missed.
@@ -80,7 +80,7 @@ class Op:
     bytes: int  # their NarSize
     retried_503: int  # "HTTP error 503" in Nix's output: retried, or, in an op that failed, given up on
     other_5xx: int
-    error: str  # the last error line of one that failed
+    error: str  # why one that failed did, as Nix said it
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Report:
     http_5xx: Counter[str]  # "<status> <route>" answered to Nix, from the access logs
     misses: dict[str, list[float]]  # seconds per narinfo miss, on LAN hosts and on tracker-only hosts
     miss_answers: Counter[str]  # status of each miss probe
-    usage: dict[str, list[Usage]]  # every 10 s, from the start (after one op per Nix host) to the end
+    usage: dict[str, list[Usage]]  # every 10 s, from the start (after the warm-up, quiet) to the end (quiet)
     corrupt: list[str]  # "<host> <path>": valid in a store, contents not matching its NarHash
     errors: dict[tuple[str, str], ErrorGroup]
     faults: Counter[str]
@@ -160,7 +160,7 @@ class Report:
             f"machine load average (1 min) {statistics.median(self.load):.1f} median, {max(self.load):.1f} max, "
             f"on {os.cpu_count()} CPUs",
             f"faults: {', '.join(f'{count} {what}' for what, count in sorted(self.faults.items()))}",
-            f"Nix operations: {len(self.ops)} attempted, {len(ok)} succeeded; {moved_paths} paths, "
+            f"Nix operations (the warm-up's too): {len(self.ops)} attempted, {len(ok)} succeeded; {moved_paths} paths, "
             f"{moved_bytes / 2**20:.0f} MiB moved; p50 {statistics.median(seconds):.1f} s, slowest "
             f"{seconds[-1]:.1f} s, over {SLOW_OP:.0f} s: {sum(s > SLOW_OP for s in seconds)}",
             *(f"  failed x{count}{' while the tracker was stopped' if frozen else ''}: {error}"
@@ -263,7 +263,8 @@ class Soak:
         return [*flags, "--no-lan"]
 
     def _start_bad_peers(self) -> None:
-        """The liar (genuine narinfo, NARs with one byte flipped) and the mute peer, both claiming every path."""
+        """The liar (genuine narinfo, NARs with a byte flipped in every MiB) and the mute peer, both claiming
+        every path."""
         export = self.root / "export"
         nix("copy", "--from", str(self.root / "source"), "--to", f"file://{export}?compression=none", *self.tops)
         narinfo, nars = {}, {}
@@ -312,14 +313,27 @@ class Soak:
         """Nix on every Nix host, one op after another, for `seconds` (one op each at least), with the jobs
         `beside` running until then too (each is given the event that says when)."""
         stop = threading.Event()
-        jobs = [threading.Thread(target=job, args=(stop,)) for job in beside]  # first: the sampler's start is quiet
-        jobs += [threading.Thread(target=self._client, args=(name, stop)) for name in self.named(*NIX)]
-        for job in jobs:
-            job.start()
-        time.sleep(seconds)
+        failed: list[BaseException] = []
+
+        def job(target: Callable[[threading.Event], None]) -> threading.Thread:
+            def run() -> None:
+                try:
+                    target(stop)
+                except BaseException as error:  # the harness broke: the soak must not go on without it
+                    failed.append(error)
+                    stop.set()
+            return threading.Thread(target=run)
+
+        jobs = [job(target) for target in beside]  # first: the sampler's start is quiet
+        jobs += [job(lambda stop, name=name: self._client(name, stop)) for name in self.named(*NIX)]
+        for thread in jobs:
+            thread.start()
+        stop.wait(seconds)
         stop.set()
-        for job in jobs:
-            job.join()
+        for thread in jobs:
+            thread.join()
+        if failed:
+            raise failed[0]
 
     def _sample(self, stop: threading.Event, load: list[float], usage: dict[str, list[Usage]]) -> None:
         """The machine's load and the steady daemons' RSS and open files, now and every 10 s until `stop`."""
@@ -394,7 +408,7 @@ class Soak:
     def _probe(self, name: str) -> subprocess.Popen:
         """curl asking the host's daemon for narinfo of random paths nobody has, at a steady rate."""
         rng = random.Random(name)
-        count = int((self.settings.seconds + 120) * self.settings.misses_per_second)
+        count = int((self.settings.warm_up + self.settings.seconds + 120) * self.settings.misses_per_second)
         lines = [f'url = "{DAEMON}/{"".join(rng.choices(nix32.ALPHABET, k=32))}.narinfo"\noutput = "/dev/null"'
                  for _ in range(count)]
         config = self.fleet.home(name) / "misses.curl"
