@@ -67,14 +67,14 @@ class TrackerSource:
     name = "tracker"
 
     def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096,
-                 deadline: tuple[float, float] = (0.25, 2.0),
+                 deadline_bounds: tuple[float, float] = (0.25, 2.0),
                  on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
         self.client = client
         self.on_restart = on_restart  # a peer the tracker named before now runs another process
         self.metrics = metrics
         self.ttl = ttl
         self.entries = entries
-        self.bounds = deadline  # of the longest a miss waits for the tracker
+        self.deadline_bounds = deadline_bounds  # the least and the most a miss waits for the tracker
         self._took: deque[float] = deque(maxlen=16)  # seconds the last answers took
         self._answers: dict[str, tuple[float, list[Candidate]]] = {}
         self._asking: dict[str, asyncio.Task[list[Candidate]]] = {}
@@ -107,8 +107,8 @@ class TrackerSource:
 
     @property
     def deadline(self) -> float:
-        """Twice the slowest of the tracker's last answers, within `bounds`."""
-        least, most = self.bounds
+        """How long a miss waits for the tracker: twice the slowest of its last answers, within bounds."""
+        least, most = self.deadline_bounds
         return min(most, max(least, 2 * max(self._took, default=0.0)))
 
     def _ask(self, hash_part: str) -> asyncio.Task[list[Candidate]]:
