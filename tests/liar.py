@@ -1,12 +1,16 @@
-"""A lying peer for tests: a real process speaking the real ALPNs, announced to the real tracker.
+"""Misbehaving peers for tests: real processes speaking the real ALPNs, announced to the real tracker.
 
     python tests/liar.py PLAN.json
 
-PLAN: {"tracker": URL, "state": DIR, "name": NAME,
+PLAN: {"tracker": URL, "state": DIR, "name": NAME, "bind": "IP:PORT" (default "127.0.0.1:0"),
        "narinfo": {hash part: narinfo text to answer with},
        "nar": {hash part: file whose bytes to send as its NAR},
        "realisation": {realisation id: realisation text to answer with},
-       "references": {hash part: narinfo texts to add to its narinfo answer, as closure prefetch}}
+       "references": {hash part: narinfo texts to add to its narinfo answer, as closure prefetch},
+       "mute": false}
+A liar answers with the narinfo and NAR it is given. A mute peer ("mute": true) announces the same
+paths, accepts every stream and never answers; and every second it asks the tracker who else holds
+them and opens a NAR request to each of those peers that it never reads.
 It prints its peer id once it has announced, then a line `nar HASH` for every NAR request it is sent,
 and serves until terminated.
 """
@@ -14,16 +18,38 @@ and serves until terminated.
 import asyncio
 import json
 import os
+import random
 import signal
+import subprocess
 import sys
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import iroh
 
 from peerix.net import wire
 from peerix.net.endpoint import EndpointSettings, PeerEndpoint
-from peerix.net.tracker_client import PeerAddresses, TrackerClient
+from peerix.net.tracker_client import PeerAddresses, TrackerClient, TrackerError
+from peerix.nix import nix32
+from peerix.nix.narinfo import NarInfo
+from peerix.swarm.candidates import address_of
 from peerix.swarm.derivations import realisation_key
+
+MUTE_STREAMS = 64  # NAR requests a mute peer keeps open (the oldest is dropped for a new one)
+
+
+def start(root: Path, tracker_url: str, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None,
+          command: Sequence[str] = (), **plan: object) -> subprocess.Popen:
+    """Run one (behind `command`, e.g. `ip netns exec NS`), its state in root/name; returns once it announced."""
+    (root / name).mkdir()
+    plan_file = root / name / "plan.json"
+    plan_file.write_text(json.dumps({"tracker": tracker_url, "state": str(root / name), "name": name,
+                                     "narinfo": narinfo, "nar": nar or {}, **plan}))
+    peer = subprocess.Popen([*command, sys.executable, __file__, str(plan_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent)
+    assert len(peer.stdout.readline().strip()) == 64, f"{name} did not start"
+    return peer
 
 
 async def main(plan: dict) -> None:
@@ -31,6 +57,7 @@ async def main(plan: dict) -> None:
     nars: dict[str, str] = plan.get("nar", {})
     realisations: dict[str, str] = plan.get("realisation", {})
     references: dict[str, list[str]] = plan.get("references", {})
+    stop = asyncio.Event()
 
     async def narinfo(peer_id: str, stream: iroh.BiStream) -> None:
         request = await wire.read_frame(stream.recv())
@@ -66,22 +93,62 @@ async def main(plan: dict) -> None:
         await stream.send().finish()
         await stream.send().stopped()
 
+    async def silent(peer_id: str, stream: iroh.BiStream) -> None:
+        await stop.wait()  # the stream stays open, unread and unanswered, until the peer gives up on it
+
+    handlers = {wire.NARINFO_ALPN: silent, wire.NAR_ALPN: silent} if plan.get("mute") else {
+        wire.NARINFO_ALPN: narinfo, wire.NAR_ALPN: nar, wire.REALISATION_ALPN: realisation}
     seed = os.urandom(32)
     endpoint = await PeerEndpoint.start(
-        seed, EndpointSettings(bind="127.0.0.1:0", relays=False, discovery=False),
-        {wire.NARINFO_ALPN: narinfo, wire.NAR_ALPN: nar, wire.REALISATION_ALPN: realisation},
-    )
+        seed, EndpointSettings(bind=plan.get("bind", "127.0.0.1:0"), relays=False, discovery=False), handlers)
     tracker = TrackerClient(plan["tracker"], seed, Path(plan["state"]))
     address = endpoint.address()
     hashes = sorted({*narinfos, *nars, *map(realisation_key, realisations)})
-    await tracker.announce(hashes, PeerAddresses(address.endpoint_id, address.direct),
-                           plan.get("name", "liar"))
+    addresses = PeerAddresses(address.endpoint_id, address.direct)
+    await tracker.announce(hashes, addresses, plan.get("name", "liar"))
     print(endpoint.peer_id, flush=True)
-    stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    jobs = [asyncio.create_task(_heartbeat(tracker, hashes, addresses, plan.get("name", "liar")))]
+    if plan.get("mute"):
+        jobs.append(asyncio.create_task(_open_and_never_read(endpoint, tracker, narinfos)))
     await stop.wait()
+    for job in jobs:
+        job.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)
     await tracker.aclose()
     await endpoint.close()
+
+
+async def _heartbeat(tracker: TrackerClient, hashes: list[str], addresses: PeerAddresses, name: str) -> None:
+    """Announce again every minute, as a daemon does, so that the tracker keeps us online."""
+    while True:
+        await asyncio.sleep(60)
+        try:
+            await tracker.announce(hashes, addresses, name)
+        except TrackerError:
+            pass  # the tracker is down or frozen: the next beat
+
+
+async def _open_and_never_read(endpoint: PeerEndpoint, tracker: TrackerClient, narinfos: dict[str, str]) -> None:
+    """Every second, a NAR request to each peer the tracker names for one of our paths, never read."""
+    requests: deque[asyncio.Task] = deque()
+    never = asyncio.Event()
+    while True:
+        await asyncio.sleep(1)
+        hash_part = random.choice(sorted(narinfos))
+        info = NarInfo.parse(narinfos[hash_part])
+        request = wire.NarRequest(hash_part, nix32.encode(info.nar_hash)).to_frame()
+        try:
+            records = await tracker.lookup(hash_part)
+        except TrackerError:
+            continue
+        for record in records:  # others only: the tracker leaves the asker out
+            opened = asyncio.create_task(
+                endpoint.request(address_of(record), wire.NAR_ALPN, request, lambda recv: never.wait()))
+            opened.add_done_callback(lambda task: task.cancelled() or task.exception())  # failures are expected
+            requests.append(opened)
+            while len(requests) > MUTE_STREAMS:
+                requests.popleft().cancel()
 
 
 if __name__ == "__main__":

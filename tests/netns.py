@@ -30,6 +30,7 @@ class Host:
         self.ns = f"px{network.tag}{name}"
         self.addresses: list[str] = []
         self.interfaces: list[str] = []
+        self.far_ends: list[tuple[Host, str]] = []  # the other end of each interface, where it is plugged in
         self.processes: list[subprocess.Popen] = []
         ip("netns", "add", self.ns)
         ip("-n", self.ns, "link", "set", "lo", "up")
@@ -44,7 +45,8 @@ class Host:
         return result
 
     def start(self, args: list[str], log: Path) -> subprocess.Popen:
-        with open(log, "wb") as out:
+        """A background process in this namespace, its output appended to `log` (a restart's too)."""
+        with open(log, "ab") as out:
             process = subprocess.Popen(self.command(*args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         self.processes.append(process)
         return process
@@ -53,36 +55,48 @@ class Host:
         return self.start([sys.executable, "-m", "peerix.cli", *args], log)
 
     def shape(self, rate: str) -> None:
-        """Limit what this host sends to `rate` (e.g. "20mbit") with tbf: this kernel has no netem."""
-        for interface in self.interfaces:
-            self.run("tc", "qdisc", "add", "dev", interface, "root", "tbf", "rate", rate, "burst", "64kb",
+        """Limit this host's links to `rate` (e.g. "20mbit") both ways with tbf: this kernel has no netem,
+        so no delay can be added."""
+        for host, interface in [*((self, i) for i in self.interfaces), *self.far_ends]:
+            host.run("tc", "qdisc", "add", "dev", interface, "root", "tbf", "rate", rate, "burst", "64kb",
                      "latency", "50ms")
 
     def get(self, url: str) -> str:
         return self.run("curl", "-sf", "--max-time", "5", url).stdout
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM to every process, then wait for each (SIGKILL after 10 s)."""
+        self.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         self.processes.clear()
 
 
 class Network:
-    """Hosts on a switch (a bridge in a namespace of its own), and point-to-point links."""
+    """Hosts on a switch (a bridge in a namespace of its own), more switches, and point-to-point links."""
 
     def __init__(self, subnet: str = "10.231.0") -> None:
         self.tag = secrets.token_hex(2)
         self.subnet = subnet
         self.hosts: list[Host] = []
-        self.switch = Host(self, "sw")
-        ip("-n", self.switch.ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        ip("-n", self.switch.ns, "link", "set", "br0", "up")
+        self.switches: list[Host] = []
+        self.switch = self.add_switch("sw")
+
+    def add_switch(self, name: str) -> Host:
+        switch = Host(self, name)
+        self.switches.append(switch)
+        ip("-n", switch.ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        ip("-n", switch.ns, "link", "set", "br0", "up")
+        return switch
 
     def add_host(self, name: str, on_switch: bool = True) -> Host:
         host = Host(self, name)
@@ -90,6 +104,10 @@ class Network:
         if on_switch:
             self._veth(host, f"{self.subnet}.{len(self.hosts) + 1}", 24, self.switch, bridge=True)
         return host
+
+    def plug(self, host: Host, switch: Host, address: str) -> None:
+        """Another interface for `host`, on `switch` (a /24); it is the host's last interface."""
+        self._veth(host, address, 24, switch, bridge=True)
 
     def link(self, a: Host, b: Host, subnet: str) -> None:
         """A cable between two hosts only: what reaches one of them this way never reaches the switch."""
@@ -105,6 +123,7 @@ class Network:
         host.interfaces.append(near)
         ip("-n", host.ns, "link", "set", near, "up")
         host.addresses.append(address)
+        host.far_ends.append((other, far))
         if bridge:
             ip("-n", other.ns, "link", "set", far, "master", "br0")
         elif address_b:
@@ -113,7 +132,9 @@ class Network:
         ip("-n", other.ns, "link", "set", far, "up")
 
     def close(self) -> None:
-        for host in [*self.hosts, self.switch]:
+        for host in self.hosts:
+            host.terminate()  # all at once: each takes a moment to stop
+        for host in [*self.hosts, *self.switches]:
             host.stop()
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
 

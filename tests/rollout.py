@@ -9,67 +9,45 @@ straight from the upstream as plain Nix would.
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from netns import Host, Network, wait_for
+from netns import wait_for
 
-from peerix.common.secrets import write_secret
-from peerix.nix.signing import SecretKey
-
-from nixtools import nix, run
+from nixtools import nix
+from nsfleet import DAEMON, NsFleet
 from upstream import UpstreamCache
 
-TRACKER_PORT = 12305
-DAEMON = "http://127.0.0.1:12304"
 
-
-class Rollout:
+class Rollout(NsFleet):
     def __init__(self, root: Path, closure: Path, hosts: int = 8, rate: str = "160mbit",
                  compression: str = "zstd") -> None:
-        self.root = root
+        super().__init__(root, subnet="10.233.0")
         self.closure = closure
-        self.net = Network(subnet="10.233.0")
         try:
-            self.tracker_host = self.net.add_host("tr")
             self.upstream_host = self.net.add_host("up")
-            self.hosts = {f"h{index}": self.net.add_host(f"h{index}") for index in range(hosts)}
+            for index in range(hosts):
+                self.add_host(f"h{index}")
             self.upstream_host.shape(rate)
             self.upstream = UpstreamCache(root / "upstream", str(closure), compression=compression,
                                           address=self.upstream_host.addresses[0], command=self.upstream_host.command())
-            tracker_ip = self.tracker_host.addresses[0]
-            self.tracker_url = f"http://{tracker_ip}:{TRACKER_PORT}"
-            self.tracker_host.start([sys.executable, "-m", "tracker.cli", "serve", "--db", str(root / "tracker.db"),
-                                     "--listen", f"{tracker_ip}:{TRACKER_PORT}"], root / "tracker.log")
-            self.keys = {name: SecretKey.generate(f"{name}-1") for name in self.hosts}
+            self.start_tracker()
             first = next(iter(self.hosts.values()))
-            for url in (f"{self.upstream.url}/nix-cache-info", f"{self.tracker_url}/health"):
-                wait_for(lambda: first.run("curl", "-sf", url, check=False).returncode == 0)
+            wait_for(lambda: first.run("curl", "-sf", f"{self.upstream.url}/nix-cache-info", check=False)
+                     .returncode == 0)
         except BaseException:
-            self.net.close()
+            super().close()
             raise
 
-    def home(self, name: str) -> Path:
-        return self.root / name
-
     def start(self, name: str, *extra: str) -> None:
-        host, home = self.hosts[name], self.home(name)
-        home.mkdir(exist_ok=True)
-        if not (home / "host.sec").exists():
-            write_secret(home / "host.sec", self.keys[name].to_text())
-            run("nix-store", "--store", str(home / "store"), "--init")
-        host.peerix("serve", "--store-root", str(home / "store"), "--state-dir", str(home / "state"),
-                    "--sign-key-file", str(home / "host.sec"), "--name", name, "--tracker", self.tracker_url,
-                    "--no-lan", "--upstream", self.upstream.url, "--trusted-public-keys", self.upstream.public_key,
-                    "--no-relays", "--no-discovery", "--iroh-listen", "0.0.0.0:12305", *extra,
-                    log=home / "peerix.log")
+        super().start(name, "--no-lan", "--upstream", self.upstream.url, "--trusted-public-keys",
+                      self.upstream.public_key, *extra)
 
     def start_all(self, *extra: str) -> None:
         for name in self.hosts:
             self.start(name, *extra)
-        for host in self.hosts.values():
-            wait_for(lambda: host.run("curl", "-sf", f"{DAEMON}/health", check=False).returncode == 0)
+        for name in self.hosts:
+            self.wait_healthy(name)
         # Every host announced (the tracker grants leases only to peers others can reach).
         wait_for(lambda: len(json.loads(next(iter(self.hosts.values())).get(
             f"{self.tracker_url}/api/v1/peers"))["peers"]) == len(self.hosts), timeout=30)
@@ -110,22 +88,6 @@ class Rollout:
             nix("store", "verify", "--store", str(client), "-r", str(self.closure), "--sigs-needed", "1",
                 "--trusted-public-keys", f"{self.keys[name].public.to_text()} {self.upstream.public_key}")
 
-    def log(self, name: str) -> str:
-        return (self.home(name) / "peerix.log").read_text(errors="replace")
-
-    def metric(self, name: str, prefix: str) -> float:
-        for line in self.hosts[name].get(f"{DAEMON}/metrics").splitlines():
-            if line.startswith(prefix):
-                return float(line.split()[-1])
-        return 0.0
-
-    def kill(self, name: str) -> None:
-        host: Host = self.hosts[name]
-        for process in host.processes:
-            process.kill()
-            process.wait()
-        host.processes.clear()
-
     def close(self) -> None:
         self.upstream.stop()
-        self.net.close()
+        super().close()

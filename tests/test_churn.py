@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from churn import Churn, build_paths, killed_mid_nar, nar_url, used_again
 
-from peerix.cli.localfleet import LocalFleet
+from peerix.cli.localfleet import LocalFleet, wait_until
 from peerix.net.endpoint import EndpointAddress
 from peerix.net.tracker_client import PeerAddresses, TrackerClient
 from peerix.swarm.candidates import TrackerSource
@@ -96,6 +96,44 @@ def test_a_nar_whose_holders_failed_arrives_on_the_next_nix_attempt(fleet: Local
         fleet.wait_announced(holder, [str(closure)])
     c.realise(path)
     assert "peer restarted" in c.log
+
+
+def test_a_nar_asked_while_the_tracker_restarts_is_a_503_not_a_404(fleet: LocalFleet, closure: Path) -> None:
+    """Nix keeps narinfo for days and asks a restarted daemon for the NAR while the tracker restarts too
+    (found by the soak): nobody can say who holds it, so the NAR is a 503 that Nix retries, not a 404 it
+    gives up on, and the miss is not remembered: the NAR comes as soon as the tracker is back."""
+    a, c = fleet.host("a"), fleet.host("c")
+    a.give(str(closure))
+    a.start()
+    fleet.wait_announced(a, [str(closure)])
+    c.start()  # default miss_ttl: 10 s
+    url = nar_url(c, hash_part(closure_of(closure)[0]))
+    c.stop()
+    c.start()
+    port = int(fleet.tracker_url.rsplit(":", 1)[1])
+    fleet.stop_tracker()
+    answer = httpx.get(url, timeout=10)
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+    fleet.start_tracker(port=port)
+    wait_until(lambda: httpx.get(url, timeout=10).status_code == 200, "the NAR once the tracker is back", 8)
+
+
+def test_while_the_tracker_is_down_the_holders_it_named_before_are_asked(fleet: LocalFleet, closure: Path) -> None:
+    """A NAR whose holder failed once is looked up again; with the tracker down (found by the soak, where
+    it restarted), the holders it named before are asked rather than nobody: the NAR comes once the
+    holder is back."""
+    a, c = fleet.host("a"), fleet.host("c")
+    a.give(str(closure))
+    a.start()
+    fleet.wait_announced(a, [str(closure)])
+    c.start()
+    url = nar_url(c, hash_part(closure_of(closure)[0]))  # the tracker named a
+    a.process.kill()  # killed: the tracker still names it
+    a.process.wait()
+    assert httpx.get(url, timeout=10).status_code == 503  # a failed: c looks the path up afresh next time
+    a.start()
+    fleet.stop_tracker()
+    wait_until(lambda: httpx.get(url, timeout=10).status_code == 200, "the NAR from a, named before", 10)
 
 
 async def test_a_tracker_entry_with_a_new_incarnation_reports_a_restart(start_tracker, tmp_path: Path) -> None:

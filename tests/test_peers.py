@@ -2,12 +2,11 @@
 iroh on loopback, and real Nix on the receiving host trusting only that host's key."""
 
 import asyncio
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from peerix.nix import nix32
 from peerix.nix.narinfo import NarInfo
 from peerix.nix.signing import SecretKey, sign_info
 
-from conftest import ROOT, requires_nix
+import liar
+from conftest import requires_nix
 from nixtools import HERE, build, closure_of, hash_part, nix, path_info, run
 
 pytestmark = requires_nix
@@ -77,15 +77,8 @@ def test_paths_split_across_two_hosts_reach_a_third(fleet: LocalFleet, closure: 
 def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None,
                realisation: dict[str, str] | None = None, references: dict[str, list[str]] | None = None
                ) -> subprocess.Popen:
-    (fleet.root / name).mkdir()
-    plan = fleet.root / name / "plan.json"
-    plan.write_text(json.dumps({"tracker": fleet.tracker_url, "state": str(fleet.root / name), "name": name,
-                                "narinfo": narinfo, "nar": nar or {}, "realisation": realisation or {},
-                                "references": references or {}}))
-    liar = subprocess.Popen([sys.executable, str(HERE / "liar.py"), str(plan)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    assert len(liar.stdout.readline().strip()) == 64, "the liar did not start"
-    return liar
+    return liar.start(fleet.root, fleet.tracker_url, name, narinfo, nar, realisation=realisation or {},
+                      references=references or {})
 
 
 def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closure: Path) -> None:
@@ -249,6 +242,34 @@ def test_a_hung_tracker_keeps_misses_fast(fleet: LocalFleet) -> None:
             fleet.tracker_process.send_signal(signal.SIGCONT)
     timings.sort()
     assert timings[197] < 0.1, timings[-5:]  # p99
+
+
+def test_a_slow_tracker_is_waited_for_not_taken_for_a_hung_one(fleet: LocalFleet, closure: Path) -> None:
+    """A tracker that runs a fifth of the time, as on a machine with a load of ten per core (found by the
+    soak): its answers take up to half a second. Misses learn how slow it is and wait for it, so Nix gets
+    the paths a peer holds rather than 404s that make it build them (or give up)."""
+    host(fleet, "a", closure)
+    c = host(fleet, "c")
+    stopped = threading.Event()
+
+    def overloaded() -> None:
+        while not stopped.is_set():
+            fleet.tracker_process.send_signal(signal.SIGSTOP)
+            time.sleep(0.4)
+            fleet.tracker_process.send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+
+    slow = threading.Thread(target=overloaded)
+    slow.start()
+    try:
+        for _ in range(5):  # misses: what c learns the tracker's pace from
+            assert httpx.get(f"{c.url}/{nix32.encode(os.urandom(20))}.narinfo", timeout=10).status_code == 404
+        c.realise(str(closure))
+    finally:
+        stopped.set()
+        slow.join()
+        fleet.tracker_process.send_signal(signal.SIGCONT)
+    verify(c, closure)
 
 
 def test_a_dead_peer_costs_one_connect_timeout_then_nothing(fleet: LocalFleet, closure: Path) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from ..common import systemd
+from ..common.memory import give_back_large_buffers
 from ..common.secrets import SecretFileError, load_secret_key, read_token, read_tokens, write_secret
 from ..common.server import Server
 from ..common.throttle import Throttle
@@ -71,6 +72,7 @@ def _fleet_tokens(path: Path) -> tuple[bytes, ...]:
 
 
 async def run(config: Config) -> None:
+    give_back_large_buffers()
     configured = load_secret_key(config.secret_key_file) if config.secret_key_file is not None else None
     fleet_tokens = _fleet_tokens(config.fleet_token_file) if config.fleet_token_file else ()
     tracker_token = read_token(config.tracker_token_file) if config.tracker and config.tracker_token_file else None

@@ -23,18 +23,18 @@ replica within its request; the client stays with the one that answered. The syn
 client's, not a tracker's: the next announce is a delta to whichever tracker answers (replicas share
 the sequence numbers; an independent tracker answers 409 and gets the full set).
 
-Failing fast: the daemon must answer Nix within 100 ms when the trackers are down. The connect
-timeout is short, lookups have a deadline of their own (`lookup_timeout`), and a call tries each
-tracker at most once. When every tracker is backing off, or after a 429 (for its Retry-After: a
+Failing fast: the daemon must answer Nix within 100 ms when the trackers are down. The connect timeout
+is short, lookups have a timeout of their own (`lookup_timeout`: long enough for a busy tracker's
+answer, which is worth the wait; the daemon does not wait that long for a hung one), and a call tries
+each tracker at most once. When every tracker is backing off, or after a 429 (for its Retry-After: a
 rate limit is not a reason to ask the next replica), the client as a whole is backed off. A refusal
-that will not go away by itself
-(400, 401 other than a stale timestamp or a replay, 403, 413: not a member, no token or a wrong one,
-a request too large) is logged once as an error and backs off for REFUSED_BACKOFF, so a refused
-daemon asks once every few minutes, not every second; a 409 is no refusal of that kind, it asks for
-the full set. During a backoff every call raises TrackerError at once, without touching the network;
-`in_backoff` and `backoff_remaining` tell the announce loop when to try again. The one retry the
-client makes by itself is for a request refused as stale: it corrects its clock by the tracker's
-Date header and signs again.
+that will not go away by itself (400, 401 other than a stale timestamp or a replay, 403, 413: not a
+member, no token or a wrong one, a request too large) is logged once as an error and backs off for
+REFUSED_BACKOFF, so a refused daemon asks once every few minutes, not every second; a 409 is no refusal
+of that kind, it asks for the full set. During a backoff every call raises TrackerError at once,
+without touching the network; `in_backoff` and `backoff_remaining` tell the announce loop when to try
+again. The one retry the client makes by itself is for a request refused as stale: it corrects its
+clock by the tracker's Date header and signs again.
 
 TLS: an https tracker's certificate is verified against the system's CAs, or a CA file's alone (`tls_context`).
 A certificate that does not check out (another CA, another name) stops the request in the TLS
@@ -160,7 +160,7 @@ class _Tracker:
 
 class TrackerClient:
     def __init__(self, urls: str | Sequence[str], seed: bytes, state_dir: Path, *, timeout: float = 5.0,
-                 connect_timeout: float = 0.5, lookup_timeout: float = 0.5, token: str | None = None,
+                 connect_timeout: float = 0.5, lookup_timeout: float = 2.0, token: str | None = None,
                  max_hashes_per_request: int = 100_000, tls: ssl.SSLContext | None = None) -> None:
         self.urls = tuple(url.rstrip("/") for url in ([urls] if isinstance(urls, str) else urls))
         if not self.urls:

@@ -1,9 +1,12 @@
 """Who may hold a path: candidates named by the LAN and by the tracker, fast and never an error.
 
 Lookups are cached briefly and never slow a narinfo answer down: a down tracker is one fast
-failure, then the client's backoff makes every lookup an immediate "nobody". A hung tracker (one
-that accepts connections but does not answer) is waited for once, up to a short deadline; until
-it answers again, lookups answer at once from what is known while one probe asks in the background.
+failure, then the client's backoff makes every lookup an immediate answer from what is known (the
+tracker's last answer for the path, however old: the peers it named are asked). A hung tracker (one
+that accepts connections but does not answer) is waited for once, up to a deadline; until it answers
+again, lookups answer at once from what is known while one probe asks in the background. The deadline
+is twice the tracker's slowest recent answer, within bounds: a tracker that is merely slow (a busy
+machine, a link far away) is waited for, since a miss it would have answered makes Nix build the path.
 A source that sees a known peer run another process (a new incarnation in the LAN packet or the
 tracker's record) says so through `on_restart`.
 """
@@ -11,6 +14,7 @@ tracker's record) says so through `on_restart`.
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,9 +45,15 @@ class CandidateSource(Protocol):
         `fresh`: bypass any cache, because the peers it named have failed."""
         ...
 
+    @property
+    def answering(self) -> bool:
+        """Whether its answers are its own now, not "unsure": a source that cannot be asked says so here."""
+        ...
+
 
 class LanSource:
     name = "lan"
+    answering = True  # what the LAN packets said
 
     def __init__(self, lan: LanDiscovery) -> None:
         self.lan = lan
@@ -57,14 +67,15 @@ class TrackerSource:
     name = "tracker"
 
     def __init__(self, client: TrackerClient, metrics: Metrics, ttl: float = 2.0, entries: int = 4096,
-                 deadline: float = 0.25,
+                 deadline_bounds: tuple[float, float] = (0.25, 2.0),
                  on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
         self.client = client
         self.on_restart = on_restart  # a peer the tracker named before now runs another process
         self.metrics = metrics
         self.ttl = ttl
         self.entries = entries
-        self.deadline = deadline  # the longest a miss waits for the tracker
+        self.deadline_bounds = deadline_bounds  # the least and the most a miss waits for the tracker
+        self._took: deque[float] = deque(maxlen=16)  # seconds the last answers took
         self._answers: dict[str, tuple[float, list[Candidate]]] = {}
         self._asking: dict[str, asyncio.Task[list[Candidate]]] = {}
         self._unresponsive = False  # the last lookup missed its deadline, and none has answered since
@@ -78,15 +89,27 @@ class TrackerSource:
         if self._unresponsive and self._asking:
             return known  # one probe at a time while the tracker does not answer
         task = self._asking.get(hash_part) or self._ask(hash_part)
+        deadline = self.deadline
         try:
-            async with asyncio.timeout(0 if self._unresponsive else self.deadline):
+            async with asyncio.timeout(0 if self._unresponsive else deadline):
                 return await asyncio.shield(task)
         except TimeoutError:
             if not self._unresponsive:
                 log.warning("tracker lookup missed its deadline, answering from what is known until it answers "
-                            "tracker=%s deadline=%.3f", self.client.url, self.deadline)
+                            "tracker=%s deadline=%.3f", self.client.url, deadline)
             self._unresponsive = True
             return known
+
+    @property
+    def answering(self) -> bool:
+        """False while the tracker is backing off or did not answer its last lookup in time."""
+        return not self._unresponsive and not self.client.in_backoff
+
+    @property
+    def deadline(self) -> float:
+        """How long a miss waits for the tracker: twice the slowest of its last answers, within bounds."""
+        least, most = self.deadline_bounds
+        return min(most, max(least, 2 * max(self._took, default=0.0)))
 
     def _ask(self, hash_part: str) -> asyncio.Task[list[Candidate]]:
         task = self._asking[hash_part] = asyncio.create_task(self._lookup(hash_part))
@@ -94,12 +117,15 @@ class TrackerSource:
         return task
 
     async def _lookup(self, hash_part: str) -> list[Candidate]:
+        started = time.monotonic()
         try:
             records = await self.client.lookup(hash_part)
+            self._took.append(time.monotonic() - started)  # an answer that missed the deadline counts too
         except TrackerError as error:
             self.metrics.source_errors.labels(self.name).inc()
             log.debug("tracker lookup failed hash=%s error=%s", hash_part, error)
-            return []
+            known = self._answers.get(hash_part)
+            return known[1] if known is not None else []
         if self._unresponsive:
             log.info("tracker answers again tracker=%s", self.client.url)
         self._unresponsive = False

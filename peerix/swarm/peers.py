@@ -45,6 +45,10 @@ class Peers:
                         if not self.reputation.available(peer_id) and not self.reputation.banned(peer_id)]
         return ordered
 
+    def unanswered(self) -> list[str]:
+        """The sources that cannot be asked now (a tracker down or hung): their "nobody" means "unsure"."""
+        return [source.name for source in self.sources if not source.answering]
+
     async def named(self, hash_part: str, fresh: bool = False, everyone: bool = False) -> dict[str, Candidate]:
         """Every admitted peer (`everyone`: admitted or not) the sources name for the path, whatever its
         reputation, once each (LAN first)."""

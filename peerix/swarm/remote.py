@@ -3,8 +3,9 @@ its NAR then comes through a transfer (transfer.py) from the peers that have it.
 has but the upstream cache does is pulled through (pull_through.py), when that is on.
 
 Only "no peer has it" is remembered (for miss_ttl): when a peer that may have the path does not
-answer, or is left alone after failures, the lookup raises HoldersFailed and the next one asks
-again, so a holder that was killed and restarted is found as soon as it is back."""
+answer, or is left alone after failures, or a source that names holders (the tracker) cannot be
+asked, the lookup raises HoldersFailed and the next one asks again, so a holder that was killed and
+restarted is found as soon as it is back, and a NAR asked for meanwhile is a 503 that Nix retries."""
 
 import asyncio
 import logging
@@ -75,6 +76,11 @@ class _Expiring(OrderedDict):
             return None
         return hit[1]
 
+    def get_any(self, key: str) -> object | None:
+        """The value, expired or not."""
+        hit = self.get(key)
+        return None if hit is None else hit[1]
+
     def put(self, key: str, value: object, ttl: float) -> None:
         self[key] = (time.monotonic() + ttl, value)
         self.move_to_end(key)
@@ -113,6 +119,11 @@ class RemoteStore:
                 self.metrics.prefetched_narinfos.labels("used").inc()
             return cached if isinstance(cached, RemotePath) else None
         candidates = await self.peers.candidates(hash_part, with_backoff=True)
+        last = self._paths.get_any(hash_part)
+        if not candidates and isinstance(last, RemotePath) and self.peers.unanswered():
+            # A source cannot be asked now: those who had it when it was last found (a prefetched
+            # narinfo's path was never looked up at the tracker, so it has no answer to fall back on).
+            candidates = list(last.peers)
         available = ([c for c in candidates if self.peers.reputation.available(c.peer_id)]
                      or [c for c in candidates if self.peers.reputation.worth_a_retry(c.peer_id)])
         found, answered = await self._first_accepted(hash_part, available) if available else (None, True)
@@ -123,6 +134,10 @@ class RemoteStore:
         if found is None and self.pull is not None and (upstream := await self.pull.find(hash_part)) is not None:
             found = RemotePath(upstream, Verdict(True, f"signed by {_signers(self.policy, upstream)}; pulled through "
                                                        f"from {self.pull.upstream.url}"), (), upstream)
+        if found is None and (unanswered := self.peers.unanswered()):
+            self.metrics.remote_lookups.labels("source-failed").inc()
+            raise HoldersFailed(f"no peer known to have {hash_part}, and the {', '.join(unanswered)} cannot be "
+                                "asked now")
         self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
         self.metrics.remote_lookups.labels(("upstream" if found.upstream else "hit") if found else "miss").inc()
         return found

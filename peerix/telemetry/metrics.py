@@ -68,7 +68,8 @@ class Metrics:
         )
         self.remote_lookups = Counter(
             "peerix_remote_lookups", "Narinfo lookups in the peer network by result (hit, miss, cached-miss, "
-            "holders-failed: peers that may have it did not answer or are backing off)",
+            "holders-failed: peers that may have it did not answer or are backing off; source-failed: no peer known "
+            "to have it and the tracker cannot be asked)",
             ["result"], registry=r,
         )
         self.source_errors = Counter(
