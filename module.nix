@@ -30,6 +30,8 @@ let
     upstream = "upstreamCache";
     priority = "priority";
     iroh_listen = "irohPort";
+    fast_path = "fastPath.enable";
+    fast_path_listen = "fastPath.port";
     exclude = "exclude";
     pull_through = "pullThrough";
     sign_key_file = "privateKeyFile";
@@ -89,6 +91,8 @@ let
     upstream = if cfg.upstreamCache == null then "none" else cfg.upstreamCache;
     priority = cfg.priority;
     iroh_listen = "0.0.0.0:${toString cfg.irohPort}";
+    fast_path = cfg.fastPath.enable;
+    fast_path_listen = "0.0.0.0:${toString cfg.fastPath.port}";
     exclude = cfg.exclude;
     pull_through = cfg.pullThrough;
   } // lib.optionalAttrs (cfg.lan.interface != null) { lan_interface = cfg.lan.interface; }
@@ -168,10 +172,23 @@ in
       description = "UDP port of the iroh endpoint that peers connect to.";
     };
 
+    fastPath = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Take nearby peers' NAR bytes over plain HTTP (several times iroh's rate; asked for over iroh and checked against the NarHash alike; only from this machine or private networks), and serve ours so to peers holding a ticket from the iroh side.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 12306;
+        description = "TCP port of the fast-path listener.";
+      };
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the iroh port (UDP `irohPort`) and, with LAN discovery, its UDP port 12304.";
+      description = "Open the iroh port (UDP `irohPort`), with LAN discovery its UDP port 12304, and with the fast path its TCP port.";
     };
 
     trackerUrls = mkOption {
@@ -436,6 +453,7 @@ in
 
       networking.firewall = mkIf cfg.openFirewall {
         allowedUDPPorts = [ cfg.irohPort ] ++ lib.optional cfg.lan.enable 12304;
+        allowedTCPPorts = lib.optional cfg.fastPath.enable cfg.fastPath.port;
       };
 
       systemd.services.peerix = {

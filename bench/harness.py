@@ -119,7 +119,8 @@ def peerix_serve(store_root: str, work: Path, *extra: str) -> Iterator[tuple[str
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "peerix.cli", "--log-level", "warning", "serve", "--store-root", store_root,
             "--listen", f"127.0.0.1:{port}", "--sign-key-file", str(key_file), "--state-dir", str(work / "state"),
-            "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none", *extra]
+            "--iroh-listen", "127.0.0.1:0", "--fast-path-listen", "127.0.0.1:0", "--no-relays", "--no-discovery",
+            "--no-lan", "--upstream", "none", *extra]
     with process(args, work / "peerix.log", url + "/health") as proc:
         yield url, proc
 

@@ -35,9 +35,10 @@ def free_port() -> int:
 
 
 def offline(state_dir: Path) -> list[str]:
-    """Flags for a daemon under test: its own state, iroh on loopback, no relays, discovery, LAN or upstream."""
-    return ["--state-dir", str(state_dir), "--iroh-listen", "127.0.0.1:0", "--no-relays", "--no-discovery",
-            "--no-lan", "--upstream", "none"]
+    """Flags for a daemon under test: its own state, iroh and the fast path on loopback, no relays,
+    discovery, LAN or upstream."""
+    return ["--state-dir", str(state_dir), "--iroh-listen", "127.0.0.1:0", "--fast-path-listen", "127.0.0.1:0",
+            "--no-relays", "--no-discovery", "--no-lan", "--upstream", "none"]
 
 
 def peerix(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

@@ -7,19 +7,26 @@ PLAN: {"tracker": URL, "state": DIR, "name": NAME, "bind": "IP:PORT" (default "1
        "nar": {hash part: file whose bytes to send as its NAR},
        "realisation": {realisation id: realisation text to answer with},
        "references": {hash part: narinfo texts to add to its narinfo answer, as closure prefetch},
+       "http": {"mode": "serve"|"break"|"refuse", "nar": {hash part: file}},
        "mute": false}
 A liar answers with the narinfo and NAR it is given. A mute peer ("mute": true) announces the same
 paths, accepts every stream and never answers; and every second it asks the tracker who else holds
 them and opens a NAR request to each of those peers that it never reads.
-It prints its peer id once it has announced, then a line `nar HASH` for every NAR request it is sent,
-and serves until terminated.
+With "http", a NAR request that allows the fast path is answered with an offer: "serve" sends the
+range of the file given under "http" (which may differ from "nar") from its own HTTP listener, which
+takes any ticket; "break" sends half the range and closes the connection; "refuse" offers a port
+nobody listens on.
+It prints its peer id once it has announced, then a line `nar HASH` for every NAR request it is sent
+(`nar HASH http` when it allowed the fast path), and serves until terminated.
 """
 
 import asyncio
 import json
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -71,11 +78,16 @@ async def main(plan: dict) -> None:
 
     async def nar(peer_id: str, stream: iroh.BiStream) -> None:
         request = await wire.read_frame(stream.recv())
-        print("nar", request.get("hash"), flush=True)
+        print("nar", request.get("hash"), *(["http"] if request.get("http") else []), flush=True)
         path = nars.get(request.get("hash"))
         send = stream.send()
         if path is None:
             await send.write_all(wire.encode_frame({"status": "not-found"}))
+        elif request.get("http") and http_port:
+            size = Path(path).stat().st_size - request.get("offset", 0)
+            size = size if request.get("length") is None else min(size, request["length"])
+            offer = {"port": http_port, "ticket": "any"}
+            await send.write_all(wire.encode_frame({"status": "ok", "size": size, "http": offer}))
         else:
             whole = Path(path).read_bytes()
             start = request.get("offset", 0)
@@ -98,6 +110,7 @@ async def main(plan: dict) -> None:
 
     handlers = {wire.NARINFO_ALPN: silent, wire.NAR_ALPN: silent} if plan.get("mute") else {
         wire.NARINFO_ALPN: narinfo, wire.NAR_ALPN: nar, wire.REALISATION_ALPN: realisation}
+    http_port = await _http_listener(plan["http"]) if plan.get("http") else 0
     seed = os.urandom(32)
     endpoint = await PeerEndpoint.start(
         seed, EndpointSettings(bind=plan.get("bind", "127.0.0.1:0"), relays=False, discovery=False), handlers)
@@ -117,6 +130,30 @@ async def main(plan: dict) -> None:
     await asyncio.gather(*jobs, return_exceptions=True)
     await tracker.aclose()
     await endpoint.close()
+
+
+async def _http_listener(plan: dict) -> int:
+    """A fast-path listener that behaves as `plan["mode"]` says; its port."""
+    files: dict[str, str] = plan["nar"]
+    if plan["mode"] == "refuse":
+        with socket.socket() as unused:  # a port that was free a moment ago: connections are refused
+            unused.bind(("127.0.0.1", 0))
+            return unused.getsockname()[1]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        hash_part = re.search(r"[?&]hash=([0-9a-z]+)", head)[1]
+        first, last = map(int, re.search(r"(?i)range: bytes=(\d+)-(\d+)", head).groups())
+        whole = Path(files[hash_part]).read_bytes()
+        data = whole[first:last + 1]
+        writer.write(f"HTTP/1.1 206 Partial Content\r\ncontent-length: {len(data)}\r\n"
+                     f"content-range: bytes {first}-{last}/{len(whole)}\r\n\r\n".encode())
+        writer.write(data[:len(data) // 2] if plan["mode"] == "break" else data)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server.sockets[0].getsockname()[1]
 
 
 async def _heartbeat(tracker: TrackerClient, hashes: list[str], addresses: PeerAddresses, name: str) -> None:

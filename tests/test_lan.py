@@ -122,6 +122,33 @@ def test_closure_on_one_host_is_substituted_by_nix_on_another(site: Site, closur
     assert "host-a" in table and "lan" in table and " ok, 0 failed" in table
 
 
+def test_nars_between_hosts_take_the_fast_path_and_strangers_get_nothing_from_it(site: Site, closure: Path,
+                                                                                tmp_path: Path) -> None:
+    before = _metric(site.metrics("b"), 'peerix_fast_path_ranges_total{result="ok"}')
+    result = substitute(site, "b", closure, tmp_path)  # Nix checks every NAR against its NarHash
+    assert result.returncode == 0, result.stderr
+    paths = closure_of(closure)
+    assert _metric(site.metrics("b"), 'peerix_fast_path_ranges_total{result="ok"}') - before == len(paths)
+    assert _metric(site.metrics("b"), 'peerix_fast_path_ranges_total{result="fallback"}') == 0
+    assert "offered the fast path" in site.log("a") and "fast path listen=0.0.0.0:12306" in site.log("a")
+    # The listener serves ticket holders only, and nothing but NARs.
+    info = site.hosts["a"].get(f"http://127.0.0.1:{PORT}/{Path(paths[0]).name[:32]}.narinfo")
+    url = next(line.split(": ")[1] for line in info.splitlines() if line.startswith("URL: "))
+    fast_path = f"http://{site.hosts['a'].addresses[0]}:12306"
+    stranger = site.hosts["b"]
+    asks = {"no ticket": [f"{fast_path}/store/{url}"],
+            "forged ticket": ["-H", "x-peerix-ticket: 99999999999.00", f"{fast_path}/store/{url}"],
+            "dashboard": [f"{fast_path}/dashboard"], "narinfo": [f"{fast_path}/store/{Path(paths[0]).name[:32]}.narinfo"]}
+    answers = {what: stranger.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args).stdout
+               for what, args in asks.items()}
+    assert answers == {"no ticket": "403", "forged ticket": "403", "dashboard": "404", "narinfo": "404"}
+    assert _metric(site.metrics("a"), 'peerix_fast_path_refused_total{reason="bad-ticket"}') == 1
+
+
+def _metric(text: str, line_prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix))
+
+
 def test_host_outside_the_switch_is_reached_through_peer(site: Site, closure: Path, tmp_path: Path) -> None:
     # a does not list d, so its own announcements never reach d: d must go on asking it, not forget it
     time.sleep(max(0.0, site.started["d"] + 3.5 - time.monotonic()))  # past lan_expiry since d started

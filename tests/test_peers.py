@@ -75,10 +75,10 @@ def test_paths_split_across_two_hosts_reach_a_third(fleet: LocalFleet, closure: 
 
 
 def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[str, str] | None = None,
-               realisation: dict[str, str] | None = None, references: dict[str, list[str]] | None = None
-               ) -> subprocess.Popen:
+               realisation: dict[str, str] | None = None, references: dict[str, list[str]] | None = None,
+               http: dict | None = None) -> subprocess.Popen:
     return liar.start(fleet.root, fleet.tracker_url, name, narinfo, nar, realisation=realisation or {},
-                      references=references or {})
+                      references=references or {}, **({"http": http} if http else {}))
 
 
 def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closure: Path) -> None:
@@ -176,7 +176,7 @@ def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFl
                       nar={hash_part(data): str(fleet.root / "tampered.nar")})
     try:
         assert c.realise(str(data), check=False).returncode != 0  # the liar alone sent it: banned
-        assert liar.stdout.readline().split() == ["nar", hash_part(data)]
+        assert liar.stdout.readline().split()[:2] == ["nar", hash_part(data)]
         liar_entry = next(p for p in httpx.get(f"{c.url}/api/v1/peers").json()["peers"] if p["name"] == "liar")
         assert liar_entry["reputation"]["banned"]
         # A is back and answers the narinfo, then dies before the NAR: the liar is all that is left.
@@ -193,6 +193,68 @@ def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFl
         liar.send_signal(signal.SIGTERM)
         rest, _ = liar.communicate(timeout=10)
     assert "nar" not in rest.split(), rest  # not asked again after the ban
+
+
+def test_a_peer_lying_over_the_fast_path_is_caught_and_banned(fleet: LocalFleet, closure: Path) -> None:
+    data = named(closure, "data")
+    a, c = host(fleet, "a", closure), host(fleet, "c")
+    honest = run("nix-store", "--dump", str(data)).stdout
+    tampered = bytearray(honest)
+    tampered[len(tampered) // 3] ^= 1
+    (fleet.root / "honest.nar").write_bytes(honest)
+    (fleet.root / "tampered.nar").write_bytes(tampered)
+    genuine = httpx.get(f"{a.url}/{hash_part(data)}.narinfo").text
+    a_id = a.peer_id
+    a.stop()
+    wait_until(lambda: a_id not in fleet.holders(str(data)), "A's departure")
+    # Honest over iroh, lying over the fast path: only the bytes that came over HTTP can be caught.
+    liar = start_liar(fleet, "liar", narinfo={hash_part(data): genuine},
+                      nar={hash_part(data): str(fleet.root / "honest.nar")},
+                      http={"mode": "serve", "nar": {hash_part(data): str(fleet.root / "tampered.nar")}})
+    try:
+        assert c.realise(str(data), check=False).returncode != 0
+        assert not is_valid(c, data)
+        assert liar.stdout.readline().split() == ["nar", hash_part(data), "http"]
+        assert c.metric('peerix_fast_path_ranges_total{result="ok"}') == 1
+        assert c.metric('peerix_verification_failures_total{kind="nar"}') == 1
+        liar_entry = next(p for p in httpx.get(f"{c.url}/api/v1/peers").json()["peers"] if p["name"] == "liar")
+        assert liar_entry["reputation"]["banned"]
+        assert "do not match the NarHash" in liar_entry["reputation"]["ban_reason"]
+    finally:
+        liar.send_signal(signal.SIGTERM)
+        liar.wait(10)
+
+
+def test_a_fast_path_refused_or_broken_mid_nar_goes_on_over_iroh(fleet: LocalFleet, closure: Path) -> None:
+    lib, data = named(closure, "lib"), named(closure, "data")
+    a, c = host(fleet, "a", closure), host(fleet, "c")
+    narinfos, nars = {}, {}
+    for path in (lib, data):
+        narinfos[hash_part(path)] = httpx.get(f"{a.url}/{hash_part(path)}.narinfo").text
+        (fleet.root / f"{path.name}.nar").write_bytes(run("nix-store", "--dump", str(path)).stdout)
+        nars[hash_part(path)] = str(fleet.root / f"{path.name}.nar")
+    a_id = a.peer_id
+    a.stop()
+    wait_until(lambda: a_id not in fleet.holders(str(lib)), "A's departure")
+    refusing = start_liar(fleet, "refusing", narinfo={hash_part(lib): narinfos[hash_part(lib)]},
+                          nar={hash_part(lib): nars[hash_part(lib)]}, http={"mode": "refuse", "nar": {}})
+    breaking = start_liar(fleet, "breaking", narinfo={hash_part(data): narinfos[hash_part(data)]},
+                          nar={hash_part(data): nars[hash_part(data)]}, http={"mode": "break", "nar": nars})
+    try:
+        c.realise(str(lib), str(data))
+        verify(c, lib, data)
+        assert c.metric('peerix_fast_path_ranges_total{result="fallback"}') == 2
+        assert c.metric('peerix_verification_failures_total{kind="nar"}') == 0
+        assert "fast path failed" in c.log and "fast path broke" in c.log
+        asked = {name: peer.stdout.readline().split() for name, peer in (("refusing", refusing), ("breaking", breaking))}
+        assert asked == {"refusing": ["nar", hash_part(lib), "http"], "breaking": ["nar", hash_part(data), "http"]}
+        # and each was asked once more, over iroh, for the rest
+        assert refusing.stdout.readline().split() == ["nar", hash_part(lib)]
+        assert breaking.stdout.readline().split() == ["nar", hash_part(data)]
+    finally:
+        for peer in (refusing, breaking):
+            peer.send_signal(signal.SIGTERM)
+            peer.wait(10)
 
 
 def test_peer_killed_mid_transfer_fails_fast_then_another_serves(fleet: LocalFleet, big_path: Path) -> None:

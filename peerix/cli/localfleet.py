@@ -84,8 +84,8 @@ class Host:
             sys.executable, "-m", "peerix.cli", "--log-level", self.fleet.log_level, "serve",
             "--store-root", str(self.store), "--state-dir", str(self.home / "state"),
             "--sign-key-file", str(self.home / "host.key"), "--name", self.name, "--listen", f"127.0.0.1:{self.port}",
-            "--iroh-listen", f"127.0.0.1:{self.iroh_port}", "--no-relays", "--no-discovery", "--no-lan",
-            "--upstream", "none", *trust, *extra,
+            "--iroh-listen", f"127.0.0.1:{self.iroh_port}", "--fast-path-listen", "127.0.0.1:0", "--no-relays",
+            "--no-discovery", "--no-lan", "--upstream", "none", *trust, *extra,
         ]
         for url in self.fleet.tracker_urls:
             args += ["--tracker", url]

@@ -168,6 +168,12 @@ class Config:
                                    "outputs the serving policy shares", parse_bool)
     iroh_listen: str = setting("0.0.0.0:12305", "UDP address of the iroh endpoint peers connect to", _address,
                                "HOST:PORT")
+    fast_path: bool = setting(True, "take nearby peers' NAR bytes over plain HTTP (asked for over iroh, checked "
+                              "against the NarHash alike; on this machine or private networks only), and offer ours "
+                              "so; off: every byte over iroh, and no fast-path listener", parse_bool)
+    fast_path_listen: tuple[str, int] = setting(("0.0.0.0", 12306), "TCP address of the fast-path listener, which "
+                                                "serves NARs only to peers holding a ticket from the iroh side",
+                                                parse_listen, "HOST:PORT")
     relays: bool = setting(True, "use iroh's public relays (NAT traversal, fallback path)", parse_bool)
     discovery: bool = setting(True, "publish and resolve endpoint addresses with iroh's DNS discovery",
                               parse_bool)

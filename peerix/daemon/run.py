@@ -5,12 +5,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from ..common import systemd
 from ..common.memory import give_back_large_buffers
@@ -19,8 +21,10 @@ from ..common.server import Server
 from ..common.throttle import Throttle
 from ..http.access import ClientAccess, parse_networks
 from ..http.app import CacheSettings, create_app
+from ..http.fast_path import fast_path_app
 from ..http.zerocopy import ZeroCopyHttpToolsProtocol
-from ..net.endpoint import EndpointSettings, PeerEndpoint
+from ..net.endpoint import BindError, EndpointSettings, PeerEndpoint
+from ..net.fast_path import FastPath, Tickets
 from ..net.lan import LanDiscovery, LanSettings
 from ..net.tracker_client import TrackerClient, TrackerError, tls_context
 from ..net.upstream import Upstream
@@ -99,6 +103,10 @@ async def run(config: Config) -> None:
 
         seed = bytes(key.key)  # the 32-byte ed25519 seed behind the signing key
         uploads, downloads = Throttle(config.max_upload_rate or 0), Throttle(config.max_download_rate or 0)
+        fast_path_socket = _fast_path_socket(config.fast_path_listen) if config.fast_path else None
+        if fast_path_socket is not None:
+            stack.callback(fast_path_socket.close)
+        tickets = Tickets(fast_path_socket.getsockname()[1]) if fast_path_socket is not None else None
         admission = Admission(config.peers, metrics, fleet_token=bool(fleet_tokens),
                               tracker_token=tracker_token is not None,
                               state_file=config.state_dir / "fleet-members.json", timeout=config.peer_timeout)
@@ -107,7 +115,8 @@ async def run(config: Config) -> None:
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
             admission.guard(PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
-                                        compression=config.compression, all_logs=config.serve_all_logs).handlers),
+                                        compression=config.compression, all_logs=config.serve_all_logs,
+                                        fast_path=tickets).handlers),
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -119,7 +128,8 @@ async def run(config: Config) -> None:
                                "match their NarHash", lambda: sum(reputation.banned(p) for p in reputation.peers))
         sources: list[CandidateSource] = []  # filled below: the sources report restarts to `peers`
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2,
-                      admits=admission.admits)
+                      admits=admission.admits,
+                      fast_path=FastPath(min(1.0, config.connect_timeout)) if config.fast_path else None)
         background = []
         lan = tracker_source = tracker = None
         if config.lan or config.static_peers:
@@ -227,13 +237,13 @@ async def run(config: Config) -> None:
         app = create_app(substituter, CacheSettings(priority=config.priority), metrics, network, known_peers,
                          ClientAccess(parse_networks(config.trusted_networks)), policy, uploads)
         host, port = config.listen
-        server = Server(uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=config.access_log, lifespan="off",
-            server_header=False, proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol,
-            timeout_graceful_shutdown=10,
-        ))
+        server = _server(app, config, host=host, port=port)
         background += [_every(60, metrics.activity.save, activity_file), _ready(server, endpoint.peer_id, local)]
         tasks = [asyncio.create_task(job) for job in background]
+        if fast_path_socket is not None and tickets is not None:
+            fast_server = _server(fast_path_app(app, tickets, metrics), config, signals=False)
+            stack.push_async_callback(_stop, fast_server, asyncio.create_task(fast_server.serve([fast_path_socket])))
+            log.info("fast path listen=%s:%d", *fast_path_socket.getsockname()[:2])
         log.info("serving store_root=%s listen=%s:%d key=%s peer_id=%s tracker=%s", config.store_root, host, port,
                  key.public.to_text(), endpoint.peer_id, ",".join(config.tracker) or None)
         try:
@@ -243,6 +253,32 @@ async def run(config: Config) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _server(app: ASGIApp, config: Config, signals: bool = True, **where: Any) -> Server:
+    return Server(uvicorn.Config(
+        app, log_config=None, access_log=config.access_log, lifespan="off", server_header=False,
+        proxy_headers=False, timeout_keep_alive=30, http=ZeroCopyHttpToolsProtocol, timeout_graceful_shutdown=10,
+        **where,
+    ), signals)
+
+
+def _fast_path_socket(listen: tuple[str, int]) -> socket.socket:
+    """Bound before anything starts, so that a taken port stops the daemon with a clear error."""
+    host, port = listen
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=1024)
+    except OSError as error:
+        raise BindError(f"cannot listen for the fast path on TCP {host}:{port}: {error.strerror} "
+                        "(fast_path_listen; fast_path = false turns it off)") from None
+
+
+async def _stop(server: Server, serving: asyncio.Task) -> None:
+    """A server that does not watch the signals: asked to stop, then given its grace period."""
+    server.should_exit = True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(serving, server.config.timeout_graceful_shutdown + 1)
 
 
 async def _ready(server: uvicorn.Server, peer_id: str, local: LocalStore) -> None:

@@ -38,6 +38,7 @@ from ..telemetry.activity import Live, fetching
 from ..telemetry.metrics import Metrics
 from .access import LOOPBACK, ClientAccess, parse_networks
 from .dashboard import render as render_dashboard
+from .fast_path import SCOPE_KEY as FAST_PATH
 from .nar_response import NAR_TYPE, NarResponse
 from .ranges import RangeError, Unsatisfiable, content_range, parse_range
 
@@ -132,9 +133,13 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 
     async def store_nar(request: Request) -> ASGIApp:
         client = request.client.host if request.client else "?"
+        if request.scope.get(FAST_PATH):  # a peer, with a ticket from the iroh side
+            return await _nar(request, _servable, uploads, f"for {client} over the fast path",
+                              "served nar over the fast path")
         return await _nar(request, _servable, uploads, f"for {client} through /store/")  # within the upload cap
 
-    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "") -> ASGIApp:
+    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "",
+                   logged_as: str = "nar") -> ASGIApp:
         encoded = request.path_params["narhash"]
         hash_part = request.query_params.get("hash", "")
         try:
@@ -183,8 +188,8 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except BaseException as error:  # not in flight any more, whatever happened
             metrics.activity.finish(fetch, "failed", type(error).__name__)
             raise
-        return NarResponse(parts, end - start, functools.partial(_nar_finished, info, wanted, fetch), throttle,
-                           part, fetch.advance)
+        return NarResponse(parts, end - start, functools.partial(_nar_finished, logged_as, info, wanted, fetch),
+                           throttle, part, fetch.advance)
 
     def _holders_failed(hash_part: str, error: HoldersFailed) -> ASGIApp:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
@@ -212,13 +217,13 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             metrics.store_errors.inc()
             return None
 
-    def _nar_finished(info: PathInfo, wanted: tuple[int, int] | None, fetch: Live, outcome: str, sent: int,
-                      seconds: float, error: Exception | None) -> None:
+    def _nar_finished(logged_as: str, info: PathInfo, wanted: tuple[int, int] | None, fetch: Live, outcome: str,
+                      sent: int, seconds: float, error: Exception | None) -> None:
         metrics.nar_transfers.labels(outcome).inc()
         metrics.activity.finish(fetch, outcome, str(error) if error else "")
         level = logging.ERROR if error else logging.INFO
-        log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s%s", outcome, info.store_path, sent,
-                seconds, sent / (1 << 20) / max(seconds, 1e-6), f" range={wanted[0]}-{wanted[1] - 1}" if wanted else "",
+        log.log(level, "%s %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s%s", logged_as, outcome, info.store_path,
+                sent, seconds, sent / (1 << 20) / max(seconds, 1e-6), f" range={wanted[0]}-{wanted[1] - 1}" if wanted else "",
                 f" error={error}" if error else "")
 
     async def listing(request: Request) -> Response:

@@ -8,10 +8,14 @@ object. A request opens a bidirectional stream; the answer comes back on it.
                      for references, the ok answer adds `"references": [<text>, ...]`: narinfos of the
                      path's references the peer holds (closure prefetch, swarm/prefetch.py)
 `/peerix/nar/1`      request `{"hash": <hash part>, "nar_hash": <nix32>, "offset": n, "length": n|null,
-                              "zstd": "prefer"|"accept" (optional)}`
+                              "zstd": "prefer"|"accept" (optional), "http": true (optional)}`
                      answer  `{"status": "ok", "size": n}` followed by exactly n raw NAR bytes (the
                      requested range), or with `"encoding": "zstd-blocks"` the same n bytes as
                      blocks (compression.py); or `{"status": "not-found"}`; the stream then finishes.
+                     Asked with `"http": true`, a peer may answer `{"status": "ok", "size": n,
+                     "http": {"port": p, "ticket": t}}` and send no bytes: they are at
+                     `GET /store/nar/<nar_hash>.nar?hash=<hash>` on TCP port p of its address, with
+                     the header `x-peerix-ticket: t` and the range (fast_path.py)
 `/peerix/log/1`      request `{"drv": <derivation basename>}`
                      answer  `{"status": "ok", "size": n}` followed by the n bytes of its build log (at
                      most 16 MiB: the end of a longer one), or `{"status": "not-found"}`
@@ -79,11 +83,13 @@ class NarRequest:
     zstd: str | None = None  # "prefer", "accept" or None
     growing: bool = True  # a NAR the peer is still pulling through will do (it sends bytes as they come)
     name: str | None = None  # the asking host's name, for the sender's dashboard (older peers send none)
+    http: bool = False  # the bytes may come over the fast path
 
     def to_frame(self) -> bytes:
         message = {"hash": self.hash_part, "nar_hash": self.nar_hash, "offset": self.offset, "length": self.length}
         return encode_frame(message | ({"zstd": self.zstd} if self.zstd else {})
-                            | ({} if self.growing else {"growing": False}) | ({"name": self.name} if self.name else {}))
+                            | ({} if self.growing else {"growing": False}) | ({"name": self.name} if self.name else {})
+                            | ({"http": True} if self.http else {}))
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> "NarRequest":
@@ -95,7 +101,7 @@ class NarRequest:
             raise WireError("nar request offset and length must be non-negative integers")
         zstd, name = message.get("zstd"), message.get("name")
         return cls(hash_part, nar_hash, offset, length, zstd if zstd in ("prefer", "accept") else None,
-                   message.get("growing") is not False, name if _is_name(name) else None)
+                   message.get("growing") is not False, name if _is_name(name) else None, message.get("http") is True)
 
 
 def _is_name(value: object) -> bool:

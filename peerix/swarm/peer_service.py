@@ -19,6 +19,7 @@ from ..common.throttle import Throttle
 from ..net import wire
 from ..net.compression import BlockCompressor
 from ..net.endpoint import StreamHandler
+from ..net.fast_path import Tickets
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
 from ..nix.realisation import is_id
@@ -37,7 +38,9 @@ SLOW_UPLOAD = 64 << 20  # bytes/s: an upload capped under this compresses for re
 
 class PeerService:
     def __init__(self, substituter: Substituter, policy: Policy, metrics: Metrics, timeout: float = 30.0,
-                 uploads: Throttle | None = None, compression: str = "auto", all_logs: bool = False) -> None:
+                 uploads: Throttle | None = None, compression: str = "auto", all_logs: bool = False,
+                 fast_path: Tickets | None = None) -> None:
+        self.fast_path = fast_path  # this host's fast-path listener, if it has one
         self.compression = compression  # auto, always or never
         self.all_logs = all_logs  # every build log to any peer, not only those of derivations whose outputs we share
         self.substituter = substituter
@@ -76,6 +79,12 @@ class PeerService:
         send = stream.send()
         blocks = BlockCompressor() if self._compress(request) else None
         header = {"status": "ok", "size": end - request.offset} | ({"encoding": wire.ZSTD_BLOCKS} if blocks else {})
+        if blocks is None and await self._fast(request):
+            await self._send(send, wire.encode_frame(header | {"http": self.fast_path.offer(request.hash_part)}))
+            self.metrics.fast_path_offers.inc()
+            log.info("offered the fast path peer=%s path=%s bytes=%d-%d", peer_id[:10], info.store_path,
+                     request.offset, end - 1)
+            return await self._finish(send)
         await self._send(send, wire.encode_frame(header))
         sent, outcome = 0, "failed"
         upload = self.metrics.activity.upload(peer_id, info.store_path.full(self.substituter.local.store_dir),
@@ -103,6 +112,12 @@ class PeerService:
             log.info("served nar %s peer=%s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s", outcome, peer_id[:10],
                      info.store_path, sent, seconds, sent / (1 << 20) / max(seconds, 1e-6),
                      f" {detail}" if detail else "")
+
+    async def _fast(self, request: wire.NarRequest) -> bool:
+        """Whether the bytes go over the fast path: asked for, a listener for it, and the NAR whole in the
+        store (one still being pulled through grows as it is sent, which only the iroh stream follows)."""
+        return (request.http and self.fast_path is not None and self.fast_path.port != 0
+                and await self.substituter.path_info(request.hash_part) is not None)
 
     async def serve_log(self, peer_id: str, stream: iroh.BiStream) -> None:
         request = await self._request(stream)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from ..common.throttle import Throttle
 from ..net.endpoint import EndpointAddress, PeerEndpoint
+from ..net.fast_path import FastPath
 from ..telemetry.metrics import Metrics
 from .candidates import Candidate, CandidateSource
 from .reputation import Reputation
@@ -22,8 +23,9 @@ _SOURCE_RANK = {"lan": 0, "static": 0, "tracker": 1}
 class Peers:
     def __init__(self, endpoint: PeerEndpoint, sources: Sequence[CandidateSource], reputation: Reputation,
                  metrics: Metrics, downloads: Throttle | None = None, query_timeout: float = 5.0,
-                 admits: Callable[[str], bool] = lambda peer_id: True) -> None:
+                 admits: Callable[[str], bool] = lambda peer_id: True, fast_path: FastPath | None = None) -> None:
         self.endpoint = endpoint
+        self.fast_path = fast_path  # nearby peers' NAR bytes over HTTP; None: over iroh only
         self.admits = admits  # peers outside the fleet are neither answered nor asked
         self.sources = sources
         self.reputation = reputation

@@ -19,22 +19,23 @@ the whole NAR hashed to its NarHash, so a lying peer can never complete a transf
 import asyncio
 import bisect
 import contextlib
+import functools
 import hashlib
-import ipaddress
 import logging
 import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import iroh
 
 from ..net import compression, wire
 from ..net.compression import CompressionError
 from ..net.endpoint import PeerUnreachable
+from ..net.fast_path import FastPathError, HttpBody, is_nearby, nearby_hosts
 from ..nix import nix32
 from ..nix.narinfo import PathInfo
 from ..store.substituter import HoldersFailed, NarUnavailable
@@ -68,10 +69,12 @@ class TransferSettings:
 
 
 class PeerRange:
-    """Bytes [start, end) of a NAR streaming from one peer, raw or as zstd blocks."""
+    """Bytes [start, end) of a NAR streaming from one peer: over iroh, raw or as zstd blocks, or over
+    the fast path, which `reopen` replaces with an iroh stream from the same peer if it breaks."""
 
-    def __init__(self, candidate: Candidate, recv: iroh.RecvStream, start: int, end: int,
-                 read_timeout: float, blocks: bool, on_wire: Callable[[int], None]) -> None:
+    def __init__(self, candidate: Candidate, recv: iroh.RecvStream | HttpBody, start: int, end: int,
+                 read_timeout: float, blocks: bool, on_wire: Callable[[int], None],
+                 reopen: Callable[[int], Awaitable[tuple[iroh.RecvStream, bool]]] | None = None) -> None:
         self.candidate = candidate
         self.recv = recv
         self.position = start
@@ -79,6 +82,7 @@ class PeerRange:
         self.read_timeout = read_timeout
         self.blocks = blocks
         self.on_wire = on_wire  # bytes as they crossed the network
+        self.reopen = reopen  # (position) -> the rest over iroh, when the fast path breaks
 
     async def read(self, limit: int = READ_SIZE) -> bytes:
         """The next chunk (a whole block when compressed, whatever `limit`); raises NarFetchError
@@ -89,6 +93,8 @@ class PeerRange:
                                self.recv.read(min(READ_SIZE, limit, self.end - self.position)))
         except TimeoutError:
             raise NarFetchError(f"silent for {self.read_timeout:g}s at byte {self.position}") from None
+        except FastPathError as error:
+            return await self._over_iroh(error, limit)
         except (iroh.IrohError, CompressionError) as error:
             raise NarFetchError(f"at byte {self.position}: {describe(error)}") from None
         if not chunk:
@@ -97,6 +103,16 @@ class PeerRange:
             self.on_wire(len(chunk))
         self.position += len(chunk)
         return chunk
+
+    async def _over_iroh(self, error: FastPathError, limit: int) -> bytes:
+        """The fast path broke in the middle: the rest from the same peer over iroh."""
+        if self.reopen is None:
+            raise NarFetchError(f"at byte {self.position}: {error}") from None
+        log.info("fast path broke peer=%s at byte %d: %s; going on over iroh", self.candidate.peer_id[:10],
+                 self.position, error)
+        reopen, self.reopen = self.reopen, None
+        self.recv, self.blocks = await reopen(self.position)
+        return await self.read(limit)
 
     async def _block(self) -> bytes:
         stored, size = compression.parse_header(await self.recv.read_exact(compression.BLOCK.size),
@@ -622,12 +638,35 @@ async def open_range(peers: Peers, candidate: Candidate, info: PathInfo, start: 
                      settings: TransferSettings, on_wire: Callable[[int], None], growing: bool = True
                      ) -> PeerRange | None:
     """Bytes [start, end) of a path's NAR from one peer (`growing`: or from the copy it is still
-    pulling through); None when it does not have the NAR; NarFetchError (counted against the peer)
-    when it fails to start sending them."""
+    pulling through), over the fast path when the peer offers it; None when it does not have the NAR;
+    NarFetchError (counted against the peer) when it fails to start sending them."""
+    began = time.monotonic()
+    zstd = zstd_request(settings.compression, candidate)
+    hosts = _fast_path_hosts(peers, candidate, zstd)
+    answer = await _request_range(peers, candidate, info, start, end, settings, growing, zstd, bool(hosts))
+    if answer is None:
+        return None
+    recv, blocks, offer = answer
+    reopen = functools.partial(_rest_over_iroh, peers, candidate, info, end, settings, growing, zstd)
+    if offer is not None:
+        try:
+            recv = await _fast_path(peers, candidate, info, hosts, offer, start, end)
+        except FastPathError as error:
+            log.info("fast path failed peer=%s: %s; going on over iroh", candidate.peer_id[:10], error)
+            recv, blocks = await reopen(start)
+    peers.reputation.succeeded(candidate.peer_id, time.monotonic() - began)
+    return PeerRange(candidate, recv, start, end, settings.read_timeout, blocks, on_wire,
+                     reopen if offer is not None else None)
+
+
+async def _request_range(peers: Peers, candidate: Candidate, info: PathInfo, start: int, end: int,
+                         settings: TransferSettings, growing: bool, zstd: str | None, http: bool
+                         ) -> tuple[iroh.RecvStream, bool, dict[str, Any] | None] | None:
+    """The peer's answer to a range request over iroh: the stream, whether it carries zstd blocks and
+    the fast path's offer, if any; None when it does not have the NAR."""
     peer = candidate.peer_id
     request = wire.NarRequest(info.store_path.hash_part, nix32.encode(info.nar_hash), start, end - start,
-                              zstd_request(settings.compression, candidate), growing, settings.name)
-    began = time.monotonic()
+                              zstd, growing, settings.name, http)
     try:
         async with asyncio.timeout(peers.query_timeout):
             stream, header = await peers.endpoint.request(candidate.address, wire.NAR_ALPN, request.to_frame(),
@@ -645,8 +684,48 @@ async def open_range(peers: Peers, candidate: Candidate, info: PathInfo, start: 
     if blocks and request.zstd is None:
         peers.failed(peer, "nar", "rejected", "compressed although not asked to")
         raise NarFetchError("unasked compression")
-    peers.reputation.succeeded(peer, time.monotonic() - began)
-    return PeerRange(candidate, stream.recv(), start, end, settings.read_timeout, blocks, on_wire)
+    offer = header.get("http")
+    if offer is not None and not (http and not blocks and isinstance(offer, dict)):
+        peers.failed(peer, "nar", "rejected", "offered the fast path although not asked to")
+        raise NarFetchError("unasked fast path")
+    return stream.recv(), blocks, offer
+
+
+async def _rest_over_iroh(peers: Peers, candidate: Candidate, info: PathInfo, end: int, settings: TransferSettings,
+                          growing: bool, zstd: str | None, position: int) -> tuple[iroh.RecvStream, bool]:
+    """Bytes [position, end) from the same peer over iroh, after its fast path failed (which is not
+    tried again for a while)."""
+    peers.fast_path.broke(candidate.peer_id)
+    peers.metrics.fast_path_ranges.labels("fallback").inc()
+    answer = await _request_range(peers, candidate, info, position, end, settings, growing, zstd, http=False)
+    if answer is None:
+        peers.failed(candidate.peer_id, "nar", "failed", "lost the NAR between the fast path and iroh")
+        raise NarFetchError("the NAR is gone")
+    recv, blocks, _ = answer
+    return recv, blocks
+
+
+def _fast_path_hosts(peers: Peers, candidate: Candidate, zstd: str | None) -> list[str]:
+    """Where the peer's fast path may be reached: nearby addresses of a peer whose fast path has not
+    failed lately, unless the fast path is off here or the bytes should be compressed (a slow link)."""
+    if peers.fast_path is None or zstd == "prefer" or not peers.fast_path.usable(candidate.peer_id):
+        return []
+    return nearby_hosts(candidate.address.direct)
+
+
+async def _fast_path(peers: Peers, candidate: Candidate, info: PathInfo, hosts: list[str], offer: dict[str, Any],
+                     start: int, end: int) -> HttpBody:
+    port, ticket = offer.get("port"), offer.get("ticket")
+    if not (isinstance(port, int) and 0 < port < 65536 and isinstance(ticket, str) and len(ticket) < 256):
+        raise FastPathError(f"a malformed offer {str(offer)[:100]}")
+    url = f"/store/nar/{nix32.encode(info.nar_hash)}.nar?hash={info.store_path.hash_part}"
+    try:
+        async with asyncio.timeout(peers.query_timeout):
+            body = await peers.fast_path.open(hosts, port, ticket, url, start, end)
+    except TimeoutError:
+        raise FastPathError(f"no answer within {peers.query_timeout:g} s") from None
+    peers.metrics.fast_path_ranges.labels("ok").inc()
+    return body
 
 
 def zstd_request(mode: str, candidate: Candidate) -> str | None:
@@ -655,7 +734,7 @@ def zstd_request(mode: str, candidate: Candidate) -> str | None:
     `accept`, leaving it to a peer whose own upload is slow."""
     if mode == "never":
         return None
-    nearby = candidate.source in ("lan", "static") or any(_nearby(a) for a in candidate.address.direct)
+    nearby = candidate.source in ("lan", "static") or any(map(is_nearby, candidate.address.direct))
     if mode == "always" or not nearby:
         return "prefer"
     return "accept"
@@ -672,15 +751,6 @@ def _write_all(fd: int, data: memoryview, position: int) -> None:
     while data:
         written = os.pwrite(fd, data, position)
         data, position = data[written:], position + written
-
-
-def _nearby(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
 def describe(error: BaseException) -> str:

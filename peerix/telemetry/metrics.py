@@ -58,6 +58,14 @@ class Metrics:
         self.peer_wire_bytes = Counter("peerix_peer_wire_bytes", "NAR bytes on the wire between peers by "
                                        "direction (sent, received), after zstd where used", ["direction"],
                                        registry=r)
+        self.fast_path_offers = Counter("peerix_fast_path_offers", "NAR ranges peers were told to take over the "
+                                        "fast path (HTTP) rather than iroh", registry=r)
+        self.fast_path_ranges = Counter(
+            "peerix_fast_path_ranges", "NAR ranges fetched from peers over the fast path by result (ok: opened; "
+            "fallback: the fast path failed to open or broke, and the bytes came over iroh)", ["result"], registry=r,
+        )
+        self.fast_path_refused = Counter("peerix_fast_path_refused", "Requests to the fast-path listener refused "
+                                         "(no valid ticket for the path, or not a NAR)", ["reason"], registry=r)
         self.nar_resumes = Counter("peerix_nar_resumes", "Parts of NARs continued on another peer after one failed "
                                    "in the middle", registry=r)
         self.nar_split_transfers = Counter("peerix_nar_split_transfers", "NARs fetched from several peers at once",
