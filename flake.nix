@@ -18,6 +18,7 @@
           (pyfinal: pyprev: {
             # Only where nixpkgs lacks it: a packaged iroh wins.
             iroh = pyprev.iroh or (pyfinal.callPackage ./nix/iroh.nix { });
+            pyfusefilter = pyprev.pyfusefilter or (pyfinal.callPackage ./nix/pyfusefilter.nix { });
           })
         ];
         peerix = final.callPackage ./nix/package.nix { };

@@ -27,6 +27,7 @@ python3Packages.buildPythonApplication {
     httpx
     iroh
     prometheus-client
+    pyfusefilter
     pynacl
     starlette
     uvicorn

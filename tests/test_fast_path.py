@@ -4,18 +4,19 @@ are tested between real daemons (test_peers.py, test_lan.py)."""
 from peerix.net.fast_path import TICKET_TTL, Tickets, nearby_hosts
 
 
-def test_a_ticket_opens_its_path_until_it_expires() -> None:
-    tickets, now = Tickets(12306), 1_800_000_000.0
-    ticket = tickets.issue("a" * 32, now)
-    assert tickets.valid(ticket, "a" * 32, now + TICKET_TTL - 1)
-    assert not tickets.valid(ticket, "a" * 32, now + TICKET_TTL + 1)  # expired
-    assert not tickets.valid(ticket, "b" * 32, now)  # another path
-    assert not Tickets(12306).valid(ticket, "a" * 32, now)  # another process (its own key)
-    expiry, mac = ticket.split(".")
-    assert not tickets.valid(f"{int(expiry) + 3600}.{mac}", "a" * 32, now)  # a later expiry, forged
-    for garbage in ("", ".", "any", "1.2.3", f"-{expiry}.{mac}", "9" * 40 + "." + mac):
-        assert not tickets.valid(garbage, "a" * 32, now), garbage
-    assert tickets.offer("a" * 32)["port"] == 12306
+def test_a_ticket_opens_its_path_to_its_peer_until_it_expires() -> None:
+    tickets, now, peer = Tickets(12306), 1_800_000_000.0, "p" * 64
+    ticket = tickets.issue("a" * 32, peer, now)
+    assert tickets.holder(ticket, "a" * 32, now + TICKET_TTL - 1) == peer
+    assert tickets.holder(ticket, "a" * 32, now + TICKET_TTL + 1) is None  # expired
+    assert tickets.holder(ticket, "b" * 32, now) is None  # another path
+    assert Tickets(12306).holder(ticket, "a" * 32, now) is None  # another process (its own key)
+    expiry, _, mac = ticket.split(".")
+    assert tickets.holder(f"{int(expiry) + 3600}.{peer}.{mac}", "a" * 32, now) is None  # a later expiry, forged
+    assert tickets.holder(f"{expiry}.{'q' * 64}.{mac}", "a" * 32, now) is None  # passed on to another peer
+    for garbage in ("", ".", "..", "any", "1.2.3", f"-{expiry}.{peer}.{mac}", "9" * 40 + f".{peer}.{mac}"):
+        assert tickets.holder(garbage, "a" * 32, now) is None, garbage
+    assert tickets.offer("a" * 32, peer)["port"] == 12306
 
 
 def test_bytes_come_over_the_fast_path_from_nearby_addresses_only() -> None:

@@ -111,6 +111,24 @@ def test_hosts_on_a_switch_find_each_other_within_a_second(site: Site) -> None:
     assert time.monotonic() - started < 10
 
 
+def test_store_summaries_spare_the_hosts_that_lack_a_path(site: Site, closure: Path) -> None:
+    """b asks for the closure's narinfos before anyone else: a and e hold it; c holds nothing and its
+    summary says so, so c is never asked (e and f, a closed fleet, answer no stranger, their summaries
+    included: they are asked as before)."""
+    wait_for(lambda: _metric(site.metrics("b"), 'peerix_summaries_fetched_total{result="ok"}') >= 2, timeout=10)
+    asked_c = 'peerix_peer_requests_total{kind="narinfo",result="not-found"}'
+    before = _metric(site.metrics("c"), asked_c)
+    paths = closure_of(closure)
+    for path in paths:
+        assert "NarHash:" in site.hosts["b"].get(f"http://127.0.0.1:{PORT}/{Path(path).name[:32]}.narinfo")
+    assert _metric(site.metrics("c"), asked_c) == before
+    assert _metric(site.metrics("b"), 'peerix_summary_questions_total{outcome="saved"}') >= 1
+    assert _metric(site.metrics("b"), 'peerix_summary_questions_total{outcome="claimed-too-little"}') == 0
+    assert "store summary fetched" in site.log("b")
+    # e and f said they publish none to b, once each: not asked again for the same generation
+    assert _metric(site.metrics("b"), 'peerix_summaries_fetched_total{result="none"}') == 2
+
+
 def test_closure_on_one_host_is_substituted_by_nix_on_another(site: Site, closure: Path, tmp_path: Path) -> None:
     result = substitute(site, "c", closure, tmp_path)
     assert result.returncode == 0, result.stderr

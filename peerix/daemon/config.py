@@ -178,6 +178,9 @@ class Config:
     discovery: bool = setting(True, "publish and resolve endpoint addresses with iroh's DNS discovery",
                               parse_bool)
     lan: bool = setting(True, "find peers on the local network by multicast and broadcast", parse_bool)
+    lan_summaries: bool = setting(True, "publish a compact filter of the shareable paths' hashes to LAN peers, and "
+                                  "ask a LAN peer about a path only once the peers whose filters may hold it had not",
+                                  parse_bool)
     lan_port: int = setting(12304, "UDP port of LAN discovery", parse_port, "PORT")
     lan_interface: str | None = setting(None, "interface to announce on (default: the default route's)", str,
                                         "IFNAME")

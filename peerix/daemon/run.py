@@ -24,6 +24,7 @@ from ..http.app import CacheSettings, create_app
 from ..http.fast_path import fast_path_app
 from ..http.zerocopy import ZeroCopyHttpToolsProtocol
 from ..net.endpoint import BindError, EndpointSettings, PeerEndpoint
+from ..net import wire
 from ..net.fast_path import FastPath, Tickets
 from ..net.lan import LanDiscovery, LanSettings
 from ..net.tracker_client import TrackerClient, TrackerError, tls_context
@@ -43,6 +44,7 @@ from ..swarm.policy import Policy
 from ..swarm.pull_through import PullSettings, PullThrough
 from ..swarm.remote import RemoteSettings, RemoteStore
 from ..swarm.reputation import Reputation
+from ..swarm.summaries import OwnSummary, PeerSummaries
 from ..swarm.transfer import TransferSettings
 from ..telemetry.activity import Activity
 from ..telemetry.metrics import Metrics
@@ -110,13 +112,20 @@ async def run(config: Config) -> None:
         admission = Admission(config.peers, metrics, fleet_token=bool(fleet_tokens),
                               tracker_token=tracker_token is not None,
                               state_file=config.state_dir / "fleet-members.json", timeout=config.peer_timeout)
+        lan = tracker_source = tracker = None
+        own_summary = (OwnSummary(local, policy, held, timeout=config.peer_timeout,
+                                  on_change=lambda: lan.announce() if lan is not None else None)
+                       if config.lan_summaries and (config.lan or config.static_peers) else None)
+        handlers = PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
+                               compression=config.compression, all_logs=config.serve_all_logs,
+                               fast_path=tickets).handlers
+        if own_summary is not None:
+            handlers[wire.SUMMARY_ALPN] = own_summary.serve
         endpoint = await PeerEndpoint.start(
             seed,
             EndpointSettings(bind=config.iroh_listen, relays=config.relays, discovery=config.discovery,
                              connect_timeout=config.connect_timeout),
-            admission.guard(PeerService(substituter, policy, metrics, timeout=config.peer_timeout, uploads=uploads,
-                                        compression=config.compression, all_logs=config.serve_all_logs,
-                                        fast_path=tickets).handlers),
+            admission.guard(handlers),
         )
         stack.push_async_callback(endpoint.close)
         reputation = Reputation()
@@ -130,20 +139,22 @@ async def run(config: Config) -> None:
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2,
                       admits=admission.admits,
                       fast_path=FastPath(min(1.0, config.connect_timeout)) if config.fast_path else None)
-        background = []
-        lan = tracker_source = tracker = None
+        background = [own_summary.run()] if own_summary is not None else []
         if config.lan or config.static_peers:
+            summaries = PeerSummaries(endpoint, metrics, timeout=config.connect_timeout + 2)
+            stack.push_async_callback(summaries.close)
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
                 broadcast=config.lan,
                 interval=config.lan_interval, expiry=config.lan_expiry, fleet_tokens=fleet_tokens,
                 require_proof=bool(fleet_tokens) and config.peers != "any",
             ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc(),
-                on_restart=peers.restarted)
+                on_restart=peers.restarted, summary=lambda: own_summary.generation if own_summary else None,
+                on_summary=summaries.heard if config.lan_summaries else lambda address, generation: None)
             await lan.start()
             stack.push_async_callback(lan.close)
             admission.lan = lan
-            sources.append(LanSource(lan))
+            sources.append(LanSource(lan, summaries))
 
         def tracker_status() -> dict[str, Any] | None:
             return None

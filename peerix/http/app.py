@@ -10,9 +10,9 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -27,6 +27,7 @@ from ..common.asgi import MetricsMiddleware, Whole
 from ..common.throttle import Throttle
 from ..nix import nix32
 from ..nix.hash import SHA256_SIZE
+from ..nix.nar import Segment
 from ..nix.narinfo import PathInfo
 from ..nix.realisation import BuildTraceEntry, Realisation, is_id, is_output_name
 from ..nix.storepath import StorePath, is_hash_part
@@ -132,14 +133,62 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         return await _nar(request, substituter.lookup)
 
     async def store_nar(request: Request) -> ASGIApp:
+        if (peer := request.scope.get(FAST_PATH)) is not None:  # a peer, with a ticket from the iroh side
+            return await _nar_to_peer(request, peer)
         client = request.client.host if request.client else "?"
-        if request.scope.get(FAST_PATH):  # a peer, with a ticket from the iroh side
-            return await _nar(request, _servable, uploads, f"for {client} over the fast path",
-                              "served nar over the fast path")
         return await _nar(request, _servable, uploads, f"for {client} through /store/")  # within the upload cap
 
-    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "",
-                   logged_as: str = "nar") -> ASGIApp:
+    async def _nar(request: Request, lookup: Lookup, throttle: Throttle | None = None, note: str = "") -> ASGIApp:
+        asked = await _asked(request, lookup)
+        if not isinstance(asked, _Range):
+            return asked
+        info, start, end, part = asked
+        fetch = metrics.activity.fetch(info.store_path.full(substituter.local.store_dir), end - start)
+        fetch.detail = " ".join(filter(None, (f"bytes {start}-{end - 1}" if part else "", note)))
+        try:
+            with fetching(fetch):  # what the transfer from peers or the upstream credits
+                parts = await _open(info, start, end)
+        except HoldersFailed as error:
+            metrics.activity.finish(fetch, "failed", "the peers holding it failed to send it (503: Nix asks again)")
+            return _holders_failed(info.store_path.hash_part, error)
+        except NarUnavailable as error:
+            metrics.activity.finish(fetch, "failed", f"{error} (404)")
+            log.warning("nar unavailable path=%s error=%s", info.store_path, error)
+            return _error(404, "no peer has this NAR any more")
+        except BaseException as error:  # not in flight any more, whatever happened
+            metrics.activity.finish(fetch, "failed", type(error).__name__)
+            raise
+        return NarResponse(parts, end - start, functools.partial(_nar_finished, asked, fetch), throttle,
+                           part, fetch.advance)
+
+    async def _nar_to_peer(request: Request, peer: str) -> ASGIApp:
+        """The fast path: a range of a local NAR for a peer, counted as what it is, an upload to that peer."""
+        asked = await _asked(request, _servable)
+        if not isinstance(asked, _Range):
+            return asked
+        info, start, end, part = asked
+        upload = metrics.activity.upload(peer, info.store_path.full(substituter.local.store_dir), info.nar_size)
+        try:
+            parts = await _open(info, start, end)
+        except BaseException:
+            metrics.activity.piece_done(upload, "failed")
+            raise
+
+        def progress(count: int) -> None:
+            upload.advance(count)
+            metrics.peer_sent_bytes.inc(count)
+            metrics.peer_wire_bytes.labels("sent").inc(count)
+
+        def finished(outcome: str, sent: int, seconds: float, error: Exception | None) -> None:
+            metrics.activity.piece_done(upload, "stopped" if outcome == "aborted" else outcome, "over the fast path")
+            log.log(logging.ERROR if error else logging.INFO, "served nar over the fast path %s peer=%s path=%s "
+                    "bytes=%d seconds=%.3f mib_per_s=%.1f range=%d-%d%s", outcome, peer[:10], info.store_path, sent,
+                    seconds, sent / (1 << 20) / max(seconds, 1e-6), start, end - 1, f" error={error}" if error else "")
+
+        return NarResponse(parts, end - start, finished, uploads, part, progress)
+
+    async def _asked(request: Request, lookup: Lookup) -> _Range | ASGIApp:
+        """The NAR and range a request asks for; else the answer it gets (an error, or a HEAD's headers)."""
         encoded = request.path_params["narhash"]
         hash_part = request.query_params.get("hash", "")
         try:
@@ -171,25 +220,12 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             headers = {"content-length": str(end - start), "accept-ranges": "bytes"}
             return Response(status_code=206 if part else 200, media_type=NAR_TYPE,
                             headers=headers | ({"content-range": part} if part else {}))
-        fetch = metrics.activity.fetch(info.store_path.full(substituter.local.store_dir), end - start)
-        fetch.detail = " ".join(filter(None, (f"bytes {start}-{end - 1}" if wanted else "", note)))
-        try:
-            with fetching(fetch):  # what the transfer from peers or the upstream credits
-                # a range that is the whole NAR is checked against NarHash as a whole NAR is
-                parts = await (substituter.open_nar(info) if (start, end) == (0, size) else
-                               substituter.open_range(info, start, end))
-        except HoldersFailed as error:
-            metrics.activity.finish(fetch, "failed", "the peers holding it failed to send it (503: Nix asks again)")
-            return _holders_failed(hash_part, error)
-        except NarUnavailable as error:
-            metrics.activity.finish(fetch, "failed", f"{error} (404)")
-            log.warning("nar unavailable path=%s error=%s", info.store_path, error)
-            return _error(404, "no peer has this NAR any more")
-        except BaseException as error:  # not in flight any more, whatever happened
-            metrics.activity.finish(fetch, "failed", type(error).__name__)
-            raise
-        return NarResponse(parts, end - start, functools.partial(_nar_finished, logged_as, info, wanted, fetch),
-                           throttle, part, fetch.advance)
+        return _Range(info, start, end, part)
+
+    async def _open(info: PathInfo, start: int, end: int) -> AsyncIterator[Segment]:
+        # a range that is the whole NAR is checked against NarHash as a whole NAR is
+        return await (substituter.open_nar(info) if (start, end) == (0, info.nar_size) else
+                      substituter.open_range(info, start, end))
 
     def _holders_failed(hash_part: str, error: HoldersFailed) -> ASGIApp:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
@@ -217,14 +253,14 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             metrics.store_errors.inc()
             return None
 
-    def _nar_finished(logged_as: str, info: PathInfo, wanted: tuple[int, int] | None, fetch: Live, outcome: str,
-                      sent: int, seconds: float, error: Exception | None) -> None:
+    def _nar_finished(asked: _Range, fetch: Live, outcome: str, sent: int, seconds: float,
+                      error: Exception | None) -> None:
         metrics.nar_transfers.labels(outcome).inc()
         metrics.activity.finish(fetch, outcome, str(error) if error else "")
         level = logging.ERROR if error else logging.INFO
-        log.log(level, "%s %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s%s", logged_as, outcome, info.store_path,
-                sent, seconds, sent / (1 << 20) / max(seconds, 1e-6), f" range={wanted[0]}-{wanted[1] - 1}" if wanted else "",
-                f" error={error}" if error else "")
+        log.log(level, "nar %s path=%s bytes=%d seconds=%.3f mib_per_s=%.1f%s%s", outcome, asked.info.store_path,
+                sent, seconds, sent / (1 << 20) / max(seconds, 1e-6),
+                f" range={asked.start}-{asked.end - 1}" if asked.part else "", f" error={error}" if error else "")
 
     async def listing(request: Request) -> Response:
         return await _listing(request, substituter.lookup)
@@ -406,6 +442,15 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 async def _answer(scope: Scope, receive: Receive, send: Send) -> None:
     response = await scope["endpoint"](Request(scope, receive))
     await response(scope, receive, send)
+
+
+class _Range(NamedTuple):
+    """Bytes [start, end) of a path's NAR; `part` is the Content-Range of a range request (None: all of it)."""
+
+    info: PathInfo
+    start: int
+    end: int
+    part: str | None
 
 
 class _Refused(Exception):

@@ -18,7 +18,7 @@ from ..telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-SCOPE_KEY = "peerix.fast_path"  # set on the requests it lets through, for the dashboard's wording
+SCOPE_KEY = "peerix.fast_path"  # the peer a request it lets through comes from
 _NAR = re.compile(r"/store/nar/[^/]+\.nar")
 _HEADER = TICKET_HEADER.encode()
 
@@ -27,28 +27,30 @@ def fast_path_app(app: ASGIApp, tickets: Tickets, metrics: Metrics) -> ASGIApp:
     async def gate(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        refusal = _refusal(scope, tickets)
-        if refusal is not None:
-            status, reason, text = refusal
+        peer_or_refusal = _holder(scope, tickets)
+        if isinstance(peer_or_refusal, tuple):
+            status, reason, text = peer_or_refusal
             metrics.fast_path_refused.labels(reason).inc()
             client = scope.get("client")
             log.info("fast path refused client=%s path=%s reason=%s", client[0] if client else "?",
                      scope["path"][:100], reason)
             return await Whole(status, text.encode() + b"\n", b"text/plain; charset=utf-8")(scope, receive, send)
-        scope[SCOPE_KEY] = True
+        scope[SCOPE_KEY] = peer_or_refusal
         await app(scope, receive, send)
 
     return gate
 
 
-def _refusal(scope: Scope, tickets: Tickets) -> tuple[int, str, str] | None:
-    """(status, metric reason, text) for a request the fast path does not serve."""
+def _holder(scope: Scope, tickets: Tickets) -> str | tuple[int, str, str]:
+    """The peer the request's ticket was issued to; (status, metric reason, text) for a request the fast
+    path does not serve."""
     if scope["method"] not in ("GET", "HEAD") or not _NAR.fullmatch(scope["path"]):
         return 404, "not-a-nar", "the fast path serves NARs to peers only (/store/nar/<narhash>.nar?hash=...)"
     hash_part = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("hash", [""])[0]
     ticket = next((value for name, value in scope["headers"] if name == _HEADER), b"").decode("latin-1")
     if not ticket:
         return 403, "no-ticket", f"no {TICKET_HEADER} header: ask for the NAR over iroh first"
-    if not tickets.valid(ticket, hash_part):
+    peer = tickets.holder(ticket, hash_part)
+    if peer is None:
         return 403, "bad-ticket", "the ticket is expired or for another path: ask for the NAR over iroh again"
-    return None
+    return peer

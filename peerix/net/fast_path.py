@@ -5,7 +5,8 @@ the sender and large reads here moves the same bytes at a fraction of that. Only
 path: the peer is asked over iroh as always (authenticated, admitted, under its serving policy), and
 answers with an offer, the TCP port of its fast-path listener and a ticket, instead of the bytes. The
 ticket is what lets the HTTP route, which cannot tell who connects, serve exactly the peers the iroh
-side would: an HMAC over the path's hash and an expiry, under a key that never leaves the process.
+side would, and know which one it serves: the asking peer's id and an expiry, with an HMAC over them
+and the path's hash under a key that never leaves the process.
 
 Bytes sent this way travel unencrypted, so they are only fetched from addresses that are on this
 machine or a private network (never across the internet), and the receiver checks them against the
@@ -37,30 +38,31 @@ class FastPathError(Exception):
 
 
 class Tickets:
-    """Tickets for one process's fast-path listener (on `port`, once it listens): issued over iroh,
-    checked by the HTTP route."""
+    """Tickets for one process's fast-path listener (on `port`, once it listens): issued over iroh to
+    a peer it authenticated, checked by the HTTP route, which learns from it which peer asks."""
 
     def __init__(self, port: int = 0) -> None:
         self.port = port
         self._key = secrets.token_bytes(32)
 
-    def offer(self, hash_part: str) -> dict[str, object]:
+    def offer(self, hash_part: str, peer_id: str) -> dict[str, object]:
         """What a NAR answer over iroh carries instead of the bytes."""
-        return {"port": self.port, "ticket": self.issue(hash_part)}
+        return {"port": self.port, "ticket": self.issue(hash_part, peer_id)}
 
-    def issue(self, hash_part: str, now: float | None = None) -> str:
+    def issue(self, hash_part: str, peer_id: str, now: float | None = None) -> str:
         expiry = int((time.time() if now is None else now) + TICKET_TTL)
-        return f"{expiry}.{self._mac(hash_part, expiry)}"
+        return f"{expiry}.{peer_id}.{self._mac(hash_part, peer_id, expiry)}"
 
-    def valid(self, ticket: str, hash_part: str, now: float | None = None) -> bool:
-        expiry, _, mac = ticket.partition(".")
-        if not expiry.isdigit() or len(expiry) > 12:
-            return False
-        return (int(expiry) >= (time.time() if now is None else now)
-                and hmac.compare_digest(mac, self._mac(hash_part, int(expiry))))
+    def holder(self, ticket: str, hash_part: str, now: float | None = None) -> str | None:
+        """The peer the ticket was issued to, if it is valid for the path and has not expired."""
+        expiry, _, rest = ticket.partition(".")
+        peer_id, _, mac = rest.partition(".")
+        if not expiry.isdigit() or len(expiry) > 12 or int(expiry) < (time.time() if now is None else now):
+            return None
+        return peer_id if hmac.compare_digest(mac, self._mac(hash_part, peer_id, int(expiry))) else None
 
-    def _mac(self, hash_part: str, expiry: int) -> str:
-        return hmac.new(self._key, f"{hash_part}:{expiry}".encode(), hashlib.sha256).hexdigest()
+    def _mac(self, hash_part: str, peer_id: str, expiry: int) -> str:
+        return hmac.new(self._key, f"{hash_part}:{peer_id}:{expiry}".encode(), hashlib.sha256).hexdigest()
 
 
 def is_nearby(address: str) -> bool:

@@ -68,6 +68,7 @@ class Announcement:
     sent_at: float  # sender's clock, strictly increasing per sender: the replay guard
     wants_answer: bool = False
     pulling: tuple[str, ...] = ()  # hash parts it is fetching from the upstream for the LAN: its leases
+    summary: int | None = None  # the generation of its store summary (swarm/summaries.py), if it has one
 
     @property
     def peer_id(self) -> str:
@@ -82,6 +83,7 @@ def encode(announcement: Announcement, key: nacl.signing.SigningKey, fleet_token
         "relay": announcement.address.relay_url, "t": announcement.sent_at, "ask": announcement.wants_answer,
         "inc": announcement.address.incarnation,
         **({"pull": list(announcement.pulling)} if announcement.pulling else {}),
+        **({"sum": announcement.summary} if announcement.summary is not None else {}),
     }, separators=(",", ":")).encode()
     packet = magic + body + key.sign(magic + body).signature
     if fleet_token is not None:
@@ -110,9 +112,9 @@ def decode(packet: bytes, now: float, max_skew: float, fleet_tokens: Sequence[by
     signed, signature = packet[:-SIGNATURE_SIZE], packet[-SIGNATURE_SIZE:]
     try:
         body = json.loads(signed[len(MAGIC):])  # both magics have its length
-        peer_id, name, direct, relay, sent_at, ask, incarnation, pulling = (
+        peer_id, name, direct, relay, sent_at, ask, incarnation, pulling, summary = (
             body["id"], body["name"], body["direct"], body.get("relay"), body["t"], body.get("ask", False),
-            body.get("inc"), body.get("pull", []))
+            body.get("inc"), body.get("pull", []), body.get("sum"))
         key = nacl.signing.VerifyKey(bytes.fromhex(peer_id))
     except (ValueError, KeyError, TypeError, nacl.exceptions.CryptoError) as error:
         raise PacketError(f"malformed: {error}") from None
@@ -126,12 +128,13 @@ def decode(packet: bytes, now: float, max_skew: float, fleet_tokens: Sequence[by
             and isinstance(sent_at, int | float) and (relay is None or isinstance(relay, str))
             and (incarnation is None or isinstance(incarnation, str) and 0 < len(incarnation) <= MAX_INCARNATION)
             and isinstance(pulling, list) and len(pulling) <= MAX_PULLING
-            and all(isinstance(h, str) and is_hash_part(h) for h in pulling)):
+            and all(isinstance(h, str) and is_hash_part(h) for h in pulling)
+            and (summary is None or type(summary) is int and 0 <= summary < 1 << 64)):
         raise PacketError("malformed: wrong field types")
     if abs(now - sent_at) > max_skew:
         raise PacketError(f"stale: sent {now - sent_at:.0f} s from now")
     address = EndpointAddress(peer_id, tuple(direct), relay, incarnation)
-    return Announcement(address, name[:64], float(sent_at), bool(ask), tuple(pulling))
+    return Announcement(address, name[:64], float(sent_at), bool(ask), tuple(pulling), summary)
 
 
 def _proof(token: bytes, packet: bytes) -> bytes:
@@ -164,7 +167,11 @@ class LanSettings:
 class LanDiscovery(asyncio.DatagramProtocol):
     def __init__(self, seed: bytes, settings: LanSettings, address: Callable[[], EndpointAddress], name: str,
                  on_drop: Callable[[str], None] = lambda reason: None,
-                 on_restart: Callable[[EndpointAddress], None] = lambda address: None) -> None:
+                 on_restart: Callable[[EndpointAddress], None] = lambda address: None,
+                 summary: Callable[[], int | None] = lambda: None,
+                 on_summary: Callable[[EndpointAddress, int], None] = lambda address, generation: None) -> None:
+        self.summary = summary  # the generation of our store summary, sent in every packet
+        self.on_summary = on_summary  # a peer's packet named the generation of its summary
         self.key = nacl.signing.SigningKey(seed)
         self.peer_id = bytes(self.key.verify_key).hex()
         self.settings = settings
@@ -222,7 +229,11 @@ class LanDiscovery(asyncio.DatagramProtocol):
         self._last_sent = max(time.time(), self._last_sent + 1e-6)
         token = self.settings.fleet_tokens[0] if self.settings.fleet_tokens else None
         return encode(Announcement(self.address(), self.host_name, self._last_sent, ask,
-                                   tuple(self.pulling)[-MAX_PULLING:]), self.key, token)
+                                   tuple(self.pulling)[-MAX_PULLING:], self.summary()), self.key, token)
+
+    def announce(self) -> None:
+        """Tell the LAN now, not at the next interval (our store summary changed)."""
+        self._send(self._targets + sorted(self._static))
 
     def claim(self, hash_part: str) -> None:
         """Tell the LAN at once that this host fetches the path from the upstream (until `unclaim`)."""
@@ -265,6 +276,8 @@ class LanDiscovery(asyncio.DatagramProtocol):
             log.info("lan peer restarted peer=%s name=%s addresses=%s", announcement.peer_id[:10], announcement.name,
                      ",".join(announcement.address.direct))
             self.on_restart(announcement.address)
+        if announcement.summary is not None:
+            self.on_summary(announcement.address, announcement.summary)
         if known is None or announcement.wants_answer:
             self._send([sender[:2]])  # let a newcomer know us now, not in one interval
 

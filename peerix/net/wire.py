@@ -19,6 +19,10 @@ object. A request opens a bidirectional stream; the answer comes back on it.
 `/peerix/log/1`      request `{"drv": <derivation basename>}`
                      answer  `{"status": "ok", "size": n}` followed by the n bytes of its build log (at
                      most 16 MiB: the end of a longer one), or `{"status": "not-found"}`
+`/peerix/summary/1`  request `{}`
+                     answer  `{"status": "ok", "format": "fuse8-blake2b64", "generation": g, "size": n}`
+                     followed by the n bytes of the peer's store summary (store_filter.py), or
+                     `{"status": "not-found"}` from a peer that publishes none
 `/peerix/realisation/1`  request `{"id": "sha256:<hex>!<output>"}`
                      answer  `{"status": "ok", "realisation": <JSON text, as Nix's .doi>}` or
                      `{"status": "not-found"}`
@@ -40,6 +44,7 @@ NARINFO_ALPN = b"/peerix/narinfo/1"
 NAR_ALPN = b"/peerix/nar/1"
 LOG_ALPN = b"/peerix/log/1"
 REALISATION_ALPN = b"/peerix/realisation/1"
+SUMMARY_ALPN = b"/peerix/summary/1"
 ZSTD_BLOCKS = "zstd-blocks"
 
 MAX_FRAME = 1 << 20  # a narinfo with thousands of references still fits

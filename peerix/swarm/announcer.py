@@ -17,6 +17,7 @@ from ..store.local import LocalStore
 from ..telemetry.metrics import Metrics
 from .derivations import realisation_key
 from .policy import Policy
+from .summaries import shareable_hashes
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class Announcer:
     async def announce(self) -> None:
         """The paths the policy shares (held ones too), and the realisations whose outputs it shares
         (under their keys)."""
-        held = [(info.store_path.basename, info.sigs) for info in self.held.infos()] if self.held else []
-        hashes = [name[:32] for name, sigs in await self.local.signatures() + held
-                  if self.policy.announceable(name, sigs)]
+        hashes = await shareable_hashes(self.local, self.policy, self.held)
         hashes += [realisation_key(id_) for id_, out, sigs in await self.local.realisations()
                    if self.policy.announceable(out, sigs)]
         address = self.address()

@@ -23,6 +23,7 @@ from ..net.endpoint import EndpointAddress, another_process
 from ..net.lan import LanDiscovery
 from ..net.tracker_client import PeerRecord, TrackerClient, TrackerError
 from ..telemetry.metrics import Metrics
+from .summaries import PeerSummaries
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 class Candidate:
     address: EndpointAddress
     source: str  # "lan", "static" or "tracker"
+    unlikely: bool = False  # its store summary surely lacks the path: asked only once likely holders had not
 
     @property
     def peer_id(self) -> str:
@@ -55,12 +57,16 @@ class LanSource:
     name = "lan"
     answering = True  # what the LAN packets said
 
-    def __init__(self, lan: LanDiscovery) -> None:
+    def __init__(self, lan: LanDiscovery, summaries: PeerSummaries | None = None) -> None:
         self.lan = lan
+        self.summaries = summaries
 
     async def candidates(self, hash_part: str, fresh: bool = False) -> list[Candidate]:
-        """Every live LAN peer: without a store summary, any of them may have the path."""
-        return [Candidate(peer.announcement.address, peer.source) for peer in self.lan.live_peers()]
+        """Every live LAN peer, since any of them may have the path; those whose store summary surely
+        lacks it marked `unlikely`."""
+        lacks = self.summaries.lacks if self.summaries else (lambda peer_id, hash_part: False)
+        return [Candidate(peer.announcement.address, peer.source, lacks(peer.announcement.peer_id, hash_part))
+                for peer in self.lan.live_peers()]
 
 
 class TrackerSource:

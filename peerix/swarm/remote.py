@@ -126,7 +126,7 @@ class RemoteStore:
             candidates = list(last.peers)
         available = ([c for c in candidates if self.peers.reputation.available(c.peer_id)]
                      or [c for c in candidates if self.peers.reputation.worth_a_retry(c.peer_id)])
-        found, answered = await self._first_accepted(hash_part, available) if available else (None, True)
+        found, answered = await self._likely_first(hash_part, available)
         if found is None and not (answered and len(available) == len(candidates)):
             self.metrics.remote_lookups.labels("holders-failed").inc()
             raise HoldersFailed(f"the {len(candidates)} peers that may have {hash_part} did not answer "
@@ -141,6 +141,20 @@ class RemoteStore:
         self._paths.put(hash_part, found or False, self.settings.hit_ttl if found else self.settings.miss_ttl)
         self.metrics.remote_lookups.labels(("upstream" if found.upstream else "hit") if found else "miss").inc()
         return found
+
+    async def _likely_first(self, hash_part: str, candidates: list[Candidate]) -> tuple[RemotePath | None, bool]:
+        """As `_first_accepted`, asking the peers whose store summary surely lacks the path only when
+        none of the others had it (a summary may be older than the path)."""
+        likely = [c for c in candidates if not c.unlikely]
+        unlikely = [c for c in candidates if c.unlikely]
+        found, answered = await self._first_accepted(hash_part, likely) if likely else (None, True)
+        if found is not None:
+            self.metrics.summary_questions.labels("saved").inc(len(unlikely))
+        elif unlikely:
+            found, rest_answered = await self._first_accepted(hash_part, unlikely)
+            answered = answered and rest_answered
+            self.metrics.summary_questions.labels("claimed-too-little" if found else "asked-anyway").inc(len(unlikely))
+        return found, answered
 
     async def _first_accepted(self, hash_part: str, candidates: list[Candidate]) -> tuple[RemotePath | None, bool]:
         """The first accepted answer; when there is none, whether every peer answered (rather than

@@ -66,6 +66,14 @@ class Metrics:
         )
         self.fast_path_refused = Counter("peerix_fast_path_refused", "Requests to the fast-path listener refused "
                                          "(no valid ticket for the path, or not a NAR)", ["reason"], registry=r)
+        self.summaries_fetched = Counter("peerix_summaries_fetched", "LAN peers' store summaries fetched, by result "
+                                         "(ok; none: the peer publishes none; failed: unreachable or corrupt)",
+                                         ["result"], registry=r)
+        self.summary_questions = Counter(
+            "peerix_summary_questions", "Narinfo questions to LAN peers whose store summary surely lacked the path, "
+            "by what became of them (saved: a likely holder had it; asked-anyway: nobody else had it; "
+            "claimed-too-little: one of them had it after all)", ["outcome"], registry=r,
+        )
         self.nar_resumes = Counter("peerix_nar_resumes", "Parts of NARs continued on another peer after one failed "
                                    "in the middle", registry=r)
         self.nar_split_transfers = Counter("peerix_nar_split_transfers", "NARs fetched from several peers at once",
