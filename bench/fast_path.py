@@ -38,7 +38,10 @@ GIB = 1 << 30
 def daemon(host: Host, home: Path, key: SecretKey, trusted: str, *extra: str) -> subprocess.Popen:
     home.mkdir(parents=True, exist_ok=True)
     write_secret(home / "host.sec", key.to_text())
-    return host.peerix("--log-level", "warning", "serve", "--store-root", str(home / "store"), "--state-dir",
+    if not (home / "store").exists():
+        run("nix-store", "--store", str(home / "store"), "--init")
+    return host.peerix("--log-level", "warning", "serve", "--name", home.name, "--store-root", str(home / "store"),
+                       "--state-dir",
                        str(home / "state"), "--sign-key-file", str(home / "host.sec"), "--trusted-public-keys",
                        trusted, "--upstream", "none", "--no-relays", "--no-discovery", "--no-lan",
                        "--nar-cache-size", "0", *extra, log=home / "peerix.log")
@@ -73,7 +76,6 @@ def main() -> None:
         a, b = net.add_host("a", on_switch=False), net.add_host("b", on_switch=False)
         net.link(a, b, "10.236.0")  # a: 10.236.0.1, b: 10.236.0.2
         key_a = SecretKey.generate("bench-a-1")
-        (work / "a").mkdir()
         write_secret(work / "a.sec", key_a.to_text())
         run("nix", "copy", "--no-check-sigs", "--to", str(work / "a" / "store"), big)
         run("nix", "store", "sign", "--store", str(work / "a" / "store"), "--key-file", str(work / "a.sec"), big)

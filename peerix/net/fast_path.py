@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 TICKET_HEADER = "x-peerix-ticket"
 TICKET_TTL = 300.0  # seconds a ticket opens requests for (a request begun in time runs to its end)
-READ_SIZE = 4 << 20
+READ_SIZE = 240 << 10  # under the mmap threshold (common/memory.py): chunks stay in the heap and the cache
 MAX_HEAD = 16 << 10
 BROKEN_FOR = 60.0  # seconds a peer whose fast path failed is asked over iroh only
 
