@@ -81,22 +81,36 @@ def start_liar(fleet: LocalFleet, name: str, narinfo: dict[str, str], nar: dict[
                       references=references or {}, **({"http": http} if http else {}))
 
 
+def nar_files(fleet: LocalFleet, path: Path) -> tuple[str, str]:
+    """The path's NAR as two files: as it is, and one bit off (a well-formed NAR: only the hash can tell)."""
+    honest = run("nix-store", "--dump", str(path)).stdout
+    tampered = bytearray(honest)
+    tampered[len(tampered) // 2] ^= 1
+    files = fleet.root / f"{path.name}.nar", fleet.root / f"{path.name}.tampered.nar"
+    files[0].write_bytes(honest)
+    files[1].write_bytes(tampered)
+    return str(files[0]), str(files[1])
+
+
+def leave(fleet: LocalFleet, holder: Host, path: Path) -> None:
+    """Stop `holder`, and wait until the tracker no longer names it for `path`."""
+    holder_id = holder.peer_id
+    holder.stop()
+    wait_until(lambda: holder_id not in fleet.holders(str(path)), f"{holder.name}'s departure")
+
+
 def test_lying_peers_are_refused_and_honest_copies_used(fleet: LocalFleet, closure: Path) -> None:
     lib, data, app = (named(closure, name) for name in ("lib", "data", "app"))
     a, c = host(fleet, "a", closure), host(fleet, "c")
     a_info = {p: NarInfo.parse(httpx.get(f"{a.url}/{hash_part(p)}.narinfo").text) for p in (lib, data)}
     forged = sign_info(a_info[lib].with_sigs(()), SecretKey.generate(fleet.cluster.name))  # right name, wrong key
-    tampered = bytearray(run("nix-store", "--dump", str(data)).stdout)
-    tampered[len(tampered) // 2] ^= 1  # a well-formed NAR, one bit off: only the hash can tell
-    (fleet.root / "tampered.nar").write_bytes(tampered)
+    _, tampered = nar_files(fleet, data)
     forger = start_liar(fleet, "forger", narinfo={hash_part(lib): forged.to_text()})
     corrupter = start_liar(fleet, "corrupter", narinfo={hash_part(data): a_info[data].to_text()},
-                           nar={hash_part(data): str(fleet.root / "tampered.nar")})
+                           nar={hash_part(data): tampered})
     try:
         # With A away, only the forger offers `lib`: its narinfo is refused, Nix gets a 404.
-        a_id = a.peer_id
-        a.stop()
-        wait_until(lambda: a_id not in fleet.holders(str(lib)), "A's departure")
+        leave(fleet, a, lib)
         assert httpx.get(f"{c.url}/{hash_part(lib)}.narinfo").status_code == 404
         assert c.metric('peerix_verification_failures_total{kind="narinfo"}') == 1
         # A back: whoever answers first, only A's honest narinfo is accepted.
@@ -165,15 +179,10 @@ def test_prefetched_narinfos_without_a_trusted_signature_are_not_used(fleet: Loc
 def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFleet, closure: Path) -> None:
     data = named(closure, "data")
     a, c = host(fleet, "a", closure), host(fleet, "c")
-    tampered = bytearray(run("nix-store", "--dump", str(data)).stdout)
-    tampered[len(tampered) // 2] ^= 1
-    (fleet.root / "tampered.nar").write_bytes(tampered)
+    _, tampered = nar_files(fleet, data)
     genuine = httpx.get(f"{a.url}/{hash_part(data)}.narinfo").text
-    a_id = a.peer_id
-    a.stop()
-    wait_until(lambda: a_id not in fleet.holders(str(data)), "A's departure")
-    liar = start_liar(fleet, "liar", narinfo={hash_part(data): genuine},
-                      nar={hash_part(data): str(fleet.root / "tampered.nar")})
+    leave(fleet, a, data)
+    liar = start_liar(fleet, "liar", narinfo={hash_part(data): genuine}, nar={hash_part(data): tampered})
     try:
         assert c.realise(str(data), check=False).returncode != 0  # the liar alone sent it: banned
         assert liar.stdout.readline().split()[:2] == ["nar", hash_part(data)]
@@ -198,19 +207,12 @@ def test_a_banned_liar_is_never_dialled_not_even_as_a_last_resort(fleet: LocalFl
 def test_a_peer_lying_over_the_fast_path_is_caught_and_banned(fleet: LocalFleet, closure: Path) -> None:
     data = named(closure, "data")
     a, c = host(fleet, "a", closure), host(fleet, "c")
-    honest = run("nix-store", "--dump", str(data)).stdout
-    tampered = bytearray(honest)
-    tampered[len(tampered) // 3] ^= 1
-    (fleet.root / "honest.nar").write_bytes(honest)
-    (fleet.root / "tampered.nar").write_bytes(tampered)
+    honest, tampered = nar_files(fleet, data)
     genuine = httpx.get(f"{a.url}/{hash_part(data)}.narinfo").text
-    a_id = a.peer_id
-    a.stop()
-    wait_until(lambda: a_id not in fleet.holders(str(data)), "A's departure")
+    leave(fleet, a, data)
     # Honest over iroh, lying over the fast path: only the bytes that came over HTTP can be caught.
-    liar = start_liar(fleet, "liar", narinfo={hash_part(data): genuine},
-                      nar={hash_part(data): str(fleet.root / "honest.nar")},
-                      http={"mode": "serve", "nar": {hash_part(data): str(fleet.root / "tampered.nar")}})
+    liar = start_liar(fleet, "liar", narinfo={hash_part(data): genuine}, nar={hash_part(data): honest},
+                      http={"mode": "serve", "nar": {hash_part(data): tampered}})
     try:
         assert c.realise(str(data), check=False).returncode != 0
         assert not is_valid(c, data)
@@ -228,14 +230,9 @@ def test_a_peer_lying_over_the_fast_path_is_caught_and_banned(fleet: LocalFleet,
 def test_a_fast_path_refused_or_broken_mid_nar_goes_on_over_iroh(fleet: LocalFleet, closure: Path) -> None:
     lib, data = named(closure, "lib"), named(closure, "data")
     a, c = host(fleet, "a", closure), host(fleet, "c")
-    narinfos, nars = {}, {}
-    for path in (lib, data):
-        narinfos[hash_part(path)] = httpx.get(f"{a.url}/{hash_part(path)}.narinfo").text
-        (fleet.root / f"{path.name}.nar").write_bytes(run("nix-store", "--dump", str(path)).stdout)
-        nars[hash_part(path)] = str(fleet.root / f"{path.name}.nar")
-    a_id = a.peer_id
-    a.stop()
-    wait_until(lambda: a_id not in fleet.holders(str(lib)), "A's departure")
+    narinfos = {hash_part(path): httpx.get(f"{a.url}/{hash_part(path)}.narinfo").text for path in (lib, data)}
+    nars = {hash_part(path): nar_files(fleet, path)[0] for path in (lib, data)}
+    leave(fleet, a, lib)
     refusing = start_liar(fleet, "refusing", narinfo={hash_part(lib): narinfos[hash_part(lib)]},
                           nar={hash_part(lib): nars[hash_part(lib)]}, http={"mode": "refuse", "nar": {}})
     breaking = start_liar(fleet, "breaking", narinfo={hash_part(data): narinfos[hash_part(data)]},
