@@ -139,7 +139,7 @@ async def run(config: Config) -> None:
         peers = Peers(endpoint, sources, reputation, metrics, downloads, query_timeout=config.connect_timeout + 2,
                       admits=admission.admits,
                       fast_path=FastPath(min(1.0, config.connect_timeout)) if config.fast_path else None)
-        background = [own_summary.run()] if own_summary is not None else []
+        background = []
         if config.lan or config.static_peers:
             summaries = PeerSummaries(endpoint, metrics, timeout=config.connect_timeout + 2)
             stack.push_async_callback(summaries.close)
@@ -250,6 +250,8 @@ async def run(config: Config) -> None:
         host, port = config.listen
         server = _server(app, config, host=host, port=port)
         background += [_every(60, metrics.activity.save, activity_file), _ready(server, endpoint.peer_id, local)]
+        if own_summary is not None:
+            background.append(own_summary.run())
         tasks = [asyncio.create_task(job) for job in background]
         if fast_path_socket is not None and tickets is not None:
             fast_server = _server(fast_path_app(app, tickets, metrics), config, signals=False)

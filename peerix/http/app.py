@@ -170,6 +170,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         upload = metrics.activity.upload(peer, info.store_path.full(substituter.local.store_dir), info.nar_size)
         try:
             parts = await _open(info, start, end)
+        except NarUnavailable as error:  # gone since the lookup (collected): the peer asks over iroh
+            metrics.activity.piece_done(upload, "failed", str(error))
+            return _error(404, "no such NAR: the path is gone")
         except BaseException:
             metrics.activity.piece_done(upload, "failed")
             raise
