@@ -2,6 +2,7 @@
 iroh on loopback, and real Nix on the receiving host trusting only that host's key."""
 
 import asyncio
+import hashlib
 import os
 import re
 import signal
@@ -252,6 +253,19 @@ def test_a_fast_path_refused_or_broken_mid_nar_goes_on_over_iroh(fleet: LocalFle
         for peer in (refusing, breaking):
             peer.send_signal(signal.SIGTERM)
             peer.wait(10)
+
+
+def test_a_remembered_miss_does_not_answer_a_nar_request(fleet: LocalFleet, closure: Path) -> None:
+    """Nix asks for a NAR with a narinfo in hand: a holder may have appeared since the miss."""
+    data = named(closure, "data")
+    c = fleet.host("c")
+    c.start("--connect-timeout", "1", "--peer-timeout", "2", "--miss-ttl", "60")
+    assert httpx.get(f"{c.url}/{hash_part(data)}.narinfo").status_code == 404  # nobody has it: kept a minute
+    a = host(fleet, "a", closure)
+    info = NarInfo.parse(httpx.get(f"{a.url}/{hash_part(data)}.narinfo").text)
+    assert httpx.get(f"{c.url}/{hash_part(data)}.narinfo").status_code == 404  # the miss, as remembered
+    nar = httpx.get(f"{c.url}/{info.url}", timeout=30)
+    assert nar.status_code == 200 and hashlib.sha256(nar.content).digest() == info.nar_hash
 
 
 def test_peer_killed_mid_transfer_fails_fast_then_another_serves(fleet: LocalFleet, big_path: Path) -> None:

@@ -130,7 +130,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
 
     @local_clients
     async def nar(request: Request) -> ASGIApp:
-        return await _nar(request, substituter.lookup)
+        return await _nar(request, functools.partial(substituter.lookup, again=True))
 
     async def store_nar(request: Request) -> ASGIApp:
         if (peer := request.scope.get(FAST_PATH)) is not None:  # a peer, with a ticket from the iroh side
@@ -209,6 +209,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except HoldersFailed as error:
             return _holders_failed(hash_part, error)
         if info is None or info.nar_hash != nar_hash:
+            log.info("nar not found hash=%s reason=%s", hash_part, "no such path" if info is None else "other contents")
             return _error(404, "no such NAR: the path is gone or has other contents now")
         size = info.nar_size
         try:

@@ -59,9 +59,10 @@ class HoldersFailed(NarUnavailable):
 class Network(Protocol):
     """Where the paths this host lacks come from: the peer network (swarm.remote.RemoteStore)."""
 
-    async def find(self, hash_part: str) -> PathInfo | None:
+    async def find(self, hash_part: str, again: bool = False) -> PathInfo | None:
         """The path's info as accepted from a peer (trusted signatures only), or None when no peer
-        has it; raises HoldersFailed when the peers that may have it did not answer."""
+        has it; raises HoldersFailed when the peers that may have it did not answer. `again`: a miss
+        remembered from a moment ago does not answer (Nix holds a narinfo, and asks for its NAR)."""
 
     async def open_nar(self, info: PathInfo) -> AsyncIterator[bytes]:
         """The verified NAR of a path `find` returned; raises NarUnavailable when it cannot start
@@ -97,12 +98,12 @@ class Substituter:
         self._walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-walker")
         self._cache_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nar-cache")
 
-    async def lookup(self, hash_part: str) -> PathInfo | None:
+    async def lookup(self, hash_part: str, again: bool = False) -> PathInfo | None:
         """Signed info for a path Nix can have: from the local store, else from the peer network
-        (which raises HoldersFailed when the peers that may have it failed)."""
+        (which raises HoldersFailed when the peers that may have it failed); `again` as `Network.find`."""
         info = await self.path_info(hash_part)
         if info is None and self.remote is not None:
-            found = await self.remote.find(hash_part)
+            found = await self.remote.find(hash_part, again)
             if found is not None:
                 info = self._signed(found)
         return info

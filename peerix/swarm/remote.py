@@ -99,8 +99,8 @@ class RemoteStore:
         self._paths = _Expiring(16384)
         self.derivations = PeerDerivations(peers, policy)
 
-    async def find(self, hash_part: str) -> PathInfo | None:
-        found = await self.path_info(hash_part)
+    async def find(self, hash_part: str, again: bool = False) -> PathInfo | None:
+        found = await self.path_info(hash_part, again)
         return found.info if found else None
 
     def known(self, hash_part: str) -> RemotePath | None:
@@ -108,17 +108,19 @@ class RemoteStore:
         found = self._paths.get_fresh(hash_part)
         return found if isinstance(found, RemotePath) else None
 
-    async def path_info(self, hash_part: str) -> RemotePath | None:
+    async def path_info(self, hash_part: str, again: bool = False) -> RemotePath | None:
         """The path as found in the network, or None when no peer has it; raises HoldersFailed when
         a peer that may have it did not answer or is backing off (peers in backoff are not asked, unless
-        all are and some failed only once)."""
+        all are and some failed only once). `again`: neither a remembered miss nor the sources' cached
+        answers answer: a NAR request comes with a narinfo Nix holds, perhaps from a holder that
+        appeared since."""
         cached = self._paths.get_fresh(hash_part)
-        if cached is not None:
+        if cached is not None and not (again and cached is False):
             self.metrics.remote_lookups.labels("hit" if isinstance(cached, RemotePath) else "cached-miss").inc()
             if isinstance(cached, RemotePath) and cached.prefetched:
                 self.metrics.prefetched_narinfos.labels("used").inc()
             return cached if isinstance(cached, RemotePath) else None
-        candidates = await self.peers.candidates(hash_part, with_backoff=True)
+        candidates = await self.peers.candidates(hash_part, fresh=again, with_backoff=True)
         last = self._paths.get_any(hash_part)
         if not candidates and isinstance(last, RemotePath) and self.peers.unanswered():
             # A source cannot be asked now: those who had it when it was last found (a prefetched
