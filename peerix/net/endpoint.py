@@ -229,6 +229,16 @@ class PeerEndpoint:
             log.info("closed the peer's idle connections to us so that a dial to it gets through peer=%s "
                      "connections=%d", peer_id[:10], len(idle))
 
+    def direct_host(self, peer_id: str, alpn: bytes) -> str | None:
+        """The IP address of the direct path the pooled connection to the peer uses now, if any: an
+        address QUIC has proven to be the peer's, unlike the addresses it announces."""
+        connection = self._pool.connections.get((peer_id, alpn))
+        try:
+            selected = next((p for p in connection.paths() if p.is_selected and p.is_ip), None) if connection else None
+        except iroh.IrohError:
+            return None
+        return selected.remote_addr.rsplit(":", 1)[0].strip("[]") if selected else None
+
     def forget(self, peer_id: str) -> None:
         """Close pooled connections to a peer that misbehaved."""
         for (pid, alpn), connection in list(self._pool.connections.items()):

@@ -21,6 +21,7 @@ import bisect
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import logging
 import os
 import tempfile
@@ -642,15 +643,15 @@ async def open_range(peers: Peers, candidate: Candidate, info: PathInfo, start: 
     NarFetchError (counted against the peer) when it fails to start sending them."""
     began = time.monotonic()
     zstd = zstd_request(settings.compression, candidate)
-    hosts = _fast_path_hosts(peers, candidate, zstd)
-    answer = await _request_range(peers, candidate, info, start, end, settings, growing, zstd, bool(hosts))
+    answer = await _request_range(peers, candidate, info, start, end, settings, growing, zstd,
+                                  _may_take_fast_path(peers, candidate, zstd))
     if answer is None:
         return None
     recv, blocks, offer = answer
     reopen = functools.partial(_rest_over_iroh, peers, candidate, info, end, settings, growing, zstd)
     if offer is not None:
         try:
-            recv = await _fast_path(peers, candidate, info, hosts, offer, start, end)
+            recv = await _fast_path(peers, candidate, info, offer, start, end)
         except FastPathError as error:
             log.info("fast path failed peer=%s: %s; going on over iroh", candidate.peer_id[:10], error)
             recv, blocks = await reopen(start)
@@ -705,19 +706,28 @@ async def _rest_over_iroh(peers: Peers, candidate: Candidate, info: PathInfo, en
     return recv, blocks
 
 
-def _fast_path_hosts(peers: Peers, candidate: Candidate, zstd: str | None) -> list[str]:
-    """Where the peer's fast path may be reached: nearby addresses of a peer whose fast path has not
-    failed lately, unless the fast path is off here or the bytes should be compressed (a slow link)."""
-    if peers.fast_path is None or zstd == "prefer" or not peers.fast_path.usable(candidate.peer_id):
-        return []
-    return nearby_hosts(candidate.address.direct)
+def _may_take_fast_path(peers: Peers, candidate: Candidate, zstd: str | None) -> bool:
+    """Whether to ask for the fast path: on here, a peer with a nearby address whose fast path has
+    not failed lately, and bytes that need no compression (not a slow link)."""
+    return (peers.fast_path is not None and zstd != "prefer" and peers.fast_path.usable(candidate.peer_id)
+            and bool(nearby_hosts(candidate.address.direct)))
 
 
-async def _fast_path(peers: Peers, candidate: Candidate, info: PathInfo, hosts: list[str], offer: dict[str, Any],
+async def _fast_path(peers: Peers, candidate: Candidate, info: PathInfo, offer: dict[str, Any],
                      start: int, end: int) -> HttpBody:
+    """The range from the peer's listener: first at the address iroh reaches it by directly, then at
+    the nearby addresses it announces (the other IP family, when the listener has one only), but a
+    loopback address only when iroh reaches the peer on loopback: a liar must not point this host at
+    a service of its own."""
     port, ticket = offer.get("port"), offer.get("ticket")
     if not (isinstance(port, int) and 0 < port < 65536 and isinstance(ticket, str) and len(ticket) < 256):
         raise FastPathError(f"a malformed offer {str(offer)[:100]}")
+    path = peers.endpoint.direct_host(candidate.peer_id, wire.NAR_ALPN)
+    local = path is not None and ipaddress.ip_address(path).is_loopback
+    hosts = [host for host in nearby_hosts([*([f"[{path}]:0"] if path else []), *candidate.address.direct])
+             if local or not ipaddress.ip_address(host).is_loopback]
+    if not hosts:
+        raise FastPathError("no nearby address to reach it by")
     url = f"/store/nar/{nix32.encode(info.nar_hash)}.nar?hash={info.store_path.hash_part}"
     try:
         async with asyncio.timeout(peers.query_timeout):
