@@ -106,7 +106,8 @@ def test_one_peer_and_the_stats_as_json(start_tracker) -> None:
     assert stats["counts"] == {"peers_online": 1, "peers_offline": 0, "paths": 3, "holdings": 3}
     history = stats["history"]
     assert history["announces"]["step"] == 60 and len(history["announces"]["values"]) == 60
-    assert history["announces"]["values"][-1] == 1 and history["lookups"]["values"][-1] == 1
+    # this minute's slot, or the last one's when the minute turned in between
+    assert [sum(v or 0 for v in history[name]["values"][-2:]) for name in ("announces", "lookups")] == [1, 1]
     assert history["peers_online"]["values"][-1] == 1 and history["peers_online"]["values"][0] is None
     assert stats["per_minute"]["lookups"] > 0
 

@@ -20,6 +20,7 @@ the probe and is kept, however late the news.
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -237,7 +238,11 @@ class PeerEndpoint:
             selected = next((p for p in connection.paths() if p.is_selected and p.is_ip), None) if connection else None
         except iroh.IrohError:
             return None
-        return selected.remote_addr.rsplit(":", 1)[0].strip("[]") if selected else None
+        host = selected.remote_addr.rsplit(":", 1)[0].strip("[]") if selected else None
+        try:
+            return str(ipaddress.ip_address(host)) if host else None
+        except ValueError:  # not an address iroh would give: no direct path to speak of
+            return None
 
     def forget(self, peer_id: str) -> None:
         """Close pooled connections to a peer that misbehaved."""
