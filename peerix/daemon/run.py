@@ -23,8 +23,8 @@ from ..http.access import ClientAccess, parse_networks
 from ..http.app import CacheSettings, create_app
 from ..http.fast_path import fast_path_app
 from ..http.zerocopy import ZeroCopyHttpToolsProtocol
-from ..net.endpoint import BindError, EndpointSettings, PeerEndpoint
 from ..net import wire
+from ..net.endpoint import BindError, EndpointSettings, PeerEndpoint
 from ..net.fast_path import FastPath, Tickets
 from ..net.lan import LanDiscovery, LanSettings
 from ..net.tracker_client import TrackerClient, TrackerError, tls_context
@@ -141,8 +141,9 @@ async def run(config: Config) -> None:
                       fast_path=FastPath(min(1.0, config.connect_timeout)) if config.fast_path else None)
         background = []
         if config.lan or config.static_peers:
-            summaries = PeerSummaries(endpoint, metrics, timeout=config.connect_timeout + 2)
-            stack.push_async_callback(summaries.close)
+            summaries = PeerSummaries(endpoint, metrics, timeout=config.connect_timeout + 2) if own_summary else None
+            if summaries is not None:
+                stack.push_async_callback(summaries.close)
             lan = LanDiscovery(seed, LanSettings(
                 port=config.lan_port, interface=config.lan_interface, static_peers=config.static_peers,
                 broadcast=config.lan,
@@ -150,7 +151,7 @@ async def run(config: Config) -> None:
                 require_proof=bool(fleet_tokens) and config.peers != "any",
             ), endpoint.address, config.name, on_drop=lambda reason: metrics.lan_dropped.labels(reason).inc(),
                 on_restart=peers.restarted, summary=lambda: own_summary.generation if own_summary else None,
-                on_summary=summaries.heard if config.lan_summaries else lambda address, generation: None)
+                on_summary=summaries.heard if summaries else lambda address, generation: None)
             await lan.start()
             stack.push_async_callback(lan.close)
             admission.lan = lan
