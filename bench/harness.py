@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from peerix.cli.localfleet import free_port
+
 BENCH = Path(__file__).parent
 ROOT = BENCH.parent
 
@@ -24,12 +25,6 @@ def run(*args: str, **kw) -> str:
     if result.returncode != 0:
         sys.exit(f"{' '.join(args[:4])} failed:\n{result.stderr}")
     return result.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_closure(seed: str = "bench-1", **args: int) -> tuple[str, dict[str, dict]]:

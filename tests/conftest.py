@@ -1,7 +1,6 @@
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from peerix.cli.localfleet import free_port  # noqa: F401 (the tests import it from here)
 from nixtools import HERE, build, copy_to, why_no_nix
 from postgres import PostgresServer, why_no_postgres
 
@@ -26,12 +26,6 @@ requires_nix = pytest.mark.skipif(why_no_nix() is not None, reason=why_no_nix() 
 def _own_nix_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nix caches narinfo lookups (misses for an hour) under XDG_CACHE_HOME: never share them."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def offline(state_dir: Path) -> list[str]:

@@ -6,6 +6,7 @@ relays or discovery. Every process is stopped (SIGTERM, then SIGKILL) when the f
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,10 +34,28 @@ def run(*args: str, input: bytes | None = None) -> str:
 
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port outside the kernel's ephemeral range. A port from that range (what binding
+    port 0 gives) can be taken by any outgoing connection while a host is down, and the host, started
+    again on its ports, would then fail to bind."""
+    ephemeral = _ephemeral_ports()
+    ports = [port for port in range(20000, 65536) if port not in ephemeral] or [0]
+    for port in random.sample(ports, min(len(ports), 100)):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise FleetError("no free port")
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
