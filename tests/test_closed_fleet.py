@@ -16,7 +16,7 @@ from peerix.cli.localfleet import Host, LocalFleet
 from peerix.net import wire
 from peerix.net.endpoint import EndpointAddress, EndpointSettings, PeerEndpoint
 from peerix.net.tracker_protocol import ADMIN_PEERS_PATH, ANNOUNCE_PATH, sign
-from peerix.swarm.admission import Admission
+from peerix.swarm.admission import RECHECK_EVERY, Admission
 from peerix.telemetry.metrics import Metrics
 
 from conftest import ROOT, requires_nix
@@ -172,6 +172,52 @@ def test_a_peer_removed_at_the_tracker_is_refused_within_one_sync_period(tmp_pat
         assert admission(a)["tracker_members"] == 1
     finally:
         fleet.close()
+
+
+def test_a_newcomer_is_answered_at_once_and_strangers_cost_the_tracker_a_fetch_a_second(tmp_path: Path,
+                                                                                   closure: Path) -> None:
+    """Allowlist membership, the default sync period (30 s): a peer that registers after the daemon's last
+    fetch of the member list is answered on its first question, since a peer not on the list makes the
+    daemon fetch the list again. Strangers asking at once all wait on that one fetch."""
+    fleet = LocalFleet(tmp_path)
+    a = fleet.host("a")
+    newcomer, strangers = Stranger(), [Stranger() for _ in range(8)]
+    allowlist = tmp_path / "allowlist"
+    allowlist.write_text(f"{a.key.key.verify_key.encode().hex()}\n{newcomer.peer_id}\n")
+    try:
+        fleet.start_tracker("--allowlist-file", str(allowlist))
+        a.give(str(closure))
+        a.start()
+        wait(lambda: admission(a)["tracker_membership"] == "allowlist", "a to learn the tracker's membership")
+
+        async def all_at_once() -> list[dict]:
+            request = wire.encode_frame({"hash": hash_part(closure)})
+            return await asyncio.gather(*(s.ask(a, wire.NARINFO_ALPN, request) for s in strangers))
+
+        fetches, started = member_fetches(fleet), time.monotonic()
+        assert asyncio.run(all_at_once()) == [{"status": "not-found"}] * len(strangers)
+        took = time.monotonic() - started
+        assert member_fetches(fleet) - fetches <= 1 + took / RECHECK_EVERY, took  # not one per stranger
+        assert a.metric('peerix_peers_refused_total{alpn="/peerix/narinfo/1"}') == len(strangers)
+
+        body = json.dumps({"name": "newcomer", "addresses": {"endpoint_id": newcomer.peer_id, "direct": []},
+                           "hashes": []}).encode()
+        headers = {**sign(newcomer.key, "POST", ANNOUNCE_PATH, body), "content-type": "application/json"}
+        assert httpx.post(fleet.tracker_url + ANNOUNCE_PATH, content=body, timeout=5, headers=headers).is_success
+        assert admission(a)["tracker_members"] < 2  # the next sync is half a minute away
+        assert newcomer.narinfo(a, closure)["status"] == "ok"
+        assert admission(a)["tracker_members"] == 2
+        assert a.metric('peerix_peers_refused_total{alpn="/peerix/narinfo/1"}') == len(strangers)
+    finally:
+        fleet.close()
+
+
+def member_fetches(fleet: LocalFleet) -> float:
+    """Member-list requests the tracker answered."""
+    for line in httpx.get(fleet.tracker_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("peerix_tracker_http_requests_total{") and 'route="members"' in line:
+            return float(line.split()[-1])
+    return 0.0
 
 
 def cli(host: Host, *args: str, check: bool = True) -> str:

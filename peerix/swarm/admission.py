@@ -2,10 +2,13 @@
 
 The fleet is the peers the tracker lists under closed membership (allowlist or token), the static
 peers, and LAN peers whose packets prove the fleet token. `guard` puts the check in front of every
-peer protocol at once, so a protocol added later is covered too. The check reads memory only: the
-tracker's member list is fetched every `fleet_sync` in the background and kept on disk across
-restarts, so admission never waits on the tracker, and a peer the tracker removed is refused within
-one sync period. A refused peer reads the request it sent and gets what an unknown path gets,
+peer protocol at once, so a protocol added later is covered too. The tracker's member list is
+fetched every `fleet_sync` in the background and kept on disk across restarts, so a member is
+answered from memory, and a peer the tracker removed is refused within one sync period. A peer not
+on the list may have joined since the last fetch: its request waits (at most RECHECK_WAIT) on a
+fresh fetch, so a new member is answered at once rather than after a sync period. Strangers cannot
+turn this into load on the tracker: one fetch serves every waiter, a fetch starts no sooner than
+RECHECK_EVERY after the last, and only what changed crosses the network. A refused peer reads the request it sent and gets what an unknown path gets,
 `not-found`: a stranger learns nothing, not even that it was refused. Refusals are counted.
 """
 
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CLOSED = ("allowlist", "token")
 _LOG_EVERY = 60.0  # seconds between log lines about one refused peer
+RECHECK_EVERY = 1.0  # seconds: the least time between fetches of the member list on behalf of unknown peers
+RECHECK_WAIT = 2.0  # seconds an unknown peer's request waits on that fetch
 
 
 class Admission:
@@ -48,6 +53,9 @@ class Admission:
         self.version: str | None = None
         self.synced_at: float | None = None
         self._logged: dict[str, float] = {}
+        self._tracker: TrackerClient | None = None  # set by `sync`
+        self._fetch: asyncio.Task | None = None
+        self._fetched_at = -RECHECK_EVERY
         self._load()
 
     @property
@@ -89,7 +97,7 @@ class Admission:
         refusals = self.metrics.peers_refused.labels(alpn.decode(errors="replace"))
 
         async def admitted(peer_id: str, stream: iroh.BiStream) -> None:
-            if self.admits(peer_id):
+            if self.admits(peer_id) or await self._admitted_after_fetch(peer_id):
                 return await handler(peer_id, stream)
             refusals.inc()
             self.metrics.activity.count("peers_refused")
@@ -127,18 +135,45 @@ class Admission:
 
     async def sync(self, client: TrackerClient, interval: float) -> None:
         """Fetch the tracker's member list every `interval` (only what changed crosses the network)."""
+        self._tracker = client
         warned = False
-        while True:
-            try:
-                answer = await client.members(self.version)
-                self.update(answer.membership, answer.members if answer.members is not None else self.members,
-                            answer.version)
-            except TrackerError as error:
-                log.debug("member list not fetched error=%s", error)
-            if not warned and self.membership in CLOSED:
-                warned = True
-                client.warn_plain_http()
-            await asyncio.sleep(interval)
+        try:
+            while True:
+                await self._fetched()
+                if not warned and self.membership in CLOSED:
+                    warned = True
+                    client.warn_plain_http()
+                await asyncio.sleep(interval)
+        finally:
+            if self._fetch is not None:
+                self._fetch.cancel()
+
+    def _fetched(self, delay: float = 0.0) -> asyncio.Future:
+        """The fetch under way, or a new one after `delay`: whoever asks meanwhile waits on the same answer."""
+        if self._fetch is None or self._fetch.done():
+            self._fetch = asyncio.create_task(self._fetch_members(delay))
+        return asyncio.shield(self._fetch)
+
+    async def _fetch_members(self, delay: float) -> None:
+        assert self._tracker is not None
+        await asyncio.sleep(delay)
+        self._fetched_at = time.monotonic()
+        try:
+            answer = await self._tracker.members(self.version)
+            self.update(answer.membership, answer.members if answer.members is not None else self.members,
+                        answer.version)
+        except TrackerError as error:
+            log.debug("member list not fetched error=%s", error)
+
+    async def _admitted_after_fetch(self, peer_id: str) -> bool:
+        """Whether a peer not on the member list is on it once the list is fetched again (at once, or
+        RECHECK_EVERY after the last fetch)."""
+        if self._tracker is None or not (self.tracker_token or self.membership in CLOSED):
+            return False
+        delay = max(0.0, self._fetched_at + RECHECK_EVERY - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fetched(delay), RECHECK_WAIT)
+        return self.admits(peer_id)
 
     def _load(self) -> None:
         if self.state_file is None:
