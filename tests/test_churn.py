@@ -24,7 +24,7 @@ from nixtools import closure_of, hash_part
 pytestmark = requires_nix
 
 SEED = 20
-ROUNDS = 16
+ROUNDS = 10
 
 
 def test_churn_loses_no_paths(fleet: LocalFleet) -> None:
