@@ -73,7 +73,8 @@ def prepare(work: Path, top: str) -> SecretKey:
         run("nix-store", "--store", str(home / "store"), "--init")
         write_secret(home / "host.sec", SecretKey.generate(f"host-{n}-1").to_text())
     run("nix", "copy", "--no-check-sigs", "--to", str(work / "1" / "store"), top)
-    run("nix", "store", "sign", "--store", str(work / "1" / "store"), "--key-file", str(work / "cluster.sec"), "-r", top)
+    run("nix", "store", "sign", "--store", str(work / "1" / "store"), "--key-file", str(work / "cluster.sec"),
+        "-r", top)
     return key
 
 
@@ -130,7 +131,8 @@ def main() -> None:
               f"{row['miss p99']:7.1f}ms")
     off, on = results["off"], results["on"]
     fewer = 1 - on["questions"] / max(off["questions"], 1)
-    print(f"questions to peers that lack the path: {fewer:.1%} fewer (target >= 95%: {'ok' if fewer >= 0.95 else 'MISSED'})")
+    verdict = "ok" if fewer >= 0.95 else "MISSED"
+    print(f"questions to peers that lack the path: {fewer:.1%} fewer (target >= 95%: {verdict})")
     print(f"miss p99: {on['miss p99']:.1f} ms with, {off['miss p99']:.1f} ms without (target: no higher: "
           f"{'ok' if on['miss p99'] <= off['miss p99'] * 1.1 + 1 else 'MISSED'}, within 10% + 1 ms of noise)")
     print(f"100,000-path filter: {len(summary.data) / 1024:.1f} KiB (target <= 128 KiB: "

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from peerix.cli.localfleet import free_port  # noqa: F401 (the tests import it from here)
+
 from nixtools import HERE, build, copy_to, why_no_nix
 from postgres import PostgresServer, why_no_postgres
 

@@ -156,7 +156,8 @@ def test_nars_between_hosts_take_the_fast_path_and_strangers_get_nothing_from_it
     stranger = site.hosts["b"]
     asks = {"no ticket": [f"{fast_path}/store/{url}"],
             "forged ticket": ["-H", "x-peerix-ticket: 99999999999.00", f"{fast_path}/store/{url}"],
-            "dashboard": [f"{fast_path}/dashboard"], "narinfo": [f"{fast_path}/store/{Path(paths[0]).name[:32]}.narinfo"]}
+            "dashboard": [f"{fast_path}/dashboard"],
+            "narinfo": [f"{fast_path}/store/{Path(paths[0]).name[:32]}.narinfo"]}
     answers = {what: stranger.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args).stdout
                for what, args in asks.items()}
     assert answers == {"no ticket": "403", "forged ticket": "403", "dashboard": "404", "narinfo": "404"}

@@ -14,6 +14,8 @@ ZEROCOPY = "http.response.zerocopysend"
 # route for the metrics as Starlette does, with `scope["endpoint"]`, once it commits to one.
 FastRoute = Callable[[Scope], ASGIApp | None]
 
+PLAIN_TYPE = b"text/plain; charset=utf-8"
+
 
 class RequestObserver(Protocol):
     def observe_sent(self, route: str, count: int) -> None: ...
@@ -36,6 +38,11 @@ class Whole:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+def plain(status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> Whole:
+    """An answer a person reads (an error, mostly): one line of text."""
+    return Whole(status, text.encode() + b"\n", PLAIN_TYPE, headers)
 
 
 class MetricsMiddleware:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..common import web
-from ..common.asgi import MetricsMiddleware, Whole
+from ..common.asgi import MetricsMiddleware, Whole, plain
 from ..common.throttle import Throttle
 from ..nix import nix32
 from ..nix.hash import SHA256_SIZE
@@ -46,7 +46,6 @@ from .ranges import RangeError, Unsatisfiable, content_range, parse_range
 log = logging.getLogger(__name__)
 
 NARINFO_TYPE = b"text/x-nix-narinfo; charset=utf-8"  # the charset as Starlette's Response gave it
-PLAIN_TYPE = b"text/plain; charset=utf-8"
 RETRY_AFTER = 1  # seconds: a killed holder is back, or another found, within a few of Nix's retries
 TRANSFERS_PAGE, MAX_TRANSFERS_PAGE = 50, 1000
 
@@ -92,7 +91,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             if not access.allowed(client):
                 metrics.refused.labels("client").inc()
                 log.info("refused client=%s path=%s reason=not in trusted networks", client, request.url.path)
-                return _error(403, f"{client} may not use this cache: it fetches from the peer network, so it "
+                return plain(403, f"{client} may not use this cache: it fetches from the peer network, so it "
                                    "answers trusted networks only (trusted_networks); /store/ serves anyone")
             return await handler(request)
         return guarded
@@ -111,11 +110,11 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
             narinfo_invalid.inc()
-            return _error(400, f"invalid store path hash {hash_part[:64]!r}")
+            return plain(400, f"invalid store path hash {hash_part[:64]!r}")
         try:
             info = await _lookup(lookup, hash_part)
         except _Refused as refused:
-            return _error(403, f"not shared: {refused}")
+            return plain(403, f"not shared: {refused}")
         except HoldersFailed as error:  # a 5xx would make Nix give up on the cache: "not here (now)"
             log.info("narinfo unavailable hash=%s error=%s", hash_part, error)
             info = None
@@ -125,7 +124,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         (narinfo_misses if info is None else narinfo_hits).inc()
         metrics.activity.count("narinfo_misses" if info is None else "narinfo_hits")
         if info is None:
-            return _error(404, "path not found")
+            return plain(404, "path not found")
         return Whole(200, narinfo_text(info), NARINFO_TYPE)
 
     @local_clients
@@ -154,7 +153,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except NarUnavailable as error:
             metrics.activity.finish(fetch, "failed", f"{error} (404)")
             log.warning("nar unavailable path=%s error=%s", info.store_path, error)
-            return _error(404, "no peer has this NAR any more")
+            return plain(404, "no peer has this NAR any more")
         except BaseException as error:  # not in flight any more, whatever happened
             metrics.activity.finish(fetch, "failed", type(error).__name__)
             raise
@@ -172,7 +171,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             parts = await _open(info, start, end)
         except NarUnavailable as error:  # gone since the lookup (collected): the peer asks over iroh
             metrics.activity.piece_done(upload, "failed", str(error))
-            return _error(404, "no such NAR: the path is gone")
+            return plain(404, "no such NAR: the path is gone")
         except BaseException:
             metrics.activity.piece_done(upload, "failed")
             raise
@@ -199,25 +198,25 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except ValueError:
             nar_hash = b""
         if len(nar_hash) != SHA256_SIZE:
-            return _error(400, f"invalid NAR hash {encoded[:64]!r}")
+            return plain(400, f"invalid NAR hash {encoded[:64]!r}")
         if not is_hash_part(hash_part):
-            return _error(404, "NAR URLs need ?hash=<store path hash>, as the narinfo gives them")
+            return plain(404, "NAR URLs need ?hash=<store path hash>, as the narinfo gives them")
         try:
             info = await _lookup(lookup, hash_part)
         except _Refused as refused:
-            return _error(403, f"not shared: {refused}")
+            return plain(403, f"not shared: {refused}")
         except HoldersFailed as error:
             return _holders_failed(hash_part, error)
         if info is None or info.nar_hash != nar_hash:
             log.info("nar not found hash=%s reason=%s", hash_part, "no such path" if info is None else "other contents")
-            return _error(404, "no such NAR: the path is gone or has other contents now")
+            return plain(404, "no such NAR: the path is gone or has other contents now")
         size = info.nar_size
         try:
             wanted = parse_range(request.headers.get("range"), size)
         except RangeError as error:
-            return _error(400, f"bad Range header: {error}")
+            return plain(400, f"bad Range header: {error}")
         except Unsatisfiable as error:
-            return _error(416, f"unsatisfiable range: {error}", [(b"content-range", b"bytes */%d" % size)])
+            return plain(416, f"unsatisfiable range: {error}", [(b"content-range", b"bytes */%d" % size)])
         start, end = wanted or (0, size)
         part = content_range(start, end, size) if wanted else None
         if request.method == "HEAD":
@@ -234,7 +233,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     def _holders_failed(hash_part: str, error: HoldersFailed) -> ASGIApp:
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
         log.warning("nar unavailable for now hash=%s error=%s", hash_part, error)
-        return _error(503, "the peers holding this NAR failed to send it; ask again",
+        return plain(503, "the peers holding this NAR failed to send it; ask again",
                       [(b"retry-after", b"%d" % RETRY_AFTER)])
 
     async def _servable(hash_part: str) -> PathInfo | None:
@@ -276,16 +275,16 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         """The `.ls` Nix writes beside a NAR: local paths', and peers' paths' once proven."""
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
-            return _error(400, f"invalid store path hash {hash_part[:64]!r}")
+            return plain(400, f"invalid store path hash {hash_part[:64]!r}")
         try:
             text = await substituter.listing(hash_part) if await _lookup(lookup, hash_part) else None
         except _Refused as refused:
-            return _error(403, f"not shared: {refused}")
+            return plain(403, f"not shared: {refused}")
         except (HoldersFailed, Unavailable) as error:
             log.info("listing unavailable hash=%s error=%s", hash_part, error)
             text = None
         if text is None:
-            return _error(404, "no listing: the path is not here, or its NAR has not been checked here yet")
+            return plain(404, "no listing: the path is not here, or its NAR has not been checked here yet")
         metrics.activity.count("listings_served")
         return Response(text, media_type="application/json")
 
@@ -295,10 +294,10 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         try:
             drv = StorePath.derivation(name)
         except ValueError as error:
-            return _error(400, f"log/ takes a derivation's basename, <hash>-<name>.drv: {error}")
+            return plain(400, f"log/ takes a derivation's basename, <hash>-<name>.drv: {error}")
         text = await substituter.build_log(drv)
         if text is None:
-            return _error(404, "no build log of this derivation here or at any peer")
+            return plain(404, "no build log of this derivation here or at any peer")
         metrics.activity.count("logs_served")
         return Response(text, media_type="text/plain; charset=utf-8")
 
@@ -307,7 +306,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         name = request.path_params["name"]
         id_ = name.removesuffix(".doi")
         if id_ == name or not is_id(id_):
-            return _error(400, f"not a realisation (sha256:<hex>!<output>.doi): {name[:100]!r}")
+            return plain(400, f"not a realisation (sha256:<hex>!<output>.doi): {name[:100]!r}")
         return await _realisation(substituter.realisation(id_))
 
     async def build_trace(request: Request) -> Response:
@@ -316,9 +315,9 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         try:
             drv = StorePath.derivation(name)
         except ValueError as error:
-            return _error(400, f"build-trace-v2/ takes a derivation's basename, <hash>-<name>.drv: {error}")
+            return plain(400, f"build-trace-v2/ takes a derivation's basename, <hash>-<name>.drv: {error}")
         if not output.endswith(".doi") or not is_output_name(output.removesuffix(".doi")):
-            return _error(400, f"not an output name followed by .doi: {output[:80]!r}")
+            return plain(400, f"not an output name followed by .doi: {output[:80]!r}")
         return await _realisation(substituter.build_trace(drv, output.removesuffix(".doi")))
 
     async def _realisation(lookup: Awaitable[Realisation | BuildTraceEntry | None]) -> Response:
@@ -329,7 +328,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
             metrics.store_errors.inc()
             found = None
         if found is None:
-            return _error(404, "no realisation of this derivation output here or at any peer")
+            return plain(404, "no realisation of this derivation output here or at any peer")
         metrics.activity.count("realisations_served")
         return Response(found.to_text(), media_type="application/json")
 
@@ -362,7 +361,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
     async def why(request: Request) -> ASGIApp:
         hash_part = request.path_params["hash"]
         if not is_hash_part(hash_part):
-            return _error(400, f"invalid store path hash {hash_part[:64]!r}")
+            return plain(400, f"invalid store path hash {hash_part[:64]!r}")
         admission = (network() if network else {}).get("admission")
         return JSONResponse({**await explain(substituter, policy, hash_part), "admission": admission})
 
@@ -381,14 +380,14 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         except ValueError:
             offset = limit = -1
         if offset < 0 or not 1 <= limit <= MAX_TRANSFERS_PAGE:
-            return _error(400, f"offset must be 0 or more and limit 1 to {MAX_TRANSFERS_PAGE}")
+            return plain(400, f"offset must be 0 or more and limit 1 to {MAX_TRANSFERS_PAGE}")
         page = metrics.activity.recent_page(offset, limit)
         return JSONResponse({"total": len(metrics.activity.recent), "offset": offset, "limit": limit,
                              "transfers": [t.to_json() for t in page]})
 
     async def static(request: Request) -> Response:
         if (asset := web.STATIC.get(request.path_params["name"])) is None:
-            return _error(404, "no such file")
+            return plain(404, "no such file")
         content, media_type = asset
         return Response(content, media_type=media_type, headers={"cache-control": "max-age=300"})
 
@@ -459,10 +458,6 @@ class _Range(NamedTuple):
 
 class _Refused(Exception):
     """The serving policy keeps this path private."""
-
-
-def _error(status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> Whole:
-    return Whole(status, reason.encode() + b"\n", PLAIN_TYPE, headers)
 
 
 def _watch_nar_cache(metrics: Metrics, cache: NarCache) -> None:

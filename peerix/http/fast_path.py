@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..common.asgi import Whole
+from ..common.asgi import plain
 from ..net.fast_path import TICKET_HEADER, Tickets
 from ..telemetry.metrics import Metrics
 
@@ -34,7 +34,7 @@ def fast_path_app(app: ASGIApp, tickets: Tickets, metrics: Metrics) -> ASGIApp:
             client = scope.get("client")
             log.info("fast path refused client=%s path=%s reason=%s", client[0] if client else "?",
                      scope["path"][:100], reason)
-            return await Whole(status, text.encode() + b"\n", b"text/plain; charset=utf-8")(scope, receive, send)
+            return await plain(status, text)(scope, receive, send)
         scope[SCOPE_KEY] = peer_or_refusal
         await app(scope, receive, send)
 

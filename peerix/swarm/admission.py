@@ -8,8 +8,9 @@ answered from memory, and a peer the tracker removed is refused within one sync 
 on the list may have joined since the last fetch: its request waits (at most RECHECK_WAIT) on a
 fresh fetch, so a new member is answered at once rather than after a sync period. Strangers cannot
 turn this into load on the tracker: one fetch serves every waiter, a fetch starts no sooner than
-RECHECK_EVERY after the last, and only what changed crosses the network. A refused peer reads the request it sent and gets what an unknown path gets,
-`not-found`: a stranger learns nothing, not even that it was refused. Refusals are counted.
+RECHECK_EVERY after the last, and only what changed crosses the network. A refused peer reads the
+request it sent and gets what an unknown path gets, `not-found`: a stranger learns nothing, not
+even that it was refused. Refusals are counted.
 """
 
 import asyncio

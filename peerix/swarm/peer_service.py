@@ -80,7 +80,8 @@ class PeerService:
         blocks = BlockCompressor() if self._compress(request) else None
         header = {"status": "ok", "size": end - request.offset} | ({"encoding": wire.ZSTD_BLOCKS} if blocks else {})
         if blocks is None and await self._fast(request):
-            await self._send(send, wire.encode_frame(header | {"http": self.fast_path.offer(request.hash_part, peer_id)}))
+            offer = self.fast_path.offer(request.hash_part, peer_id)
+            await self._send(send, wire.encode_frame(header | {"http": offer}))
             self.metrics.fast_path_offers.inc()
             log.info("offered the fast path peer=%s path=%s bytes=%d-%d", peer_id[:10], info.store_path,
                      request.offset, end - 1)
