@@ -92,7 +92,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
                 metrics.refused.labels("client").inc()
                 log.info("refused client=%s path=%s reason=not in trusted networks", client, request.url.path)
                 return plain(403, f"{client} may not use this cache: it fetches from the peer network, so it "
-                                   "answers trusted networks only (trusted_networks); /store/ serves anyone")
+                                  "answers trusted networks only (trusted_networks); /store/ serves anyone")
             return await handler(request)
         return guarded
 
@@ -234,7 +234,7 @@ def create_app(substituter: Substituter, settings: CacheSettings, metrics: Metri
         """Not a 404: the narinfo was just served, and Nix retries a 503 where it gives up on a 404."""
         log.warning("nar unavailable for now hash=%s error=%s", hash_part, error)
         return plain(503, "the peers holding this NAR failed to send it; ask again",
-                      [(b"retry-after", b"%d" % RETRY_AFTER)])
+                     [(b"retry-after", b"%d" % RETRY_AFTER)])
 
     async def _servable(hash_part: str) -> PathInfo | None:
         """A local path if the serving policy lets anyone have it; raises _Refused otherwise."""
