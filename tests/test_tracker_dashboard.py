@@ -67,14 +67,17 @@ def test_the_dashboard_shows_the_fleet(start_tracker, browser) -> None:
         browser.dark(False)
 
     browser.evaluate("document.querySelector('a[rel=next]').click()")
-    browser.wait_for("location.search === '?page=2'")
+    # the new page, whole: its URL changes before its document is there
+    browser.wait_for("location.search === '?page=2' && document.readyState === 'complete' "
+                     "&& document.querySelectorAll('#peers > tbody > tr').length > 0")
     later = browser.rows("peers")
     assert len(later) == 13 and later[-1][1] == "away-box" and later[-1][0] == "offline"
 
     # The search box: a store path in, its online holders out.
     browser.evaluate(f"document.getElementById('q').value = '/nix/store/{shared[5]}-hello-2.12'")
     browser.evaluate("document.querySelector('form.search button').click()")
-    browser.wait_for("location.pathname === '/search' && document.getElementById('holders') !== null")
+    browser.wait_for("location.pathname === '/search' && document.readyState === 'complete' "
+                     "&& document.getElementById('holders') !== null")
     assert sorted(row[1] for row in browser.rows("holders")) == sorted([hostile, "builder-1"])
     assert "2 online peers hold" in browser.text("#holders")
     browser.screenshot("tracker-search")
@@ -83,7 +86,8 @@ def test_the_dashboard_shows_the_fleet(start_tracker, browser) -> None:
 
     browser.open(f"{tracker.url}/search?q={shared[5]}")
     browser.evaluate("[...document.querySelectorAll('#holders a')].find(a => a.innerText === 'builder-1').click()")
-    browser.wait_for(f"location.pathname === '/peers/{builder_id}'")
+    browser.wait_for(f"location.pathname === '/peers/{builder_id}' && document.readyState === 'complete' "
+                     "&& document.getElementById('peer') !== null")
     details = browser.text("#peer")
     assert builder_id in details and "1,234" in details and "[2001:db8::7]:12305" in details
     assert "http://builder-1.example:12304" in details
