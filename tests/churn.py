@@ -135,13 +135,23 @@ class Churn:
              host.key.public.to_text(), "--option", "narinfo-cache-negative-ttl", "0", *paths],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "XDG_CACHE_HOME": str(self.fleet.root / "xdg-cache")})
-        killer = threading.Timer(delay, restart, (self.hosts[victim], *self.args))
+        failed: list[BaseException] = []  # a host that does not come back fails the round, not a thread
+
+        def kill_and_restart() -> None:
+            try:
+                restart(self.hosts[victim], *self.args)
+            except BaseException as error:
+                failed.append(error)
+
+        killer = threading.Timer(delay, kill_and_restart)
         if kill:
             killer.start()
         _, stderr = nix.communicate(timeout=120)
         seconds = time.monotonic() - started
         if kill:
             killer.join()
+            if failed:
+                raise AssertionError(f"round {number}: {victim} did not come back: {failed[0]}")
         invalid = subprocess.run(["nix-store", "--store", str(client), "--check-validity", "--print-invalid", *paths],
                                  capture_output=True, text=True).stdout.split()
         answers_5xx = stderr.count("HTTP error 5")
