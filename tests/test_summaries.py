@@ -82,6 +82,14 @@ def test_a_header_that_would_read_past_the_end_is_refused() -> None:
 OFFLINE = EndpointSettings(bind="127.0.0.1:0", relays=False, discovery=False, connect_timeout=1.0)
 
 
+def absent(*filters: StoreFilter) -> str:
+    """A random hash that none of the filters claims: a filter has false positives, one in 256."""
+    while True:
+        hash_part = nix32.encode(os.urandom(20))
+        if not any(hash_part in summary for summary in filters):
+            return hash_part
+
+
 async def test_a_summary_that_claims_too_little_never_makes_a_path_unreachable() -> None:
     """Two LAN peers: `holder` has the path but its summary (older than the path) claims nothing,
     `empty` has an accurate empty one. The likely holders (none) are asked first, then both: the
@@ -136,12 +144,12 @@ async def test_a_summary_that_claims_too_little_never_makes_a_path_unreachable()
         assert await remote.path_info(second) is not None and who(second) == ["holder"]
         assert metrics.summary_questions.labels("saved")._value.get() == 1
         # a path nobody has: both asked anyway (a miss costs what it did without summaries)
-        other = nix32.encode(os.urandom(20))
+        other = absent(accurate, nothing)
         assert await remote.path_info(other) is None and who(other) == ["empty", "holder"]
         assert metrics.summary_questions.labels("asked-anyway")._value.get() == 2
         # a summary the packets no longer name is not used: the holder is a likely one again
         summaries.announced[holder.peer_id] = accurate.generation + 1  # a newer one, not fetched yet
-        another = nix32.encode(os.urandom(20))
+        another = absent(nothing)
         assert await remote.path_info(another) is None and who(another) == ["empty", "holder"]
         assert metrics.summary_questions.labels("asked-anyway")._value.get() == 3
     finally:
